@@ -1,0 +1,141 @@
+"""The fully resolved configuration of one run (one cell of a suite)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+
+from bench.config.overrides import normalize_sections
+from bench.data.registry import DatasetConfig, dataset_spec
+from bench.data.views import ViewSpec, build_recipe
+from bench.errors import ConfigError
+from bench.eval.finetune import FinetuneConfig
+from bench.eval.linear import LinearConfig
+from bench.methods import MethodParams, method_class
+from bench.models.backbones import BackboneConfig
+from bench.train.optim import OptimizerConfig
+from bench.train.schedule import ScheduleConfig
+
+
+class TrainConfig(BaseModel):
+    """Engine settings: precision, checkpoints, monitors. They do not change what is learned."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
+    channels_last: bool = Field(True, description="channels_last memory format on CUDA")
+    compile: bool = Field(False, description="torch.compile the backbone")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
+    deterministic: bool = Field(False, description="deterministic algorithms (bitwise-reproducible CPU runs)")
+    grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm")
+    checkpoint_every: int = Field(1, ge=0, description="checkpoint every N epochs (0: only at the end and on SIGTERM)")
+    knn_every: int = Field(0, ge=0, description="online kNN monitor every K epochs (0: off)")
+    knn_bank: int = Field(5000, ge=10, description="online kNN: at most this many training samples in the bank")
+    log_every: int = Field(20, ge=1, description="fetch metrics from the device every N steps")
+    progress: bool = Field(True, description="rich progress bar when attached to a terminal")
+    workers: int = Field(4, ge=0, description="DataLoader workers for streamed (image folder) datasets")
+
+
+class EvalConfig(BaseModel):
+    """Evaluations run after pre-training, on the frozen (or fine-tuned) backbone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    knn: bool = True
+    knn_k: list[int] = Field(default_factory=lambda: [20, 200])
+    knn_temperature: float = Field(0.07, gt=0)
+    linear: LinearConfig | None = Field(default_factory=LinearConfig, description="null disables the linear probe")
+    label_fractions: list[float] = Field(default_factory=list, description="linear probe on class-balanced label subsets")
+    finetune: FinetuneConfig | None = Field(None, description="full fine-tuning protocol (off by default)")
+    diagnostics: bool = True
+
+    @field_validator("label_fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0 < f <= 1 for f in v):
+            raise ValueError("label fractions must lie in (0, 1]")
+        return v
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: SerializeAsAny[MethodParams]
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    augment: str | list[ViewSpec] = Field(description="view recipe name or explicit list of views")
+    optimizer: OptimizerConfig
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(256, ge=2)
+    seed: int = 0
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("augment")
+    @classmethod
+    def _known_recipe(cls, v: str | list[ViewSpec]) -> str | list[ViewSpec]:
+        build_recipe(v)
+        return v
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, v: DatasetConfig) -> DatasetConfig:
+        dataset_spec(v.name)
+        return v
+
+
+def resolve_run_config(data: dict[str, Any]) -> RunConfig:
+    """Validate a (partial) run config, filling the method's paper defaults.
+
+    The method section picks the hyper-parameter model; the optimizer and the view recipe default to
+    the method's own and any given field overrides them. Errors become one ConfigError naming the key.
+    """
+    data = normalize_sections(copy.deepcopy(data))
+    method = data.get("method")
+    if not isinstance(method, dict) or "name" not in method:
+        raise ConfigError("method: missing; set it, e.g. method=simclr")
+    cls = method_class(method["name"])
+    try:
+        data["method"] = cls.Params.model_validate(method)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, prefix="method")) from None
+    optimizer = data.get("optimizer") or {}
+    if not isinstance(optimizer, dict):
+        raise ConfigError("optimizer: expected a section such as {name: lars, lr: 0.3}")
+    data["optimizer"] = {**cls.optimizer, **optimizer}
+    data.setdefault("augment", cls.recipe)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def format_validation_error(err: ValidationError, prefix: str = "") -> str:
+    """One line per problem, each naming the dotted key path."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(e["loc"]))
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown key (check its spelling)")
+        elif e["type"] == "missing":
+            lines.append(f"{loc}: required key is missing")
+        else:
+            lines.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+#: engine settings that never change what a run learns; left out of its identity
+ENGINE_ONLY = frozenset({"device", "progress", "threads", "workers", "log_every", "checkpoint_every"})
+
+
+def config_id(cfg: RunConfig) -> str:
+    """Short hash of the canonical resolved config: the same run anywhere has the same id."""
+    data = cfg.model_dump(mode="json")
+    data["train"] = {k: v for k, v in data["train"].items() if k not in ENGINE_ONLY}
+    return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]

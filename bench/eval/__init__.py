@@ -1,0 +1,1 @@
+"""Evaluation protocols (kNN, linear probe, label fractions, fine-tuning) and representation diagnostics."""

@@ -1,0 +1,55 @@
+"""The contract every method implements.
+
+A method is an ``nn.Module`` that owns the backbone, its heads and any state (EMA targets, queues,
+running statistics). Its loss lives beside it as a pure function of tensors. The training engine
+calls ``forward(views, step, total_steps)`` for the loss and ``on_step_end`` after each optimizer
+step; evaluation only ever uses ``backbone``.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from bench.data.views import Views
+
+
+class MethodParams(BaseModel):
+    """Typed hyper-parameters of a method; each subclass holds the paper's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    projector: str = ""
+
+
+class Method(nn.Module):
+    """Parameters with ``requires_grad=False`` (EMA targets) are left out of the optimizer."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[MethodParams]]
+    #: default view recipe (see bench.data.views.RECIPES)
+    recipe: ClassVar[str] = "simclr"
+    #: the engine passes the clean (non-augmented) view when this is set
+    needs_clean_view: ClassVar[bool] = False
+    #: the paper's optimizer, as OptimizerConfig fields; suites override any of them
+    optimizer: ClassVar[dict[str, Any]] = {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4}
+
+    def __init__(self, backbone: nn.Module, params: MethodParams, *, num_classes: int, image_shape: tuple[int, int, int]):
+        super().__init__()
+        self.backbone = backbone
+        self.params = params
+        self.num_classes = num_classes
+        self.image_shape = image_shape
+
+    @abstractmethod
+    def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
+        """Return ``{"loss": scalar, ...}``; extra entries are logged (detached) as metrics."""
+
+    @torch.no_grad()
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Per-step hook after the optimizer step (EMA updates, queues). Default: nothing."""

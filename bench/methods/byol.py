@@ -1,0 +1,87 @@
+"""BYOL: Grill et al., "Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning",
+NeurIPS 2020.
+
+An online network (backbone, projector, predictor) predicts the projection that a target network
+(backbone and projector, no predictor) gives for the other view of the same image. The loss is the
+squared distance of the L2-normalised vectors, 2 - 2 cos, summed over both view orderings; the
+target gets no gradient and follows the online weights as an exponential moving average whose decay
+rises from tau_base to 1 on a cosine schedule over the training steps. No negatives are used.
+The target's batch-norm running statistics are copied from the online network at each update.
+
+Ambiguities resolved:
+- tau_base: 0.996, the paper's ImageNet value (batch 4096); CIFAR reimplementations such as
+  solo-learn use 0.99: ``tau_base=0.99``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from bench.data.views import Views
+from bench.errors import ConfigError
+from bench.methods import register_method
+from bench.methods.base import Method, MethodParams
+from bench.methods.ema import cosine_momentum, ema_update_
+from bench.models.heads import mlp, out_dim
+
+
+class BYOLParams(MethodParams):
+    name: Literal["byol"] = "byol"
+    projector: str = Field("4096-256", description="projector g widths (hidden BN, plain output)")
+    predictor: str = Field("4096-256", description="predictor q widths; must end at the projector width")
+    tau_base: float = Field(0.996, ge=0, le=1, description="EMA decay at step 0, raised to 1 by a cosine schedule")
+
+
+def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ||p/|p| - z/|z|||^2 = 2 - 2 cos(p, z); ``z`` is the (fixed) target."""
+    return (2 - 2 * F.cosine_similarity(p, z, dim=1)).mean()  # Eq. 2
+
+
+@register_method
+class BYOL(Method):
+    name: ClassVar[str] = "byol"
+    Params: ClassVar[type[MethodParams]] = BYOLParams
+    recipe: ClassVar[str] = "byol"
+    optimizer: ClassVar[dict[str, Any]] = {
+        "name": "lars",
+        "lr": 0.2,
+        "lr_scaling": "linear",
+        "weight_decay": 1.5e-6,
+        "momentum": 0.9,
+        "exclude_bias_bn": True,
+    }
+
+    def __init__(self, backbone: nn.Module, params: BYOLParams, *, num_classes: int, image_shape: tuple[int, int, int]):
+        super().__init__(backbone, params, num_classes=num_classes, image_shape=image_shape)
+        projection_dim = out_dim(backbone.out_dim, params.projector)
+        if out_dim(projection_dim, params.predictor) != projection_dim:
+            raise ConfigError(
+                f"byol: method.predictor '{params.predictor}' must end at the projector width {projection_dim} "
+                f"(method.projector '{params.projector}'); e.g. predictor '4096-{projection_dim}'"
+            )
+        self.projector = mlp(backbone.out_dim, params.projector)
+        self.predictor = mlp(projection_dim, params.predictor)
+        self.target_backbone = copy.deepcopy(backbone).requires_grad_(False)
+        self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
+
+    def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
+        """Symmetrised BYOL loss L + L~ of the two crops; also logs the current EMA decay."""
+        p1, p2 = (self.predictor(self.projector(self.backbone(x))) for x in views.crops[:2])
+        with torch.no_grad():  # stop-gradient: the target is not trained by the loss
+            t1, t2 = (self.target_projector(self.target_backbone(x)) for x in views.crops[:2])
+        loss = byol_loss(p1, t2) + byol_loss(p2, t1)  # Sec. 3.1: L^BYOL = L_{theta,xi} + L~_{theta,xi}
+        tau = torch.tensor(cosine_momentum(self.params.tau_base, step, total_steps), device=loss.device)
+        return {"loss": loss, "tau": tau}
+
+    @torch.no_grad()
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Eq. 1, xi <- tau xi + (1 - tau) theta, for the target backbone and projector."""
+        tau = cosine_momentum(self.params.tau_base, step, total_steps)
+        ema_update_(self.target_backbone, self.backbone, tau)
+        ema_update_(self.target_projector, self.projector, tau)

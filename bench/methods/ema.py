@@ -1,0 +1,38 @@
+"""Exponential-moving-average targets: the cosine momentum schedule and the in-place update.
+
+Shared by every method with a momentum (teacher / target) network: BYOL now, MoCo and DINO later.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def cosine_momentum(base: float, step: int, total_steps: int) -> float:
+    """BYOL's schedule tau = 1 - (1 - base) * (cos(pi k / K) + 1) / 2.
+
+    ``step`` counts optimizer steps from 0 to ``total_steps - 1``; tau equals ``base`` at step 0
+    and exactly 1.0 at the last step (K = total_steps - 1).
+    """
+    progress = step / max(total_steps - 1, 1)
+    return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
+
+
+@torch.no_grad()
+def ema_update_(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """In place: target_param <- tau * target_param + (1 - tau) * online_param; buffers are copied.
+
+    ``target`` must be a structural copy of ``online`` (e.g. ``copy.deepcopy``), so their parameters
+    and buffers pair up in order.
+    """
+    target_params = list(target.parameters())
+    online_params = list(online.parameters())
+    if target_params:
+        # lerp(t, o, w) = t + w (o - t) = (1 - w) t + w o, with w = 1 - tau
+        torch._foreach_lerp_(target_params, online_params, 1.0 - tau)
+    target_buffers = list(target.buffers())
+    if target_buffers:
+        torch._foreach_copy_(target_buffers, list(online.buffers()))

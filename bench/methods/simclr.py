@@ -1,0 +1,74 @@
+"""SimCLR: Chen, Kornblith, Norouzi & Hinton, "A Simple Framework for Contrastive Learning of Visual
+Representations", ICML 2020.
+
+Two augmented views of each of N images pass through the backbone and a projection MLP g; the
+NT-Xent loss treats the other view of the same image as the positive and the remaining 2N - 2 views
+of the batch as negatives, comparing cosine similarities at a temperature. The backbone output h
+(before g) is the representation. Both views go through the network as one batch of 2N, so batch
+norm sees all 2N samples (the paper's global BN).
+
+Ambiguities resolved:
+- projector output layer: plain Linear as in the paper's g(h) = W2 relu(W1 h) (BN on the hidden layer);
+  the official code also batch-normalises the output: ``projector_last_bn=True``.
+- temperature: 0.1, the paper's ImageNet default; its CIFAR-10 experiments use 0.5: ``temperature=0.5``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from bench.data.views import Views
+from bench.methods import register_method
+from bench.methods.base import Method, MethodParams
+from bench.models.heads import mlp
+
+
+class SimCLRParams(MethodParams):
+    name: Literal["simclr"] = "simclr"
+    projector: str = Field("2048-128", description="projection MLP g widths (hidden BN, plain output)")
+    projector_last_bn: bool = Field(False, description="BN on the projector output (official code variant)")
+    temperature: float = Field(0.1, gt=0, description="NT-Xent temperature tau (paper, ImageNet)")
+
+
+def simclr_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """NT-Xent over the 2N views; row i of ``z1`` and row i of ``z2`` are the positive pair."""
+    n = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    logits = z @ z.T / temperature  # sim(z_i, z_k) / tau, cosine similarity
+    self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_mask, float("-inf"))  # Eq. 1: the denominator skips k = i
+    positives = torch.arange(2 * n, device=z.device).roll(n)  # view i pairs with view i + N (mod 2N)
+    return F.cross_entropy(logits, positives)  # Eq. 1 for l(i, j), averaged over all 2N anchors
+
+
+@register_method
+class SimCLR(Method):
+    name: ClassVar[str] = "simclr"
+    Params: ClassVar[type[MethodParams]] = SimCLRParams
+    recipe: ClassVar[str] = "simclr"
+    optimizer: ClassVar[dict[str, Any]] = {
+        "name": "lars",
+        "lr": 0.3,
+        "lr_scaling": "linear",
+        "weight_decay": 1e-6,
+        "momentum": 0.9,
+        "exclude_bias_bn": True,
+    }
+
+    def __init__(
+        self, backbone: nn.Module, params: SimCLRParams, *, num_classes: int, image_shape: tuple[int, int, int]
+    ):
+        super().__init__(backbone, params, num_classes=num_classes, image_shape=image_shape)
+        self.projector = mlp(backbone.out_dim, params.projector, last_bn=params.projector_last_bn)
+
+    def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
+        """NT-Xent loss of the two crops; also logs the mean cosine similarity of positive pairs."""
+        z1, z2 = self.projector(self.backbone(torch.cat(views.crops[:2]))).chunk(2)
+        loss = simclr_loss(z1, z2, self.params.temperature)
+        positive_cos = F.cosine_similarity(z1.detach(), z2.detach(), dim=1).mean()
+        return {"loss": loss, "positive_cos": positive_cos}

@@ -1,0 +1,97 @@
+"""VICReg: Bardes, Ponce & LeCun, "VICReg: Variance-Invariance-Covariance Regularization for
+Self-Supervised Learning", ICLR 2022 (arXiv 2021).
+
+Two views go through a shared backbone and a wide expander. Three terms shape the embeddings:
+invariance (mean squared distance between the two views' embeddings), variance (a hinge keeping the
+std of every dimension above gamma, computed on each branch) and covariance (the squared off-diagonal
+covariances of each branch, decorrelating the dimensions). No negatives, predictor or
+stop-gradient are needed, and the two branches need not share weights.
+
+Ambiguities resolved:
+- invariance scale: the element-wise mean squared error of the official code, on which the
+  coefficients 25/25/1 were tuned; the paper's Eq. 5 sums over the D dimensions: ``sim_coeff=25 * D``.
+- variance over two branches: v(Z) + v(Z') as in Eq. 6; the official code averages the two
+  branches: ``std_coeff=12.5``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from bench.data.views import Views
+from bench.methods import register_method
+from bench.methods.base import Method, MethodParams
+from bench.models.heads import mlp
+
+
+class VICRegParams(MethodParams):
+    name: Literal["vicreg"] = "vicreg"
+    projector: str = Field("8192-8192-8192", description="expander widths (hidden BN, plain output)")
+    sim_coeff: float = Field(25.0, ge=0, description="lambda, weight of the invariance term")
+    std_coeff: float = Field(25.0, ge=0, description="mu, weight of the variance term")
+    cov_coeff: float = Field(1.0, ge=0, description="nu, weight of the covariance term")
+    gamma: float = Field(1.0, gt=0, description="target std of each embedding dimension")
+    eps: float = Field(1e-4, gt=0, description="added to the variance before the square root")
+
+
+def _variance(z: torch.Tensor, gamma: float, eps: float) -> torch.Tensor:
+    std = torch.sqrt(z.var(dim=0) + eps)  # Eq. 2: S(x, eps) = sqrt(Var(x) + eps), unbiased Var
+    return F.relu(gamma - std).mean()  # Eq. 1: v(Z) = 1/d sum_j max(0, gamma - S(z^j, eps))
+
+
+def _covariance(z: torch.Tensor) -> torch.Tensor:
+    n, d = z.shape
+    zc = z - z.mean(dim=0)
+    cov = zc.T @ zc / (n - 1)  # Eq. 3: C(Z) = 1/(n-1) sum_i (z_i - zbar)(z_i - zbar)^T
+    return (cov.pow(2).sum() - torch.diagonal(cov).pow(2).sum()) / d  # Eq. 4: 1/d sum_{i != j} C_ij^2
+
+
+def vicreg_loss(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    sim_coeff: float,
+    std_coeff: float,
+    cov_coeff: float,
+    gamma: float,
+    eps: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Return the VICReg loss and its unweighted terms ``invariance``, ``variance``, ``covariance``."""
+    invariance = F.mse_loss(z1, z2)  # Eq. 5 (mean over samples and dimensions)
+    variance = _variance(z1, gamma, eps) + _variance(z2, gamma, eps)  # v(Z) + v(Z')
+    covariance = _covariance(z1) + _covariance(z2)  # c(Z) + c(Z')
+    loss = sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance  # Eq. 6
+    terms = {"invariance": invariance.detach(), "variance": variance.detach(), "covariance": covariance.detach()}
+    return loss, terms
+
+
+@register_method
+class VICReg(Method):
+    name: ClassVar[str] = "vicreg"
+    Params: ClassVar[type[MethodParams]] = VICRegParams
+    recipe: ClassVar[str] = "byol"
+    optimizer: ClassVar[dict[str, Any]] = {
+        "name": "lars",
+        "lr": 0.2,
+        "lr_scaling": "linear",
+        "weight_decay": 1e-6,
+        "momentum": 0.9,
+        "exclude_bias_bn": True,
+    }
+
+    def __init__(
+        self, backbone: nn.Module, params: VICRegParams, *, num_classes: int, image_shape: tuple[int, int, int]
+    ):
+        super().__init__(backbone, params, num_classes=num_classes, image_shape=image_shape)
+        self.projector = mlp(backbone.out_dim, params.projector)
+
+    def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
+        """VICReg loss of the two crops; also logs its three unweighted terms."""
+        z1, z2 = (self.projector(self.backbone(x)) for x in views.crops[:2])
+        p = self.params
+        loss, terms = vicreg_loss(z1, z2, p.sim_coeff, p.std_coeff, p.cov_coeff, p.gamma, p.eps)
+        return {"loss": loss, **terms}

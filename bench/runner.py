@@ -1,0 +1,39 @@
+"""One run end to end: pre-train, evaluate, and write ``metrics.json`` beside the checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from rich.console import Console
+
+from bench.config.run import RunConfig, config_id
+from bench.data.registry import DatasetSplits
+from bench.eval.protocols import evaluate_backbone
+from bench.train.engine import train
+
+METRICS = "metrics.json"
+
+
+def default_run_dir(cfg: RunConfig, root: Path = Path("results/runs")) -> Path:
+    return root / f"{cfg.method.name}-{cfg.dataset.name}-{config_id(cfg)}"
+
+
+def run(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None, console: Console | None = None) -> dict:
+    """Train (resuming if a checkpoint exists), evaluate, and return ``{metrics, history, ...}``."""
+    result = train(cfg, run_dir, splits=splits, console=console)
+    metrics = evaluate_backbone(result.method.backbone, result.splits, cfg.eval, result.device, cfg.seed)
+    last = result.history[-1]
+    metrics.update({"train.loss": last["loss"], "train.images_per_s": last["images_per_s"], "train.seconds": result.seconds})
+    report = {"status": "complete", "config_id": config_id(cfg), "metrics": metrics, "history": result.history,
+              "config": cfg.model_dump(mode="json")}
+    write_json(report, run_dir / METRICS)
+    return report
+
+
+def write_json(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""The training engine: optimizers, schedules, checkpoints and the loop."""

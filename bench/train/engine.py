@@ -1,0 +1,250 @@
+"""The training loop of one run.
+
+Data stays on the device as uint8 and is augmented there; metrics are reduced on the device and
+fetched once per log interval, so the loop does not wait on the host. A run resumes from its own
+checkpoint: the data order and the augmentation randomness of an epoch are pure functions of
+(seed, epoch), so a resumed run replays exactly what an uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from bench.config.run import RunConfig
+from bench.data.loader import epoch_permutation, iter_batches
+from bench.data.registry import DatasetSplits, load_dataset
+from bench.data.views import ViewMaker, build_recipe
+from bench.errors import ConfigError, DivergedError
+from bench.eval.features import extract_features
+from bench.eval.knn import knn_eval
+from bench.methods import Method, method_class
+from bench.models.backbones import build_backbone
+from bench.train.checkpoint import CHECKPOINT, atomic_save, load_checkpoint, rng_state, set_rng_state
+from bench.train.optim import build_optimizer
+from bench.train.schedule import lr_factor
+
+MODEL = "model.pt"
+
+
+class Preempted(Exception):
+    """SIGTERM arrived; a checkpoint of the current step was written and the run can resume."""
+
+
+@dataclass
+class TrainResult:
+    method: Method
+    splits: DatasetSplits
+    device: torch.device
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
+    return torch.device(name)
+
+
+def configure_torch(cfg: RunConfig) -> torch.device:
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return pick_device(cfg.train.device)
+
+
+def build_method(cfg: RunConfig, splits: DatasetSplits) -> Method:
+    torch.manual_seed(cfg.seed)
+    channels, size = splits.pretrain.channels, splits.pretrain.image_size
+    backbone = build_backbone(cfg.backbone, channels)
+    cls = method_class(cfg.method.name)
+    return cls(backbone, cfg.method, num_classes=splits.train.num_classes, image_shape=(channels, size, size))
+
+
+def autocast(cfg: RunConfig, device: torch.device):
+    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+class _SigtermFlag:
+    """Turns SIGTERM into a flag the loop checks after every step (main thread only)."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._previous = None
+
+    def __enter__(self) -> "_SigtermFlag":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.raised = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None, console: Console | None = None) -> TrainResult:
+    """Pre-train ``cfg.method`` and return the trained method with its per-epoch history.
+
+    Resumes from ``run_dir/checkpoint.pt`` when present. Raises DivergedError on a non-finite loss
+    (the last good checkpoint is kept) and Preempted after writing a checkpoint on SIGTERM.
+    """
+    device = configure_torch(cfg)
+    splits = splits or load_dataset(cfg.dataset)
+    method = build_method(cfg, splits).to(device)
+    if device.type == "cuda" and cfg.train.channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    if cfg.train.compile:
+        method.backbone.compile()
+    pretrain = splits.pretrain.to(device) if hasattr(splits.pretrain, "to") else splits.pretrain
+    steps_per_epoch = len(pretrain) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {len(pretrain)} pre-training images; lower batch_size")
+    total_steps = steps_per_epoch * cfg.epochs
+
+    optimizer = build_optimizer(method, cfg.optimizer, cfg.batch_size)
+    for group in optimizer.param_groups:
+        group["peak_lr"] = group["lr"]
+    maker = ViewMaker(build_recipe(cfg.augment), pretrain.mean, pretrain.std, pretrain.image_size, clean=method.needs_clean_view)
+    channels_last = device.type == "cuda" and cfg.train.channels_last
+
+    result = TrainResult(method, splits, device)
+    start_epoch, start_batch, gen_state = 0, 0, None
+    ckpt = load_checkpoint(run_dir, device)
+    if ckpt is not None:
+        method.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        set_rng_state(ckpt["rng"])
+        start_epoch, start_batch, gen_state = ckpt["epoch"], ckpt["batch"], ckpt["generator"]
+        result.history = list(ckpt["history"])
+        result.seconds = ckpt["seconds"]
+
+    def save(epoch: int, batch: int, generator: torch.Generator) -> None:
+        atomic_save(
+            {
+                "model": method.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": rng_state(),
+                "generator": generator.get_state(),
+                "epoch": epoch,
+                "batch": batch,
+                "history": result.history,
+                "seconds": result.seconds,
+                "config": cfg.model_dump(mode="json"),
+            },
+            run_dir / CHECKPOINT,
+        )
+
+    console = console or Console(stderr=True)
+    show = cfg.train.progress and console.is_terminal
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not show, transient=False,
+    )
+    method.train()
+    with progress, _SigtermFlag() as sigterm:
+        task = progress.add_task(f"{cfg.method.name}", total=total_steps, completed=start_epoch * steps_per_epoch + start_batch, info="")
+        for epoch in range(start_epoch, cfg.epochs):
+            generator = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + epoch)
+            if gen_state is not None:
+                generator.set_state(gen_state)
+                gen_state = None
+            order = epoch_permutation(len(pretrain), cfg.seed, epoch)
+            loss_sum = torch.zeros((), device=device)
+            logs_sum: dict[str, torch.Tensor] = {}
+            first_bad = torch.full((), -1, dtype=torch.long, device=device)
+            t0, seen = time.perf_counter(), 0
+            batches = iter_batches(pretrain, cfg.batch_size, device, order=order, drop_last=True, start=start_batch,
+                                   workers=cfg.train.workers)
+            for b, (images, labels, index) in enumerate(batches, start=start_batch):
+                step = epoch * steps_per_epoch + b
+                factor = lr_factor(cfg.schedule, step, total_steps, steps_per_epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = group["peak_lr"] * factor
+                views = maker(images, labels, index, generator)
+                if channels_last:
+                    views.crops = [v.contiguous(memory_format=torch.channels_last) for v in views.crops]
+                with autocast(cfg, device):
+                    out = method(views, step, total_steps)
+                loss = out["loss"]
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.train.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.train.grad_clip)
+                optimizer.step()
+                method.on_step_end(step, total_steps)
+
+                loss = loss.detach().float()
+                first_bad = torch.where(~torch.isfinite(loss) & (first_bad < 0), step, first_bad)
+                loss_sum += loss
+                for k, v in out.items():
+                    if k != "loss":
+                        logs_sum[k] = logs_sum.get(k, 0) + v.detach().float()
+                seen += images.shape[0]
+                if (b + 1) % cfg.train.log_every == 0 or b + 1 == steps_per_epoch:
+                    _check_finite(first_bad, steps_per_epoch)
+                    progress.update(task, completed=step + 1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {loss.item():.4f}")
+                if sigterm.raised:
+                    result.seconds += time.perf_counter() - t0
+                    save(epoch, b + 1, generator)
+                    raise Preempted(f"SIGTERM at epoch {epoch + 1} step {step + 1}; checkpoint written to {run_dir}")
+            _check_finite(first_bad, steps_per_epoch)
+            elapsed = time.perf_counter() - t0
+            result.seconds += elapsed
+            n_batches = steps_per_epoch - start_batch
+            record = {
+                "epoch": epoch + 1,
+                "loss": float(loss_sum) / n_batches,
+                "lr": optimizer.param_groups[0]["lr"],
+                "images_per_s": seen / elapsed,
+                **{k: float(v) / n_batches for k, v in logs_sum.items()},
+            }
+            if cfg.train.knn_every and (epoch + 1) % cfg.train.knn_every == 0:
+                record.update(online_knn(method, splits, device, cfg))
+                method.train()
+            result.history.append(record)
+            start_batch = 0
+            last = epoch + 1 == cfg.epochs
+            if last or (cfg.train.checkpoint_every and (epoch + 1) % cfg.train.checkpoint_every == 0):
+                save(epoch + 1, 0, generator)
+    atomic_save({"model": method.state_dict(), "backbone": method.backbone.state_dict(),
+                 "config": cfg.model_dump(mode="json"), "history": result.history}, run_dir / MODEL)
+    return result
+
+
+def _check_finite(first_bad: torch.Tensor, steps_per_epoch: int) -> None:
+    bad = int(first_bad)
+    if bad >= 0:
+        raise DivergedError(epoch=bad // steps_per_epoch + 1, step=bad + 1)
+
+
+def online_knn(method: Method, splits: DatasetSplits, device: torch.device, cfg: RunConfig) -> dict[str, float]:
+    """kNN accuracy of the current backbone (k=20), on at most ``train.knn_bank`` training samples."""
+    bank = splits.train.labeled()
+    if len(bank) > cfg.train.knn_bank and hasattr(bank, "subset"):
+        bank = bank.subset(torch.arange(cfg.train.knn_bank))
+    train_f, train_y = extract_features(method.backbone, bank, device)
+    test_f, test_y = extract_features(method.backbone, splits.test, device)
+    acc = knn_eval(train_f, train_y, test_f, test_y, splits.train.num_classes, ks=(20,), temperature=cfg.eval.knn_temperature)
+    return {"knn_top1": acc["knn20.top1"]}

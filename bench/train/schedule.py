@@ -1,0 +1,33 @@
+"""Learning-rate schedule: linear warm-up then cosine decay, a pure function of the step.
+
+Being a function of the global step, the schedule needs no state of its own: a resumed run that
+restores its step restores its learning rate.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ScheduleConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: float = Field(10.0, ge=0, description="linear warm-up length (clipped to the run's length)")
+    warmup_start: float = Field(0.0, ge=0, le=1, description="lr at step 0, as a fraction of the peak lr")
+    final_lr: float = Field(0.0, ge=0, le=1, description="lr at the last step, as a fraction of the peak lr")
+
+
+def lr_factor(cfg: ScheduleConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """Multiplier of the peak lr at ``step`` (0-based) of ``total_steps``."""
+    warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total_steps)
+    if step < warmup:
+        return cfg.warmup_start + (1.0 - cfg.warmup_start) * step / warmup
+    if cfg.name == "constant":
+        return 1.0
+    span = max(1, total_steps - warmup - 1)
+    progress = min(1.0, (step - warmup) / span)
+    return cfg.final_lr + (1.0 - cfg.final_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))

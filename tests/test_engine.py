@@ -1,0 +1,112 @@
+"""The training engine: exact resume after SIGKILL, SIGTERM checkpoints, the non-finite-loss guard."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.config import resolve_run_config
+from bench.errors import DivergedError
+from bench.train.checkpoint import CHECKPOINT
+from bench.train.engine import MODEL, train
+
+TINY = [
+    "method=simclr", "method.projector=32-16", "dataset=shapes", "dataset.n_train=384", "dataset.n_test=64",
+    "backbone.width=8", "batch_size=64", "epochs=4", "optimizer.name=sgd", "optimizer.lr=0.05",
+    "train.deterministic=true", "train.threads=1", "train.checkpoint_every=1", "train.progress=false",
+    "eval.linear.epochs=2",
+]
+
+
+def _train_cmd(run_dir: Path, *extra: str) -> list[str]:
+    sets = [a for s in TINY + list(extra) for a in ("--set", s)]
+    return [sys.executable, "-m", "bench.cli", "train", "--out", str(run_dir), *sets]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
+
+
+def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / MODEL, weights_only=True)["model"]
+
+
+def _assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=f"{k} differs")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    subprocess.run(_train_cmd(run_dir), check=True, env=_env(), capture_output=True)
+    return run_dir
+
+
+def test_sigkill_at_a_random_point_then_resume_gives_the_same_weights(uninterrupted, tmp_path):
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(run_dir), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run_dir / CHECKPOINT).exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(random.uniform(0.0, 1.5))  # a random point after the first checkpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / MODEL).exists(), "the run finished before it could be killed; make it longer"
+    assert not list(run_dir.glob(".*.tmp")) or (run_dir / CHECKPOINT).exists()
+    done = subprocess.run(_train_cmd(run_dir), env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    _assert_same_weights(_final_weights(uninterrupted), _final_weights(run_dir))
+
+
+def test_sigterm_writes_a_mid_epoch_checkpoint_and_resumes_exactly(uninterrupted, tmp_path):
+    run_dir = tmp_path / "terminated"
+    proc = subprocess.Popen(_train_cmd(run_dir), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run_dir / CHECKPOINT).exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate()
+    assert proc.returncode == 4, err
+    assert "resume" in err
+    ckpt = torch.load(run_dir / CHECKPOINT, weights_only=True)
+    assert 1 <= ckpt["epoch"] < 4
+    done = subprocess.run(_train_cmd(run_dir), env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    _assert_same_weights(_final_weights(uninterrupted), _final_weights(run_dir))
+
+
+def test_non_finite_loss_stops_the_run_with_its_epoch_and_step(tmp_path):
+    from bench.config import apply_overrides
+
+    cfg = resolve_run_config(apply_overrides({}, TINY + ["optimizer.lr=1e30", "epochs=2", "train.log_every=1"]))
+    with pytest.raises(DivergedError, match=r"diverged at epoch \d+ step \d+") as err:
+        train(cfg, tmp_path)
+    assert err.value.step >= 1 and err.value.epoch >= 1
+    assert not (tmp_path / MODEL).exists()
+
+
+def test_cli_reports_divergence_with_exit_code_3(tmp_path):
+    done = subprocess.run(_train_cmd(tmp_path, "optimizer.lr=1e30", "epochs=1", "train.log_every=1"),
+                          env=_env(), capture_output=True, text=True)
+    assert done.returncode == 3
+    assert "diverged at epoch 1 step" in done.stderr and "optimizer.lr" in done.stderr
+
+
+def test_history_records_loss_lr_and_throughput(tmp_path):
+    from bench.config import apply_overrides
+
+    cfg = resolve_run_config(apply_overrides({}, TINY + ["epochs=2", "train.knn_every=1"]))
+    result = train(cfg, tmp_path)
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    for h in result.history:
+        assert h["images_per_s"] > 0 and h["lr"] > 0 and torch.isfinite(torch.tensor(h["loss"]))
+        assert 0 <= h["knn_top1"] <= 1
