@@ -7,6 +7,7 @@ Exit codes: 0 success, 2 bad input (config, data, command line), 3 training dive
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
 def cmd_quickstart(args: argparse.Namespace, console: Console) -> int:
     from bench.quickstart import quickstart
 
-    quickstart(args.suite, args.out, console=console, sets=args.set)
+    quickstart(args.suite, args.out, console=console, sets=args.set, workers=args.workers)
     return 0
 
 
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", type=Path, default=Path(__file__).resolve().parent.parent / "suites" / "quickstart.yaml")
     p.add_argument("--out", type=Path, default=Path("results/quickstart"))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of every run")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="runs trained at the same time")
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("perf", help="measure the data path, training throughput and evaluation speed")

@@ -1,5 +1,6 @@
 """The training engine: exact resume after SIGKILL, SIGTERM checkpoints, the non-finite-loss guard."""
 
+import json
 import os
 import random
 import signal
@@ -13,12 +14,13 @@ import torch
 
 from bench.config import resolve_run_config
 from bench.errors import DivergedError
+from bench.runner import METRICS
 from bench.train.checkpoint import CHECKPOINT
-from bench.train.engine import MODEL, train
+from bench.train.engine import MODEL, Preempted, train
 
 TINY = [
-    "method=simclr", "method.projector=32-16", "dataset=shapes", "dataset.n_train=384", "dataset.n_test=64",
-    "backbone.width=8", "batch_size=64", "epochs=4", "optimizer.name=sgd", "optimizer.lr=0.05",
+    "method=simclr", "method.projector=32-16", "dataset=shapes", "dataset.n_train=1024", "dataset.n_test=64",
+    "backbone.width=8", "batch_size=32", "epochs=4", "optimizer.name=sgd", "optimizer.lr=0.05",
     "train.deterministic=true", "train.threads=1", "train.checkpoint_every=1", "train.progress=false",
     "eval.linear.epochs=2",
 ]
@@ -44,44 +46,68 @@ def _assert_same_weights(a: dict, b: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> Path:
+def uninterrupted(tmp_path_factory) -> tuple[Path, float]:
+    """The reference run and how long its training took."""
     run_dir = tmp_path_factory.mktemp("uninterrupted")
     subprocess.run(_train_cmd(run_dir), check=True, env=_env(), capture_output=True)
-    return run_dir
+    return run_dir, json.loads((run_dir / METRICS).read_text())["metrics"]["train.seconds"]
 
 
-def test_sigkill_at_a_random_point_then_resume_gives_the_same_weights(uninterrupted, tmp_path):
+@pytest.mark.parametrize("trial", range(2))
+def test_sigkill_at_a_random_point_then_resume_gives_the_same_weights(uninterrupted, tmp_path, trial):
+    reference, seconds = uninterrupted
     run_dir = tmp_path / "killed"
     proc = subprocess.Popen(_train_cmd(run_dir), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (run_dir / CHECKPOINT).exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(random.uniform(0.0, 1.5))  # a random point after the first checkpoint
+        time.sleep(0.02)
+    time.sleep(random.uniform(0.0, 0.5 * seconds))  # a random point of the remaining epochs
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run_dir / MODEL).exists(), "the run finished before it could be killed; make it longer"
-    assert not list(run_dir.glob(".*.tmp")) or (run_dir / CHECKPOINT).exists()
     done = subprocess.run(_train_cmd(run_dir), env=_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    _assert_same_weights(_final_weights(uninterrupted), _final_weights(run_dir))
+    assert not list(run_dir.glob(".*.tmp"))
+    _assert_same_weights(_final_weights(reference), _final_weights(run_dir))
 
 
-def test_sigterm_writes_a_mid_epoch_checkpoint_and_resumes_exactly(uninterrupted, tmp_path):
+def test_sigterm_exits_with_code_4_and_the_same_command_resumes(uninterrupted, tmp_path):
+    reference, _ = uninterrupted
     run_dir = tmp_path / "terminated"
     proc = subprocess.Popen(_train_cmd(run_dir), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (run_dir / CHECKPOINT).exists() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate()
     assert proc.returncode == 4, err
-    assert "resume" in err
-    ckpt = torch.load(run_dir / CHECKPOINT, weights_only=True)
-    assert 1 <= ckpt["epoch"] < 4
+    assert "run the same command again to resume" in err
     done = subprocess.run(_train_cmd(run_dir), env=_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    _assert_same_weights(_final_weights(uninterrupted), _final_weights(run_dir))
+    _assert_same_weights(_final_weights(reference), _final_weights(run_dir))
+
+
+def test_sigterm_mid_epoch_checkpoints_that_step_and_resumes_exactly(uninterrupted, tmp_path, monkeypatch):
+    from bench.config import apply_overrides
+    from bench.methods.simclr import SimCLR
+
+    reference, _ = uninterrupted
+    cfg = resolve_run_config(apply_overrides({}, TINY))
+    original = SimCLR.on_step_end
+
+    def terminate_at_step_40(self, step, total_steps):
+        original(self, step, total_steps)
+        if step == 40:  # epoch 2 (32 steps per epoch), batch 9
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(SimCLR, "on_step_end", terminate_at_step_40)
+    with pytest.raises(Preempted, match="SIGTERM at epoch 2 step 41"):
+        train(cfg, tmp_path)
+    ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert (ckpt["epoch"], ckpt["batch"]) == (1, 9)
+    monkeypatch.undo()
+    train(cfg, tmp_path)
+    _assert_same_weights(_final_weights(reference), _final_weights(tmp_path))
 
 
 def test_non_finite_loss_stops_the_run_with_its_epoch_and_step(tmp_path):

@@ -1,7 +1,7 @@
 """``shapes``: a seeded, procedurally generated classification set (no download).
 
-Ten shape classes drawn with a random colour, size, position and rotation on a textured, randomly
-coloured background, with pixel noise. Colour, position and background dominate the raw pixels, so
+Ten shape classes drawn with a random colour, size, position and rotation on a randomly coloured,
+mottled (low-frequency noise) gradient background, with pixel noise. Colour, position and background dominate the raw pixels, so
 raw-pixel kNN is weak, while a representation that is invariant to crops and colour recognises the
 shape. It is the test-bed of every method: fast to make (a few seconds for 10k images) and
 deterministic for a given seed and size.
@@ -78,18 +78,11 @@ def _render(labels: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     def rand(*shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=g)
 
-    # Background: two colours mixed by a randomly oriented stripe or checker pattern.
+    # Background: one random colour with per-pixel noise texture. Nothing in it is shared by two
+    # crops of an image except its colour, which colour jitter removes, so the shape is the signal.
     bg_h, fg_shift = rand(m), 0.25 + 0.5 * rand(m)
-    bg_s, bg_v = 0.2 + 0.6 * rand(m), 0.3 + 0.5 * rand(m)
-    c0 = _hsv_to_rgb(bg_h, bg_s, bg_v)
-    c1 = _hsv_to_rgb((bg_h + 0.08 * rand(m)) % 1, bg_s, (bg_v + 0.04 + 0.08 * rand(m)).clamp(max=1))
-    phi, freq, phase = math.pi * rand(m), 0.3 + 0.9 * rand(m), 2 * math.pi * rand(m)
-    proj = x[None] * torch.cos(phi)[:, None, None] + y[None] * torch.sin(phi)[:, None, None]
-    stripes = 0.5 + 0.5 * torch.sin(freq[:, None, None] * proj + phase[:, None, None])
-    checker = ((torch.floor(x[None] * freq[:, None, None] / 2) + torch.floor(y[None] * freq[:, None, None] / 2)) % 2).float()
-    use_checker = (rand(m) < 0.3)[:, None, None]
-    mix = torch.where(use_checker, checker, stripes)[:, None]
-    img = c0[:, :, None, None] * (1 - mix) + c1[:, :, None, None] * mix
+    bg = _hsv_to_rgb(bg_h, 0.2 + 0.6 * rand(m), 0.3 + 0.5 * rand(m))
+    img = bg[:, :, None, None] + 0.08 * torch.randn(m, 3, s, s, generator=g)
 
     # Foreground: one shape with its own colour, size, position and rotation.
     fg = _hsv_to_rgb((bg_h + fg_shift) % 1, 0.5 + 0.5 * rand(m), 0.4 + 0.6 * rand(m))
@@ -109,7 +102,7 @@ def _render(labels: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     img = torch.where(mask[:, None], fg[:, :, None, None], img)
 
     img = torch.nn.functional.avg_pool2d(img, SUPERSAMPLE)  # anti-aliasing
-    img = img + 0.03 * torch.randn(img.shape, generator=g)
+    img = img + 0.04 * torch.randn(img.shape, generator=g)
     return (img.clamp(0, 1) * 255).round().to(torch.uint8)
 
 

@@ -136,7 +136,8 @@ def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None,
         method.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"])
-        start_epoch, start_batch, gen_state = ckpt["epoch"], ckpt["batch"], ckpt["generator"]
+        start_epoch, start_batch = ckpt["epoch"], ckpt["batch"]
+        gen_state = ckpt["generator"] if start_batch > 0 else None  # mid-epoch: continue that epoch's stream
         result.history = list(ckpt["history"])
         result.seconds = ckpt["seconds"]
 
@@ -205,7 +206,7 @@ def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None,
                 if (b + 1) % cfg.train.log_every == 0 or b + 1 == steps_per_epoch:
                     _check_finite(first_bad, steps_per_epoch)
                     progress.update(task, completed=step + 1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {loss.item():.4f}")
-                if sigterm.raised:
+                if sigterm.raised and b + 1 < steps_per_epoch:
                     result.seconds += time.perf_counter() - t0
                     save(epoch, b + 1, generator)
                     raise Preempted(f"SIGTERM at epoch {epoch + 1} step {step + 1}; checkpoint written to {run_dir}")
@@ -226,8 +227,10 @@ def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None,
             result.history.append(record)
             start_batch = 0
             last = epoch + 1 == cfg.epochs
-            if last or (cfg.train.checkpoint_every and (epoch + 1) % cfg.train.checkpoint_every == 0):
+            if last or sigterm.raised or (cfg.train.checkpoint_every and (epoch + 1) % cfg.train.checkpoint_every == 0):
                 save(epoch + 1, 0, generator)
+            if sigterm.raised and not last:
+                raise Preempted(f"SIGTERM at the end of epoch {epoch + 1}; checkpoint written to {run_dir}")
     atomic_save({"model": method.state_dict(), "backbone": method.backbone.state_dict(),
                  "config": cfg.model_dump(mode="json"), "history": result.history}, run_dir / MODEL)
     return result
