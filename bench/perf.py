@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 from PIL import Image
@@ -31,23 +32,32 @@ from bench.methods import all_methods
 from bench.train.engine import build_method, pick_device, train
 from bench.train.optim import build_optimizer
 
+T = TypeVar("T")
 
-def _timed(fn: Callable[[], int], device: torch.device) -> float:
-    """Items per second of one call of ``fn`` (which returns how many items it processed)."""
+
+def _timed(fn: Callable[[], T], device: torch.device) -> tuple[float, T]:
+    """Wall-clock seconds of one call of ``fn`` (device work included) and its result."""
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    n = fn()
+    result = fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return n / (time.perf_counter() - t0)
+    return time.perf_counter() - t0, result
+
+
+def _rate(fn: Callable[[], int], device: torch.device) -> float:
+    """Items per second of ``fn``, which returns how many items it processed."""
+    seconds, n = _timed(fn, device)
+    return n / seconds
 
 
 class _PilImages(Dataset):
     """The classic pipeline: PIL images through torchvision's per-sample transforms, two views each."""
 
     def __init__(self, images: torch.Tensor, transforms: list):
-        self.images = [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in images]
+        arrays = images.permute(0, 2, 3, 1).numpy()
+        self.images = [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arrays]
         self.transforms = transforms
 
     def __len__(self) -> int:
@@ -84,16 +94,17 @@ def bench_augmentation(data: ImageSet, device: torch.device, batch_size: int, n_
         return seen
 
     ours()  # warm-up
-    ours_ips = max(_timed(ours, device) for _ in range(3))
-    classic_ips = max(_timed(classic, device) for _ in range(2))
+    ours_ips = max(_rate(ours, device) for _ in range(3))
+    classic_ips = max(_rate(classic, device) for _ in range(2))
     return {"aug.ours_images_per_s": ours_ips, "aug.classic_images_per_s": classic_ips,
             "aug.workers": workers, "aug.speedup": ours_ips / classic_ips}
 
 
 def _perf_config(method: str, quick: bool, device: torch.device) -> RunConfig:
-    small = {"simclr": "256-64", "byol": "256-64", "simsiam": "256-256", "barlow_twins": "256-256",
-             "vicreg": "256-256", "supervised": ""}
-    overrides = {"projector": small[method]} if quick and method in small else {}
+    small = {"simclr": {"projector": "256-64"}, "byol": {"projector": "256-64", "predictor": "256-64"},
+             "simsiam": {"projector": "256-256", "predictor": "64-256"}, "barlow_twins": {"projector": "256-256"},
+             "vicreg": {"projector": "256-256"}}
+    overrides = small.get(method, {}) if quick else {}
     return resolve_run_config({
         "method": {"name": method, **overrides},
         "dataset": {"name": "shapes", "n_train": 2048 if quick else 8192, "n_test": 256},
@@ -110,7 +121,7 @@ def bench_engine_overhead(cfg: RunConfig, device: torch.device, out_dir: Path, r
     splits = load_dataset(cfg.dataset)
     pretrain = splits.pretrain.to(device)
 
-    def bare() -> int:
+    def bare() -> float:
         method = build_method(cfg, splits).to(device)
         optimizer = build_optimizer(method, cfg.optimizer, cfg.batch_size)
         maker = ViewMaker(build_recipe(cfg.augment), pretrain.mean, pretrain.std, pretrain.image_size, clean=method.needs_clean_view)
@@ -161,28 +172,16 @@ def bench_eval(device: torch.device, n_train: int, n_test: int, dim: int, classe
     train_f = centers[train_y] + 2 * torch.randn(n_train, dim, generator=g).to(device)
     test_f = centers[test_y] + 2 * torch.randn(n_test, dim, generator=g).to(device)
 
-    def timed(fn: Callable[[], dict]) -> tuple[float, dict]:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        res = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0, res
-
-    knn_s, knn = timed(lambda: knn_eval(train_f, train_y, test_f, test_y, classes, ks=(20, 200)))
-    lin_s, lin = timed(lambda: linear_probe(train_f, train_y, test_f, test_y, classes, LinearConfig(epochs=100)))
+    knn_s, knn = _timed(lambda: knn_eval(train_f, train_y, test_f, test_y, classes, ks=(20, 200)), device)
+    lin_s, lin = _timed(lambda: linear_probe(train_f, train_y, test_f, test_y, classes, LinearConfig(epochs=100)), device)
     return {"eval.knn_seconds": knn_s, "eval.linear_seconds": lin_s, "eval.knn20_top1": knn["knn20.top1"],
             "eval.linear_top1": lin["linear.top1"], "eval.n_train": n_train, "eval.n_test": n_test, "eval.dim": dim}
 
 
-def perf(quick: bool, out_dir: Path, console: Console) -> dict:
-    device = pick_device("auto")
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    scratch = out_dir / "scratch"
-    results: dict[str, float | str] = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                                       "quick": quick, "torch": torch.__version__}
+def _measure(quick: bool, device: torch.device, scratch: Path, console: Console) -> dict:
+    """Every measurement, in order; run directories go to ``scratch``."""
+    results: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                     "quick": quick, "torch": torch.__version__}
     data = load_dataset(DatasetConfig(name="shapes", n_train=4096, n_test=256)).pretrain
     n_aug = 2048 if quick else 4096
     console.print("measuring the data path ...")
@@ -194,7 +193,16 @@ def perf(quick: bool, out_dir: Path, console: Console) -> dict:
     console.print("measuring evaluation ...")
     sizes = (5000, 1000, 512, 10) if quick or device.type == "cpu" else (50000, 10000, 512, 100)
     results.update(bench_eval(device, *sizes))
+    return results
 
+
+def perf(quick: bool, out_dir: Path, console: Console) -> dict:
+    """Measure, print a table, and write the figures as JSON under ``out_dir``."""
+    device = pick_device("auto")
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="ssl-bench-perf-") as scratch:
+        results = _measure(quick, device, Path(scratch), console)
     table = Table("measure", "value", title=f"ssl-bench perf on {results['device']}")
     for key, value in results.items():
         table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))

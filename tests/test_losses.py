@@ -349,3 +349,17 @@ def test_paper_recipe_and_optimizer(name: str, recipe: str, opt: str, lr: float,
         "momentum": 0.9,
         "exclude_bias_bn": exclude,
     }
+
+
+def test_losses_run_in_float32_under_bf16_autocast():
+    from bench.methods.barlow_twins import barlow_twins_loss
+    from bench.methods.simclr import simclr_loss
+
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(16, 8), torch.randn(16, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = z1.bfloat16(), z2.bfloat16()
+        got = simclr_loss(a, b, 0.1)
+        got_bt, _ = barlow_twins_loss(a, b, 0.005)
+    assert got.dtype == torch.float32 and got_bt.dtype == torch.float32
+    assert got.item() == pytest.approx(simclr_loss(a.float(), b.float(), 0.1).item(), rel=1e-6)

@@ -37,10 +37,9 @@ def iter_batches(
     start: int = 0,
     workers: int = 0,
 ) -> Iterator[Batch]:
-    """Yield batches in ``order`` (default: sequential), skipping the first ``start`` batches."""
-    n = len(split)
-    order = torch.arange(n) if order is None else order
-    total = num_batches(n, batch_size, drop_last)
+    """Yield batches of the samples in ``order`` (default: all, sequential), skipping the first ``start`` batches."""
+    order = torch.arange(len(split)) if order is None else order
+    total = num_batches(len(order), batch_size, drop_last)
     if isinstance(split, ImageSet):
         order_dev = order.to(split.images.device)
         for b in range(start, total):

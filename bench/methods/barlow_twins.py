@@ -21,7 +21,7 @@ from torch import nn
 
 from bench.data.views import Views
 from bench.methods import register_method
-from bench.methods.base import Method, MethodParams
+from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.models.heads import mlp
 
 
@@ -31,6 +31,7 @@ class BarlowTwinsParams(MethodParams):
     lambd: float = Field(0.0051, ge=0, description="weight lambda of the off-diagonal (redundancy reduction) term")
 
 
+@fp32_loss
 def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Return L_BT and its two unweighted terms ``on_diag`` and ``off_diag``."""
     n = z1.shape[0]

@@ -8,14 +8,17 @@ step; evaluation only ever uses ``backbone``.
 
 from __future__ import annotations
 
+import functools
 from abc import abstractmethod
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from bench.data.views import Views
+
+T = TypeVar("T")
 
 
 class MethodParams(BaseModel):
@@ -53,3 +56,24 @@ class Method(nn.Module):
     @torch.no_grad()
     def on_step_end(self, step: int, total_steps: int) -> None:
         """Per-step hook after the optimizer step (EMA updates, queues). Default: nothing."""
+
+
+def fp32_loss(fn: Callable[..., T]) -> Callable[..., T]:
+    """Compute a loss in (at least) float32 even inside a bf16 autocast region.
+
+    Logits divided by a small temperature, D x D correlation matrices and log-determinants lose too
+    much in bf16; the backbone runs in bf16, the loss in float32.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        def up(x: Any) -> Any:
+            return x.float() if torch.is_tensor(x) and x.dtype in (torch.float16, torch.bfloat16) else x
+
+        args = tuple(up(a) for a in args)
+        kwargs = {k: up(v) for k, v in kwargs.items()}
+        device = next((a.device.type for a in (*args, *kwargs.values()) if torch.is_tensor(a)), "cpu")
+        with torch.autocast(device_type=device, enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper

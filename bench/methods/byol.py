@@ -26,7 +26,7 @@ from torch import nn
 from bench.data.views import Views
 from bench.errors import ConfigError
 from bench.methods import register_method
-from bench.methods.base import Method, MethodParams
+from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.ema import cosine_momentum, ema_update_
 from bench.models.heads import mlp, out_dim
 
@@ -38,6 +38,7 @@ class BYOLParams(MethodParams):
     tau_base: float = Field(0.996, ge=0, le=1, description="EMA decay at step 0, raised to 1 by a cosine schedule")
 
 
+@fp32_loss
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of ||p/|p| - z/|z|||^2 = 2 - 2 cos(p, z); ``z`` is the (fixed) target."""
     return (2 - 2 * F.cosine_similarity(p, z, dim=1)).mean()  # Eq. 2

@@ -24,7 +24,7 @@ from torch import nn
 
 from bench.data.views import Views
 from bench.methods import register_method
-from bench.methods.base import Method, MethodParams
+from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.models.heads import mlp
 
 
@@ -35,6 +35,7 @@ class SimCLRParams(MethodParams):
     temperature: float = Field(0.1, gt=0, description="NT-Xent temperature tau (paper, ImageNet)")
 
 
+@fp32_loss
 def simclr_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
     """NT-Xent over the 2N views; row i of ``z1`` and row i of ``z2`` are the positive pair."""
     n = z1.shape[0]

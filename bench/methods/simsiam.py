@@ -25,7 +25,7 @@ from torch import nn
 from bench.data.views import Views
 from bench.errors import ConfigError
 from bench.methods import register_method
-from bench.methods.base import Method, MethodParams
+from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.models.heads import mlp, out_dim
 
 
@@ -38,6 +38,7 @@ class SimSiamParams(MethodParams):
     )
 
 
+@fp32_loss
 def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
     """L = 1/2 D(p1, sg(z2)) + 1/2 D(p2, sg(z1)) with D(p, z) = -cos(p, z), averaged over the batch."""
     d12 = -F.cosine_similarity(p1, z2.detach(), dim=1).mean()  # Eq. 3: D(p1, stopgrad(z2)), D of Eq. 1

@@ -21,7 +21,7 @@ from torch import nn
 
 from bench.data.views import Views
 from bench.methods import register_method
-from bench.methods.base import Method, MethodParams
+from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.models.heads import mlp, out_dim
 
 
@@ -30,6 +30,7 @@ class SupervisedParams(MethodParams):
     projector: str = Field("", description="MLP widths between backbone and classifier; empty: linear classifier")
 
 
+@fp32_loss
 def supervised_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy averaged over the labelled samples (label -1 is ignored); 0 when none is labelled."""
     labelled = (labels >= 0).sum().clamp(min=1)

@@ -25,7 +25,7 @@ from torch import nn
 
 from bench.data.views import Views
 from bench.methods import register_method
-from bench.methods.base import Method, MethodParams
+from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.models.heads import mlp
 
 
@@ -51,6 +51,7 @@ def _covariance(z: torch.Tensor) -> torch.Tensor:
     return (cov.pow(2).sum() - torch.diagonal(cov).pow(2).sum()) / d  # Eq. 4: 1/d sum_{i != j} C_ij^2
 
 
+@fp32_loss
 def vicreg_loss(
     z1: torch.Tensor,
     z2: torch.Tensor,
