@@ -136,3 +136,14 @@ def test_history_records_loss_lr_and_throughput(tmp_path):
     for h in result.history:
         assert h["images_per_s"] > 0 and h["lr"] > 0 and torch.isfinite(torch.tensor(h["loss"]))
         assert 0 <= h["knn_top1"] <= 1
+
+
+def test_a_checkpoint_of_another_config_is_refused(tmp_path):
+    from bench.config import apply_overrides
+    from bench.errors import ConfigError
+
+    cfg = resolve_run_config(apply_overrides({}, TINY + ["epochs=1"]))
+    train(cfg, tmp_path)
+    other = resolve_run_config(apply_overrides({}, TINY + ["epochs=1", "optimizer.lr=0.01"]))
+    with pytest.raises(ConfigError, match="different config"):
+        train(other, tmp_path)

@@ -26,7 +26,9 @@ def all_methods() -> dict[str, type[Method]]:
 
 
 def _import_methods() -> None:
-    from bench.methods import barlow_twins, byol, simclr, simsiam, supervised, vicreg  # noqa: F401
+    from bench.methods import (  # noqa: F401
+        barlow_twins, byol, corinfomax, dino, mocov2, mocov3, mveb, sidae, simclr, simsiam, supervised, swav, vicreg, wmse,
+    )
 
 
 __all__ = ["Method", "MethodParams", "METHODS", "register_method", "method_class", "all_methods"]

@@ -19,7 +19,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from bench.config.run import RunConfig
+from bench.config.run import RunConfig, config_id, resolve_run_config
 from bench.data.loader import epoch_permutation, iter_batches
 from bench.data.registry import DatasetSplits, load_dataset
 from bench.data.views import ViewMaker, build_recipe
@@ -133,6 +133,9 @@ def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None,
     start_epoch, start_batch, gen_state = 0, 0, None
     ckpt = load_checkpoint(run_dir, device)
     if ckpt is not None:
+        if config_id(resolve_run_config(ckpt["config"])) != config_id(cfg):
+            raise ConfigError(f"{run_dir} holds a checkpoint of a different config; choose another run directory "
+                              "or pass --fresh to start over")
         method.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"])

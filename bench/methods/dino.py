@@ -1,0 +1,137 @@
+"""DINO: Caron, Touvron, Misra, Jegou, Mairal, Bojanowski & Joulin, "Emerging Properties in
+Self-Supervised Vision Transformers", ICCV 2021.
+
+Self-distillation without labels: a student (backbone + DINO head) matches, by cross-entropy, the
+output distribution of a teacher that is an exponential moving average of the student (momentum
+raised from 0.996 to 1 on a cosine schedule). The teacher sees only the global crops, the student
+every crop; each (teacher crop, different student crop) pair is one term. Collapse is avoided by
+centring (subtracting a running mean of the teacher outputs, momentum 0.9, updated after each step)
+and sharpening (a low teacher temperature). The head is an MLP with GELU, an L2 normalisation and a
+weight-normalised last layer with its norm fixed to 1.
+
+Ambiguities resolved:
+- teacher temperature: 0.04 throughout, the official ResNet-50 run; the ViT runs warm it up from 0.04
+  to 0.07 over 30 epochs: ``teacher_temp=0.07, teacher_temp_warmup=...`` (a fraction of the steps).
+- optimizer: the official ResNet-50 recipe, SGD lr 0.03 at batch 256, wd 1e-4, no decay on biases and
+  norms; the paper's LARS reading is ``name=lars, lr=0.3, weight_decay=1e-6`` in the suite.
+- the official code also freezes the last layer for the first epoch; this is not reproduced.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from bench.data.views import Views
+from bench.methods import register_method
+from bench.methods.base import Method, MethodParams, fp32_loss
+from bench.methods.ema import cosine_momentum, ema_update_
+from bench.methods.swav import (
+    check_global_crops,
+    crop_pair_cross_entropy,
+    multicrop_forward,
+)
+from bench.models.heads import parse_spec
+
+
+class DINOParams(MethodParams):
+    name: Literal["dino"] = "dino"
+    projector: str = Field("2048-2048-256", description="head MLP widths (GELU between, last is the bottleneck)")
+    out_dim: int = Field(65536, ge=1, description="K, width of the weight-normalised last layer")
+    global_crops: int = Field(2, ge=1, description="the first crops are global: the teacher sees only these")
+    momentum_base: float = Field(0.996, ge=0, le=1, description="teacher EMA momentum at step 0, cosine to 1")
+    student_temp: float = Field(0.1, gt=0, description="tau_s of the student softmax")
+    teacher_temp: float = Field(0.04, gt=0, description="tau_t of the teacher softmax after warm-up")
+    warmup_teacher_temp: float = Field(0.04, gt=0, description="tau_t at step 0, raised linearly to teacher_temp")
+    teacher_temp_warmup: float = Field(0.0, ge=0, le=1, description="fraction of the steps the tau_t warm-up lasts")
+    center_momentum: float = Field(0.9, ge=0, le=1, description="m of the EMA of the teacher-output centre")
+
+
+class DINOHead(nn.Module):
+    """Linear layers of ``spec`` with GELU between, L2 normalisation, then a bias-free weight-normalised layer (g = 1)."""
+
+    def __init__(self, in_dim: int, spec: str, out_dim: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for width in parse_spec(spec):
+            layers += [nn.Linear(in_dim, width), nn.GELU()]
+            in_dim = width
+        self.mlp = nn.Sequential(*layers[:-1])
+        self.last = nn.Linear(in_dim, out_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(self.mlp(x), dim=-1)
+        return F.linear(x, F.normalize(self.last.weight, dim=1))  # weight norm: w_k = v_k / ||v_k||
+
+
+def teacher_temperature(step: int, total_steps: int, warmup_temp: float, temp: float, warmup_fraction: float) -> float:
+    """tau_t: linear from ``warmup_temp`` at step 0 to ``temp`` after ``warmup_fraction * total_steps`` steps."""
+    warmup_steps = warmup_fraction * total_steps
+    if step >= warmup_steps:
+        return temp
+    return warmup_temp + (temp - warmup_temp) * step / warmup_steps
+
+
+@fp32_loss
+def dino_loss(
+    student: torch.Tensor, teacher: torch.Tensor, centre: torch.Tensor, student_temp: float, teacher_temp: float
+) -> torch.Tensor:
+    """Mean over pairs (t, s), s != t, of H(P_t, P_s); student (V, B, K) all crops, teacher (G, B, K) the first G."""
+    p_teacher = F.softmax((teacher - centre) / teacher_temp, dim=-1).detach()  # Eq. 1 + centring: P_t(x) on g_t(x) - c
+    log_p_student = F.log_softmax(student / student_temp, dim=-1)  # Eq. 1: log P_s(x') at tau_s
+    return crop_pair_cross_entropy(p_teacher, log_p_student)  # Eq. 3: sum over x in globals, x' != x of H(P_t, P_s)
+
+
+@register_method
+class DINO(Method):
+    name: ClassVar[str] = "dino"
+    Params: ClassVar[type[MethodParams]] = DINOParams
+    recipe: ClassVar[str] = "multicrop"
+    optimizer: ClassVar[dict[str, Any]] = {
+        "name": "sgd",
+        "lr": 0.03,
+        "lr_scaling": "linear",
+        "weight_decay": 1e-4,
+        "momentum": 0.9,
+        "exclude_bias_bn": True,
+    }
+
+    def __init__(self, backbone: nn.Module, params: DINOParams, *, num_classes: int, image_shape: tuple[int, int, int]):
+        super().__init__(backbone, params, num_classes=num_classes, image_shape=image_shape)
+        self.head = DINOHead(backbone.out_dim, params.projector, params.out_dim)
+        self.teacher_backbone = copy.deepcopy(backbone).requires_grad_(False)
+        self.teacher_head = copy.deepcopy(self.head).requires_grad_(False)
+        self.register_buffer("centre", torch.zeros(params.out_dim))
+        self._batch_centre: torch.Tensor | None = None
+
+    def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
+        """Student on all crops, teacher on the global crops; also logs tau_t and the EMA momentum."""
+        p = self.params
+        check_global_crops("dino", len(views.crops), p.global_crops)
+        student = multicrop_forward(lambda x: self.head(self.backbone(x)), views.crops)
+        with torch.no_grad():  # stop-gradient: the teacher is not trained by the loss
+            teacher = multicrop_forward(lambda x: self.teacher_head(self.teacher_backbone(x)), views.crops[: p.global_crops])
+        self._batch_centre = teacher.float().mean(dim=(0, 1))
+        tau_t = teacher_temperature(step, total_steps, p.warmup_teacher_temp, p.teacher_temp, p.teacher_temp_warmup)
+        loss = dino_loss(student, teacher, self.centre, p.student_temp, tau_t)
+        momentum = cosine_momentum(p.momentum_base, step, total_steps)
+        return {
+            "loss": loss,
+            "teacher_temp": torch.tensor(tau_t, device=loss.device),
+            "momentum": torch.tensor(momentum, device=loss.device),
+        }
+
+    @torch.no_grad()
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Teacher EMA theta_t <- l theta_t + (1 - l) theta_s; centre c <- m c + (1 - m) mean of teacher outputs."""
+        momentum = cosine_momentum(self.params.momentum_base, step, total_steps)
+        ema_update_(self.teacher_backbone, self.backbone, momentum)
+        ema_update_(self.teacher_head, self.head, momentum)
+        if self._batch_centre is not None:
+            self.centre.lerp_(self._batch_centre, 1.0 - self.params.center_momentum)  # Eq. 4
+            self._batch_centre = None

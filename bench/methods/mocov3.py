@@ -1,0 +1,105 @@
+"""MoCo v3: Chen, Xie & He, "An Empirical Study of Training Self-Supervised Vision Transformers",
+ICCV 2021. The lecture spec does not cover v3; the source is the paper (Algorithm 1, Sec. 4) and the
+official code, facebookresearch/moco-v3 (moco/builder.py, main_moco.py).
+
+MoCo without a queue: the query encoder (backbone, projector, predictor) and a momentum key encoder
+(backbone and projector, no predictor) embed both crops; each query is contrasted with the keys of
+the same batch, its own crop's partner on the diagonal, by a cross-entropy over L2-normalised dot
+products at temperature tau scaled by 2 tau, summed over both crop orders. The key encoder gets no
+gradient and follows the query encoder by an EMA whose decay rises from m to 1 on a cosine schedule.
+
+Ambiguities resolved:
+- projector: 3 layers 4096-4096-256 as in the paper, BN on every layer, the last without affine; the
+  official code's ResNet model uses 2 layers: ``projector="4096-256"``.
+- predictor output: a plain Linear as in the official code; the paper's text puts BN on every layer
+  of both MLPs: ``predictor_last_bn=True``.
+- temperature: 1.0, the official ResNet-50 default; its ViT recipe uses 0.2: ``temperature=0.2``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from bench.data.views import Views
+from bench.errors import ConfigError
+from bench.methods import register_method
+from bench.methods.base import Method, MethodParams, fp32_loss
+from bench.methods.ema import cosine_momentum, ema_update_
+from bench.models.heads import mlp, out_dim
+
+
+class MoCoV3Params(MethodParams):
+    name: Literal["mocov3"] = "mocov3"
+    projector: str = Field("4096-4096-256", description="projector widths (BN on every layer, the last without affine)")
+    predictor: str = Field("4096-256", description="predictor widths (hidden BN); must end at the projector width")
+    predictor_last_bn: bool = Field(False, description="BN on the predictor output (the paper's text)")
+    temperature: float = Field(1.0, gt=0, description="tau of the contrastive loss (official ResNet-50 value)")
+    momentum: float = Field(0.99, ge=0, le=1, description="m at step 0 (ResNet), raised to 1 by a cosine schedule")
+
+
+def _contrastive(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tensor:
+    q = F.normalize(q, dim=1)
+    k = F.normalize(k.detach(), dim=1)  # keys come from the momentum encoder: no gradient
+    logits = q @ k.T / temperature  # Alg. 1: logits = mm(q, k.t()) / tau, an N x N matrix of pairs
+    labels = torch.arange(len(q), device=q.device)  # Alg. 1: the positives are on the diagonal
+    return F.cross_entropy(logits, labels) * 2 * temperature  # Alg. 1: CrossEntropyLoss(logits, labels) * 2 tau
+
+
+@fp32_loss
+def mocov3_loss(
+    q1: torch.Tensor, q2: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Symmetrised in-batch contrastive loss; ``qi`` / ``ki`` are the query / key of crop i."""
+    return _contrastive(q1, k2, temperature) + _contrastive(q2, k1, temperature)  # Alg. 1: ctr(q1,k2) + ctr(q2,k1)
+
+
+@register_method
+class MoCoV3(Method):
+    name: ClassVar[str] = "mocov3"
+    Params: ClassVar[type[MethodParams]] = MoCoV3Params
+    recipe: ClassVar[str] = "byol"
+    optimizer: ClassVar[dict[str, Any]] = {
+        "name": "lars",
+        "lr": 0.3,
+        "lr_scaling": "linear",
+        "weight_decay": 1.5e-6,
+        "momentum": 0.9,
+        "exclude_bias_bn": True,
+    }
+
+    def __init__(
+        self, backbone: nn.Module, params: MoCoV3Params, *, num_classes: int, image_shape: tuple[int, int, int]
+    ):
+        super().__init__(backbone, params, num_classes=num_classes, image_shape=image_shape)
+        projection_dim = out_dim(backbone.out_dim, params.projector)
+        if out_dim(projection_dim, params.predictor) != projection_dim:
+            raise ConfigError(
+                f"mocov3: method.predictor '{params.predictor}' must end at the projector width {projection_dim} "
+                f"(method.projector '{params.projector}'); e.g. predictor '4096-{projection_dim}'"
+            )
+        self.projector = mlp(backbone.out_dim, params.projector, last_bn=True, last_bn_affine=False)
+        self.predictor = mlp(projection_dim, params.predictor, last_bn=params.predictor_last_bn)
+        self.key_backbone = copy.deepcopy(backbone).requires_grad_(False)
+        self.key_projector = copy.deepcopy(self.projector).requires_grad_(False)
+
+    def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
+        """Symmetrised contrastive loss of the two crops; also logs the current momentum."""
+        q1, q2 = (self.predictor(self.projector(self.backbone(x))) for x in views.crops[:2])
+        with torch.no_grad():  # the key encoder is not trained by the loss
+            k1, k2 = (self.key_projector(self.key_backbone(x)) for x in views.crops[:2])
+        loss = mocov3_loss(q1, q2, k1, k2, self.params.temperature)
+        m = torch.tensor(cosine_momentum(self.params.momentum, step, total_steps), device=loss.device)
+        return {"loss": loss, "momentum": m}
+
+    @torch.no_grad()
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """theta_k <- m theta_k + (1 - m) theta_q for the key backbone and projector."""
+        m = cosine_momentum(self.params.momentum, step, total_steps)
+        ema_update_(self.key_backbone, self.backbone, m)
+        ema_update_(self.key_projector, self.projector, m)

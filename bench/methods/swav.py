@@ -1,0 +1,157 @@
+"""SwAV: Caron, Misra, Mairal, Goyal, Bojanowski & Joulin, "Unsupervised Learning of Visual Features by
+Contrasting Cluster Assignments", NeurIPS 2020.
+
+Each crop is embedded (backbone, projector, L2 normalisation) and scored against K learnable
+prototypes. Online codes q are computed for the global crops only, without gradient, by a few
+Sinkhorn-Knopp iterations that split the batch equally among the prototypes; every other crop then
+predicts a global crop's code from its own softmax over the prototype scores (swapped prediction).
+Prototypes are L2-normalised before every forward. An optional queue of recent global-crop
+embeddings joins the Sinkhorn input, for small batches. Multi-crop: 2 global + V local crops.
+
+Ambiguities resolved:
+- prototype freezing: the official code freezes the prototypes for its first 313 iterations (one
+  ImageNet epoch at batch 4096; the paper says "the first epoch"): ``freeze_prototypes_steps=0``
+  disables it, short runs should lower it.
+- queue: off by default (the paper uses 3840 stored features at batch 256): ``queue_length=3840``;
+  it joins the Sinkhorn input once full (the official code also waits until epoch 15).
+- optimizer: LARS over all parameters (the official LARC adapts biases and BN too), lr 0.6 at batch
+  256, wd 1e-6: ``exclude_bias_bn=True`` for the usual exclusion.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from bench.data.views import Views
+from bench.errors import ConfigError
+from bench.methods import register_method
+from bench.methods.base import Method, MethodParams, fp32_loss
+from bench.models.heads import mlp, out_dim
+
+
+class SwAVParams(MethodParams):
+    name: Literal["swav"] = "swav"
+    projector: str = Field("2048-128", description="projection head widths (hidden BN, plain output)")
+    num_prototypes: int = Field(3000, ge=1, description="K, number of prototypes")
+    temperature: float = Field(0.1, gt=0, description="tau of the prototype softmax")
+    epsilon: float = Field(0.05, gt=0, description="entropy weight eps of the Sinkhorn-Knopp codes")
+    sinkhorn_iterations: int = Field(3, ge=1, description="Sinkhorn-Knopp iterations")
+    global_crops: int = Field(2, ge=1, description="the first crops are global: codes come from these")
+    queue_length: int = Field(0, ge=0, description="stored global-crop embeddings per global crop; 0: no queue")
+    freeze_prototypes_steps: int = Field(313, ge=0, description="optimizer steps during which prototypes get no gradient")
+
+
+def check_global_crops(method: str, n_crops: int, global_crops: int) -> None:
+    """Raise ConfigError unless there are at least two crops and ``global_crops`` of them."""
+    if n_crops < max(2, global_crops):
+        raise ConfigError(
+            f"{method}: the view recipe gives {n_crops} crop(s) but at least 2 are needed, the first "
+            f"method.global_crops={global_crops} of them global; use augment 'multicrop' or lower method.global_crops"
+        )
+
+
+def multicrop_forward(net: Callable[[torch.Tensor], torch.Tensor], crops: list[torch.Tensor]) -> torch.Tensor:
+    """``net`` of every crop, stacked as (V, B, D); consecutive crops of one resolution go through as one batch."""
+    outs: list[torch.Tensor] = []
+    for _, same_size in itertools.groupby(crops, key=lambda crop: crop.shape):
+        group = list(same_size)
+        outs.extend(net(torch.cat(group)).chunk(len(group)))
+    return torch.stack(outs)
+
+
+@fp32_loss
+def sinkhorn_knopp(scores: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
+    """Codes (N, K) from prototype scores (N, K): each sample's code sums to 1, each prototype gets N / K."""
+    q = torch.exp((scores - scores.max()) / epsilon).T  # Q = exp(C^T Z / eps), K x N (the max shift cancels)
+    q = q / q.sum()
+    k, n = q.shape
+    for _ in range(iterations):
+        q = q / q.sum(dim=1, keepdim=True) / k  # Diag(u): Q 1_N = 1/K 1_K
+        q = q / q.sum(dim=0, keepdim=True) / n  # Diag(v): Q^T 1_K = 1/N 1_N
+    return (q * n).T  # each column (sample) rescaled to sum to 1
+
+
+def crop_pair_cross_entropy(targets: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
+    """Mean over crop pairs (i, v), v != i, of the batch-mean cross-entropy of targets (G, B, K) and log_probs (V, B, K).
+
+    Target i and prediction v of the same index come from the same crop (targets are the first G crops).
+    """
+    g, batch, _ = targets.shape
+    ce = -torch.einsum("ibk,vbk->iv", targets, log_probs) / batch  # -sum_k t_i^(k) log p_v^(k), batch mean
+    pairs = torch.arange(g, device=ce.device)[:, None] != torch.arange(log_probs.shape[0], device=ce.device)[None]
+    return ce[pairs].mean()
+
+
+@fp32_loss
+def swav_loss(scores: torch.Tensor, codes: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Swapped prediction over all crops: scores (V, B, K) = z_v^T C, codes (G, B, K) of the global crops."""
+    log_p = F.log_softmax(scores / temperature, dim=-1)  # p_v^(k) = exp(z_v^T c_k / tau) / sum_k' exp(z_v^T c_k' / tau)
+    return crop_pair_cross_entropy(codes, log_p)  # L = sum_i sum_{v != i} l(z_v, q_i), averaged over pairs
+
+
+@register_method
+class SwAV(Method):
+    name: ClassVar[str] = "swav"
+    Params: ClassVar[type[MethodParams]] = SwAVParams
+    recipe: ClassVar[str] = "multicrop"
+    optimizer: ClassVar[dict[str, Any]] = {
+        "name": "lars",
+        "lr": 0.6,
+        "lr_scaling": "linear",
+        "weight_decay": 1e-6,
+        "momentum": 0.9,
+        "exclude_bias_bn": False,
+    }
+
+    def __init__(self, backbone: nn.Module, params: SwAVParams, *, num_classes: int, image_shape: tuple[int, int, int]):
+        super().__init__(backbone, params, num_classes=num_classes, image_shape=image_shape)
+        dim = out_dim(backbone.out_dim, params.projector)
+        self.projector = mlp(backbone.out_dim, params.projector)
+        self.prototypes = nn.Linear(dim, params.num_prototypes, bias=False)
+        self.register_buffer("queue", torch.zeros(params.global_crops, params.queue_length, dim))
+        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+        self._pending: torch.Tensor | None = None
+
+    def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
+        """Swapped-prediction loss over all crops, codes from the global crops (and the full queue)."""
+        p = self.params
+        check_global_crops("swav", len(views.crops), p.global_crops)
+        with torch.no_grad():
+            self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
+        z = F.normalize(multicrop_forward(lambda x: self.projector(self.backbone(x)), views.crops), dim=-1)
+        frozen = step < p.freeze_prototypes_steps
+        weight = self.prototypes.weight.detach() if frozen else self.prototypes.weight
+        scores = z @ weight.T  # z_v^T C for every crop, (V, B, K)
+        queue_full = p.queue_length > 0 and int(self.queue_filled) == p.queue_length
+        with torch.no_grad():
+            codes = torch.stack([self._codes(scores[i], i, queue_full) for i in range(p.global_crops)])
+        if p.queue_length:
+            self._pending = z[: p.global_crops].detach().float()
+        loss = swav_loss(scores, codes, p.temperature)
+        return {"loss": loss, "queue_in_use": torch.tensor(float(queue_full), device=loss.device)}
+
+    def _codes(self, scores: torch.Tensor, crop: int, queue_full: bool) -> torch.Tensor:
+        """Sinkhorn codes of one global crop's batch; the stored embeddings join when the queue is full."""
+        p = self.params
+        batch = scores.shape[0]
+        if queue_full:
+            stored = self.queue[crop] @ self.prototypes.weight.T
+            scores = torch.cat([scores.float(), stored])
+        return sinkhorn_knopp(scores, p.epsilon, p.sinkhorn_iterations)[:batch]
+
+    @torch.no_grad()
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Push this step's global-crop embeddings into the queue, newest first."""
+        if self._pending is None:
+            return
+        length = self.params.queue_length
+        self.queue.copy_(torch.cat([self._pending, self.queue], dim=1)[:, :length])
+        self.queue_filled.fill_(min(int(self.queue_filled) + self._pending.shape[1], length))
+        self._pending = None
