@@ -18,6 +18,7 @@ TINY_HEADS = {
     "mocov2": ["method.projector=16-8", "method.queue_size=64"],
     "mocov3": ["method.projector=16-16-8", "method.predictor=16-8"],
     "mveb": ["method.projector=16-16-16"],
+    "mvmr": ["method.projector=16-16", "method.representations=[raw, lsd, augmented, hog]"],
     "sidae": ["method.projector=16-16-16", "method.predictor=8-16"],
     "simclr": ["method.projector=16-8"],
     "simsiam": ["method.projector=16-16", "method.predictor=8-16"],
@@ -41,7 +42,8 @@ def splits():
 
 @pytest.mark.parametrize("method", sorted(TINY_HEADS))
 def test_method_trains_and_evaluates(method, splits, tmp_path):
-    cfg = resolve_run_config(apply_overrides({}, [f"method={method}", *TINY_HEADS[method], *COMMON]))
+    cache = f"train.cache_dir={tmp_path / 'cache'}"
+    cfg = resolve_run_config(apply_overrides({}, [f"method={method}", *TINY_HEADS[method], *COMMON, cache]))
     report = run(cfg, tmp_path, splits=splits)
     assert report["status"] == "complete"
     assert all(math.isfinite(h["loss"]) for h in report["history"])

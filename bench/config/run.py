@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
@@ -39,6 +40,7 @@ class TrainConfig(BaseModel):
     log_every: int = Field(20, ge=1, description="fetch metrics from the device every N steps")
     progress: bool = Field(True, description="rich progress bar when attached to a terminal")
     workers: int = Field(4, ge=0, description="DataLoader workers for streamed (image folder) datasets")
+    cache_dir: Path = Field(Path("results/cache"), description="per-dataset caches (e.g. MV-MR's representations)")
 
 
 class EvalConfig(BaseModel):
@@ -131,7 +133,7 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
 
 
 #: engine settings that never change what a run learns; left out of its identity
-ENGINE_ONLY = frozenset({"device", "progress", "threads", "workers", "log_every", "checkpoint_every"})
+ENGINE_ONLY = frozenset({"device", "progress", "threads", "workers", "log_every", "checkpoint_every", "cache_dir"})
 
 
 def config_id(cfg: RunConfig) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from abc import abstractmethod
+from pathlib import Path
 from typing import Any, Callable, ClassVar, TypeVar
 
 import torch
@@ -56,6 +57,10 @@ class Method(nn.Module):
     @torch.no_grad()
     def on_step_end(self, step: int, total_steps: int) -> None:
         """Per-step hook after the optimizer step (EMA updates, queues). Default: nothing."""
+
+    def prepare(self, split: Any, cache_dir: Path) -> None:
+        """Called once before training with the pre-training split (an ImageSet on the training
+        device, or a FolderSet) and the directory for per-dataset caches. Default: nothing."""
 
 
 def fp32_loss(fn: Callable[..., T]) -> Callable[..., T]:

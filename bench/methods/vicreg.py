@@ -39,7 +39,8 @@ class VICRegParams(MethodParams):
     eps: float = Field(1e-4, gt=0, description="added to the variance before the square root")
 
 
-def _variance(z: torch.Tensor, gamma: float, eps: float) -> torch.Tensor:
+def variance_hinge(z: torch.Tensor, gamma: float, eps: float) -> torch.Tensor:
+    """Mean over dimensions of max(0, gamma - std): keeps every embedding dimension spread (also MV-MR's L1)."""
     std = torch.sqrt(z.var(dim=0) + eps)  # Eq. 2: S(x, eps) = sqrt(Var(x) + eps), unbiased Var
     return F.relu(gamma - std).mean()  # Eq. 1: v(Z) = 1/d sum_j max(0, gamma - S(z^j, eps))
 
@@ -63,7 +64,7 @@ def vicreg_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Return the VICReg loss and its unweighted terms ``invariance``, ``variance``, ``covariance``."""
     invariance = F.mse_loss(z1, z2)  # Eq. 5 (mean over samples and dimensions)
-    variance = _variance(z1, gamma, eps) + _variance(z2, gamma, eps)  # v(Z) + v(Z')
+    variance = variance_hinge(z1, gamma, eps) + variance_hinge(z2, gamma, eps)  # v(Z) + v(Z')
     covariance = _covariance(z1) + _covariance(z2)  # c(Z) + c(Z')
     loss = sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance  # Eq. 6
     terms = {"invariance": invariance.detach(), "variance": variance.detach(), "covariance": covariance.detach()}

@@ -123,6 +123,7 @@ def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None,
         raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {len(pretrain)} pre-training images; lower batch_size")
     total_steps = steps_per_epoch * cfg.epochs
 
+    method.prepare(pretrain, cfg.train.cache_dir)
     optimizer = build_optimizer(method, cfg.optimizer, cfg.batch_size)
     for group in optimizer.param_groups:
         group["peak_lr"] = group["lr"]
