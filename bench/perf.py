@@ -164,6 +164,24 @@ def bench_methods(quick: bool, device: torch.device, out_dir: Path) -> dict[str,
     return out
 
 
+def bench_mvmr_cache(device: torch.device, scratch: Path, quick: bool) -> dict[str, float]:
+    """MV-MR's training step with the cached representations against recomputing them every step."""
+    out = {}
+    for cache in (True, False):
+        cfg = resolve_run_config({
+            "method": {"name": "mvmr", "projector": "256-256", "representations": ["raw", "scattering", "hog", "lsd"], "cache": cache},
+            "dataset": {"name": "shapes", "n_train": 512 if quick else 4096, "n_test": 64},
+            "backbone": {"name": "small_cnn" if quick else "resnet18", "cifar_stem": True},
+            "batch_size": 128, "epochs": 1,
+            "train": {"device": device.type, "checkpoint_every": 0, "progress": False, "cache_dir": str(scratch / "cache")},
+        })
+        run_dir = scratch / f"mvmr-cache-{cache}"
+        (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+        out[f"mvmr.{'cached' if cache else 'recomputed'}_images_per_s"] = train(cfg, run_dir).history[-1]["images_per_s"]
+    out["mvmr.cache_speedup"] = out["mvmr.cached_images_per_s"] / out["mvmr.recomputed_images_per_s"]
+    return out
+
+
 def bench_eval(device: torch.device, n_train: int, n_test: int, dim: int, classes: int) -> dict[str, float]:
     g = torch.Generator(device="cpu").manual_seed(0)
     train_y = torch.randint(classes, (n_train,), generator=g).to(device)
@@ -190,6 +208,8 @@ def _measure(quick: bool, device: torch.device, scratch: Path, console: Console)
     results.update(bench_engine_overhead(_perf_config("simclr", quick, device), device, scratch, repeats=3 if quick else 5))
     console.print("measuring training throughput per method ...")
     results.update(bench_methods(quick, device, scratch))
+    console.print("measuring MV-MR with cached against recomputed representations ...")
+    results.update(bench_mvmr_cache(device, scratch, quick))
     console.print("measuring evaluation ...")
     sizes = (5000, 1000, 512, 10) if quick or device.type == "cpu" else (50000, 10000, 512, 100)
     results.update(bench_eval(device, *sizes))

@@ -315,3 +315,23 @@ def test_mvmr_smoke_on_shapes(tmp_path):
     clone = MVMR(SmallCNN(split.channels, width=4), params, num_classes=10, image_shape=(split.channels, 32, 32))
     clone.load_state_dict(method.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(clone.state_dict().values(), method.state_dict().values()))
+
+
+def test_cached_representations_equal_recomputed_ones(tmp_path):
+    from bench.data.registry import DatasetConfig, load_dataset
+    from bench.data.views import ViewMaker, build_recipe
+    from bench.methods.mvmr import MVMR, MVMRParams
+    from bench.models.backbones import SmallCNN
+
+    split = load_dataset(DatasetConfig(name="shapes", n_train=64, n_test=20)).pretrain
+    reps = ["raw", "lsd", "hog"]
+    cached = MVMR(SmallCNN(3, 4), MVMRParams(projector="16-16", representations=reps), num_classes=10, image_shape=(3, 32, 32))
+    fresh = MVMR(SmallCNN(3, 4), MVMRParams(projector="16-16", representations=reps, cache=False), num_classes=10, image_shape=(3, 32, 32))
+    cached.prepare(split, tmp_path)
+    fresh.prepare(split, tmp_path / "unused")
+    assert not (tmp_path / "unused").exists() or not list((tmp_path / "unused").glob("*.npy"))
+    maker = ViewMaker(build_recipe("simclr"), split.mean, split.std, 32, clean=True)
+    views = maker(split.images[:16], split.labels[:16], torch.arange(16), torch.Generator().manual_seed(0))
+    a, b = cached._representations(views, step=0), fresh._representations(views, step=0)
+    for name in reps:
+        torch.testing.assert_close(a[name].float(), b[name].float(), rtol=2e-3, atol=2e-3)

@@ -23,3 +23,11 @@ def test_eval_benchmark_classifies_separable_features():
     out = bench_eval(torch.device("cpu"), n_train=2000, n_test=500, dim=64, classes=10)
     assert out["eval.knn20_top1"] > 0.9 and out["eval.linear_top1"] > 0.9
     assert out["eval.knn_seconds"] > 0 and out["eval.linear_seconds"] > 0
+
+
+def test_mvmr_cache_benchmark_runs_both_modes(tmp_path):
+    from bench.perf import bench_mvmr_cache
+
+    out = bench_mvmr_cache(torch.device("cpu"), tmp_path, quick=True)
+    assert out["mvmr.cached_images_per_s"] > 0 and out["mvmr.recomputed_images_per_s"] > 0
+    assert list((tmp_path / "cache").glob("*.npy"))  # the cached mode wrote its representations

@@ -89,6 +89,8 @@ class MVMRParams(MethodParams):
     dcor_eps: float = Field(1e-4, gt=0, description="squared distances are clamped at this before the sqrt")
     terms: list[Term] = Field(["l1", "l2", "l3"], min_length=1, description="loss terms in use (Table 6 ablation)")
     cache_dtype: CacheDtype = Field("float16", description="storage type of the cached representations")
+    cache: bool = Field(True, description="compute the deterministic representations once and cache them on disk; "
+                        "false recomputes them from each batch's clean images (for timing the cache's gain)")
 
     @model_validator(mode="after")
     def _consistent(self) -> MVMRParams:
@@ -200,6 +202,8 @@ class MVMR(Method):
         for name in self.params.representations:
             if name == AUGMENTED:
                 continue
+            if not self.params.cache:
+                continue
             params = self.params.rep_params(name)
             compute = REPRESENTATIONS[name].compute
             self._cached[name] = cached_representation(
@@ -214,6 +218,8 @@ class MVMR(Method):
         for name in self.params.representations:
             if name == AUGMENTED:
                 reps[name] = augmented(views.clean, *self._stats, self.params.augmented, step)
+            elif not self.params.cache:
+                reps[name] = REPRESENTATIONS[name].compute(views.clean, self.params.rep_params(name)).to(views.clean.device)
             else:
                 reps[name] = torch.from_numpy(self._cached[name][index]).to(views.clean.device, non_blocking=True)
         return reps
