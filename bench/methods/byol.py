@@ -15,7 +15,6 @@ Ambiguities resolved:
 
 from __future__ import annotations
 
-import copy
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -27,7 +26,7 @@ from bench.data.views import Views
 from bench.errors import ConfigError
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
-from bench.methods.ema import cosine_momentum, ema_update_
+from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
 from bench.models.heads import mlp, out_dim
 
 
@@ -68,8 +67,8 @@ class BYOL(Method):
             )
         self.projector = mlp(backbone.out_dim, params.projector)
         self.predictor = mlp(projection_dim, params.predictor)
-        self.target_backbone = copy.deepcopy(backbone).requires_grad_(False)
-        self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
+        self.target_backbone = frozen_copy(backbone)
+        self.target_projector = frozen_copy(self.projector)
 
     def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
         """Symmetrised BYOL loss L + L~ of the two crops; also logs the current EMA decay."""

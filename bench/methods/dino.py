@@ -19,7 +19,6 @@ Ambiguities resolved:
 
 from __future__ import annotations
 
-import copy
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -30,7 +29,7 @@ from torch import nn
 from bench.data.views import Views
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
-from bench.methods.ema import cosine_momentum, ema_update_
+from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
 from bench.methods.swav import (
     check_global_crops,
     crop_pair_cross_entropy,
@@ -104,8 +103,8 @@ class DINO(Method):
     def __init__(self, backbone: nn.Module, params: DINOParams, *, num_classes: int, image_shape: tuple[int, int, int]):
         super().__init__(backbone, params, num_classes=num_classes, image_shape=image_shape)
         self.head = DINOHead(backbone.out_dim, params.projector, params.out_dim)
-        self.teacher_backbone = copy.deepcopy(backbone).requires_grad_(False)
-        self.teacher_head = copy.deepcopy(self.head).requires_grad_(False)
+        self.teacher_backbone = frozen_copy(backbone)
+        self.teacher_head = frozen_copy(self.head)
         self.register_buffer("centre", torch.zeros(params.out_dim))
         self._batch_centre: torch.Tensor | None = None
 

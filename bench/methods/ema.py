@@ -5,6 +5,7 @@ Shared by every method with a momentum (teacher / target) network: BYOL now, MoC
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -21,11 +22,16 @@ def cosine_momentum(base: float, step: int, total_steps: int) -> float:
     return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
 
 
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` that the optimizer never updates: the EMA target / teacher / key encoder."""
+    return copy.deepcopy(module).requires_grad_(False)
+
+
 @torch.no_grad()
 def ema_update_(target: nn.Module, online: nn.Module, tau: float) -> None:
     """In place: target_param <- tau * target_param + (1 - tau) * online_param; buffers are copied.
 
-    ``target`` must be a structural copy of ``online`` (e.g. ``copy.deepcopy``), so their parameters
+    ``target`` must be a structural copy of ``online`` (e.g. ``frozen_copy``), so their parameters
     and buffers pair up in order.
     """
     target_params = list(target.parameters())

@@ -22,7 +22,6 @@ Ambiguities resolved:
 
 from __future__ import annotations
 
-import copy
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -33,7 +32,7 @@ from torch import nn
 from bench.data.views import Views
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
-from bench.methods.ema import cosine_momentum, ema_update_
+from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
 from bench.models.heads import mlp, out_dim
 
 
@@ -83,8 +82,8 @@ class MoCoV2(Method):
     ):
         super().__init__(backbone, params, num_classes=num_classes, image_shape=image_shape)
         self.projector = mlp(backbone.out_dim, params.projector, hidden_bn=False)
-        self.key_backbone = copy.deepcopy(backbone).requires_grad_(False)
-        self.key_projector = copy.deepcopy(self.projector).requires_grad_(False)
+        self.key_backbone = frozen_copy(backbone)
+        self.key_projector = frozen_copy(self.projector)
         dim = out_dim(backbone.out_dim, params.projector)
         self.register_buffer("queue", F.normalize(torch.randn(params.queue_size, dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))

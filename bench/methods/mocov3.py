@@ -18,7 +18,6 @@ Ambiguities resolved:
 
 from __future__ import annotations
 
-import copy
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -30,7 +29,7 @@ from bench.data.views import Views
 from bench.errors import ConfigError
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
-from bench.methods.ema import cosine_momentum, ema_update_
+from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
 from bench.models.heads import mlp, out_dim
 
 
@@ -85,8 +84,8 @@ class MoCoV3(Method):
             )
         self.projector = mlp(backbone.out_dim, params.projector, last_bn=True, last_bn_affine=False)
         self.predictor = mlp(projection_dim, params.predictor, last_bn=params.predictor_last_bn)
-        self.key_backbone = copy.deepcopy(backbone).requires_grad_(False)
-        self.key_projector = copy.deepcopy(self.projector).requires_grad_(False)
+        self.key_backbone = frozen_copy(backbone)
+        self.key_projector = frozen_copy(self.projector)
 
     def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
         """Symmetrised contrastive loss of the two crops; also logs the current momentum."""

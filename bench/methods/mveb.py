@@ -32,7 +32,6 @@ Ambiguities resolved:
 
 from __future__ import annotations
 
-import copy
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -44,7 +43,7 @@ from bench.data.views import Views
 from bench.eval.diagnostics import uniformity
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
-from bench.methods.ema import cosine_momentum, ema_update_
+from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
 from bench.models.heads import mlp
 
 
@@ -121,8 +120,8 @@ class MVEB(Method):
         super().__init__(backbone, params, num_classes=num_classes, image_shape=image_shape)
         self.projector = mlp(backbone.out_dim, params.projector)
         if params.target == "momentum":
-            self.target_backbone = copy.deepcopy(backbone).requires_grad_(False)
-            self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
+            self.target_backbone = frozen_copy(backbone)
+            self.target_projector = frozen_copy(self.projector)
 
     def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
         """MVEB loss of all crops; logs the alignment, the uniformity of crop 1 and (momentum) the EMA decay."""
