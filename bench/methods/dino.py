@@ -30,11 +30,7 @@ from bench.data.views import Views
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
-from bench.methods.swav import (
-    check_global_crops,
-    crop_pair_cross_entropy,
-    multicrop_forward,
-)
+from bench.methods.multicrop import check_global_crops, crop_pair_cross_entropy, multicrop_forward
 from bench.models.heads import parse_spec
 
 

@@ -20,8 +20,6 @@ Ambiguities resolved:
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -30,9 +28,9 @@ from pydantic import Field
 from torch import nn
 
 from bench.data.views import Views
-from bench.errors import ConfigError
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
+from bench.methods.multicrop import check_global_crops, crop_pair_cross_entropy, multicrop_forward
 from bench.models.heads import mlp, out_dim
 
 
@@ -48,24 +46,6 @@ class SwAVParams(MethodParams):
     freeze_prototypes_steps: int = Field(313, ge=0, description="optimizer steps during which prototypes get no gradient")
 
 
-def check_global_crops(method: str, n_crops: int, global_crops: int) -> None:
-    """Raise ConfigError unless there are at least two crops and ``global_crops`` of them."""
-    if n_crops < max(2, global_crops):
-        raise ConfigError(
-            f"{method}: the view recipe gives {n_crops} crop(s) but at least 2 are needed, the first "
-            f"method.global_crops={global_crops} of them global; use augment 'multicrop' or lower method.global_crops"
-        )
-
-
-def multicrop_forward(net: Callable[[torch.Tensor], torch.Tensor], crops: list[torch.Tensor]) -> torch.Tensor:
-    """``net`` of every crop, stacked as (V, B, D); consecutive crops of one resolution go through as one batch."""
-    outs: list[torch.Tensor] = []
-    for _, same_size in itertools.groupby(crops, key=lambda crop: crop.shape):
-        group = list(same_size)
-        outs.extend(net(torch.cat(group)).chunk(len(group)))
-    return torch.stack(outs)
-
-
 @fp32_loss
 def sinkhorn_knopp(scores: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
     """Codes (N, K) from prototype scores (N, K): each sample's code sums to 1, each prototype gets N / K."""
@@ -76,17 +56,6 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float, iterations: int) -> tor
         q = q / q.sum(dim=1, keepdim=True) / k  # Diag(u): Q 1_N = 1/K 1_K
         q = q / q.sum(dim=0, keepdim=True) / n  # Diag(v): Q^T 1_K = 1/N 1_N
     return (q * n).T  # each column (sample) rescaled to sum to 1
-
-
-def crop_pair_cross_entropy(targets: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
-    """Mean over crop pairs (i, v), v != i, of the batch-mean cross-entropy of targets (G, B, K) and log_probs (V, B, K).
-
-    Target i and prediction v of the same index come from the same crop (targets are the first G crops).
-    """
-    g, batch, _ = targets.shape
-    ce = -torch.einsum("ibk,vbk->iv", targets, log_probs) / batch  # -sum_k t_i^(k) log p_v^(k), batch mean
-    pairs = torch.arange(g, device=ce.device)[:, None] != torch.arange(log_probs.shape[0], device=ce.device)[None]
-    return ce[pairs].mean()
 
 
 @fp32_loss
