@@ -159,7 +159,7 @@ def test_method_forward_backward_and_state_dict(kind: str) -> None:
 
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_mocov2_queue_holds_the_last_keys_in_fifo_order(symmetric: bool) -> None:
-    method = _build("mocov2", queue_size=16, symmetric=symmetric)
+    method = _build("mocov2", queue_size=16, symmetric=symmetric, bn_splits=1)
     assert isinstance(method, MoCoV2)
     history = list(method.queue.clone())  # the random unit vectors it starts with
     assert all(row.norm().item() == pytest.approx(1.0, rel=1e-6) for row in history)
@@ -181,6 +181,21 @@ def test_mocov2_queue_holds_the_last_keys_in_fifo_order(symmetric: bool) -> None
         assert method.queue_ptr.item() == (len(history) - 16) % 16
         oldest_first = method.queue.roll(-method.queue_ptr.item(), dims=0)
         torch.testing.assert_close(oldest_first, torch.stack(history[-16:]))
+
+
+def test_mocov2_shuffled_bn_keeps_each_key_with_its_image_but_not_its_bn_group() -> None:
+    method = _build("mocov2", queue_size=16, bn_splits=2)
+    x = _views(n=8, seed=0).crops[1]
+    torch.manual_seed(3)
+    keys = method._key(x)
+    torch.manual_seed(3)
+    order = torch.randperm(8)
+    with torch.no_grad():  # each half of the shuffled batch normalised by its own statistics
+        groups = [method.key_projector(method.key_backbone(x[order[i:i + 4]])) for i in (0, 4)]
+    torch.testing.assert_close(keys, torch.cat(groups)[order.argsort()])
+    method.eval()  # without batch statistics the shuffling is invisible: key i is f_k(x_i)
+    with torch.no_grad():
+        torch.testing.assert_close(method._key(x), method.key_projector(method.key_backbone(x)))
 
 
 @pytest.mark.parametrize(
@@ -232,6 +247,7 @@ def test_paper_defaults_recipes_and_optimizers() -> None:
         "momentum": 0.999,
         "momentum_schedule": "constant",
         "symmetric": False,
+        "bn_splits": 8,
     }
     assert MoCoV3Params().model_dump() == {
         "name": "mocov3",

@@ -7,8 +7,10 @@ a momentum copy updated as theta_k <- m theta_k + (1 - m) theta_q and never trai
 embeds the other crop. InfoNCE over the L2-normalised embeddings contrasts each query with its own
 key (the positive) and with the K keys of earlier batches held in a FIFO queue (the negatives). After
 every optimizer step the batch's keys replace the oldest ones in the queue; the queue starts as random
-unit vectors. MoCo's shuffled BN (a multi-GPU device) is not reproduced: the key encoder runs in
-train mode on the whole single-device batch.
+unit vectors. MoCo's shuffled BN is emulated on one device: queries and keys are computed in
+``bn_splits`` groups, each with its own BN statistics (the paper's per-GPU BN), and the keys are shuffled
+across groups first, so a query and its positive key never share batch statistics (without this the
+model "cheats" through BN, Sec. 3.3, and on a single device it does not learn).
 
 Ambiguities resolved:
 - one-sided loss as in the paper (queries from crop 1, keys from crop 2); solo-learn's MoCo v2+
@@ -16,6 +18,7 @@ Ambiguities resolved:
 - momentum: constant m = 0.999 as in the paper; a cosine schedule from m to 1 (BYOL's, used by
   solo-learn's MoCo v2+ with m = 0.99): ``momentum_schedule="cosine"``.
 - temperature: 0.2, MoCo v2's value; MoCo v1 used 0.07: ``temperature=0.07``.
+- shuffled BN: ``bn_splits=8`` groups, as the paper's 8 GPUs; ``bn_splits=1`` turns it off.
 - projector hidden width: 2048, the ResNet-50 feature width of the paper; the official code uses the
   backbone's width, e.g. ``projector="512-128"`` for a ResNet-18.
 """
@@ -46,6 +49,7 @@ class MoCoV2Params(MethodParams):
         "constant", description="constant m (paper) or a cosine schedule from m to 1"
     )
     symmetric: bool = Field(False, description="average the loss over both crop orders (solo-learn's MoCo v2+)")
+    bn_splits: int = Field(8, ge=1, description="shuffled BN on one device: BN groups per batch (1: off)")
 
 
 @fp32_loss
@@ -98,9 +102,9 @@ class MoCoV2(Method):
         """InfoNCE against the queue (one-sided or symmetrised); also logs the current momentum."""
         x1, x2 = views.crops[:2]
         tau = self.params.temperature
-        q1, k2 = self.projector(self.backbone(x1)), self._key(x2)
+        q1, k2 = self._query(x1), self._key(x2)
         if self.params.symmetric:
-            q2, k1 = self.projector(self.backbone(x2)), self._key(x1)
+            q2, k1 = self._query(x2), self._key(x1)
             loss = (moco_loss(q1, k2, self.queue, tau) + moco_loss(q2, k1, self.queue, tau)) / 2
             self._new_keys = torch.cat([k1, k2])
         else:
@@ -108,10 +112,16 @@ class MoCoV2(Method):
             self._new_keys = k2
         return {"loss": loss, "momentum": torch.tensor(self.momentum(step, total_steps), device=loss.device)}
 
+    def _query(self, x: torch.Tensor) -> torch.Tensor:
+        """The query embedding, computed group by group (each group has its own BN statistics)."""
+        return torch.cat([self.projector(self.backbone(chunk)) for chunk in x.chunk(self.params.bn_splits)])
+
     @torch.no_grad()
     def _key(self, x: torch.Tensor) -> torch.Tensor:
-        """The key encoder's embedding; it is not trained by the loss."""
-        return self.key_projector(self.key_backbone(x))
+        """The key encoder's embedding on shuffled groups, returned in the input order; it is not trained."""
+        order = torch.randperm(len(x), device=x.device)
+        keys = torch.cat([self.key_projector(self.key_backbone(chunk)) for chunk in x[order].chunk(self.params.bn_splits)])
+        return keys[order.argsort()]
 
     @torch.no_grad()
     def on_step_end(self, step: int, total_steps: int) -> None:
