@@ -15,13 +15,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 quickstart: $(STAMP)
-	$(BIN)/ssl-bench quickstart
+	$(BIN)/ssl-bench run suites/quickstart.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 perf: $(STAMP)
 	$(BIN)/ssl-bench perf --quick
 
 clean:
-	rm -rf $(VENV) results/runs results/quickstart results/perf/scratch
+	rm -rf $(VENV) results/runs results/cells results/logs results/optuna.db* results/mlflow.db results/mlartifacts results/perf/scratch

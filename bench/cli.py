@@ -1,13 +1,13 @@
 """``ssl-bench``: the command line.
 
 Exit codes: 0 success, 2 bad input (config, data, command line), 3 training diverged,
-4 interrupted by SIGTERM (a checkpoint was written; the same command resumes).
+4 interrupted by SIGTERM (a checkpoint was written; the same command resumes), 5 some cells of a suite failed
+(``ssl-bench status`` shows which and why).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from bench.errors import ConfigError, DivergedError, UserError
 
 EXIT_DIVERGED = 3
 EXIT_PREEMPTED = 4
+EXIT_CELLS_FAILED = 5
 
 
 def _load_yaml(path: Path) -> dict:
@@ -56,10 +57,64 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def cmd_quickstart(args: argparse.Namespace, console: Console) -> int:
-    from bench.quickstart import quickstart
+def _suite(args: argparse.Namespace):
+    from bench.config.suite import expand_suite, load_suite
 
-    quickstart(args.suite, args.out, console=console, sets=args.set, workers=args.workers)
+    suite = load_suite(args.suite, args.set)
+    return suite, expand_suite(suite)
+
+
+def cmd_validate(args: argparse.Namespace, console: Console) -> int:
+    from bench.orchestrate.view import cells_table
+
+    suite, cells = _suite(args)
+    console.print(cells_table(cells, f"suite {suite.name}: {len(cells)} cells"))
+    if suite.search:
+        console.print(f"search: {len(suite.search.space)} parameters, {suite.search.sampler} sampler, "
+                      f"{suite.search.pruner} pruner, metric {suite.search.metric} ({suite.search.direction})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from bench.orchestrate.launch import run_suite, storage_url
+    from bench.orchestrate.view import cells_table, failure_lines, states_table
+
+    suite, cells = _suite(args)
+    if args.require_search and not suite.search:
+        raise ConfigError(f"{args.suite}: `ssl-bench search` needs a search block; use `ssl-bench run` for a matrix suite")
+    if args.dry_run:
+        console.print(cells_table(cells, f"suite {suite.name}: {len(cells)} cells (dry run: nothing queued)"))
+        return 0
+    states = run_suite(suite, cells, storage_url(suite, args.storage), launcher=args.launcher or suite.launcher.name,
+                       workers=args.workers, console=console, retry_failed=args.retry_failed)
+    if states is None:
+        return 0
+    console.print(states_table(states, f"suite {suite.name}"))
+    for line in failure_lines(states):
+        console.print(line, style="red", markup=False, highlight=False)
+    return EXIT_CELLS_FAILED if any(s.state == "failed" for s in states) else 0
+
+
+def cmd_worker(args: argparse.Namespace, console: Console) -> int:
+    from bench.orchestrate.worker import work
+
+    summary = work(args.storage, args.study, console=console, max_cells=args.max_cells)
+    console.print(f"worker done: {len(summary.complete)} complete, {len(summary.failed)} failed, {len(summary.pruned)} pruned")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, console: Console) -> int:
+    from bench.orchestrate.launch import current_states, load_study, storage_url
+    from bench.orchestrate.queue import cell_states
+    from bench.orchestrate.view import failure_lines, states_table
+
+    suite, cells = _suite(args)
+    url = storage_url(suite, args.storage)
+    study = load_study(suite, url)
+    states = cell_states(None, cells) if study is None else current_states(study, cells, suite)
+    console.print(states_table(states, f"suite {suite.name} ({url})"))
+    for line in failure_lines(states):
+        console.print(line, style="red", markup=False, highlight=False)
     return 0
 
 
@@ -98,12 +153,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in the run directory")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("quickstart", help="train a few methods on bundled data and print a comparison")
-    p.add_argument("--suite", type=Path, default=Path(__file__).resolve().parent.parent / "suites" / "quickstart.yaml")
-    p.add_argument("--out", type=Path, default=Path("results/quickstart"))
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of every run")
-    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="runs trained at the same time")
-    p.set_defaults(func=cmd_quickstart)
+    def suite_parser(name: str, text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text)
+        p.add_argument("suite", type=Path, help="suite YAML file (see suites/)")
+        p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                       help="override a suite or run-config key, e.g. epochs=1 dataset=shapes storage.url=...")
+        return p
+
+    p = suite_parser("validate", "check a suite and show its cells, writing nothing")
+    p.set_defaults(func=cmd_validate)
+    for name, text, search in (("run", "queue a suite's cells and start workers", False),
+                               ("search", "run a suite's hyper-parameter search (its `search` block)", True)):
+        p = suite_parser(name, text)
+        p.add_argument("--launcher", choices=["local", "slurm", "print"], help="default: the suite's launcher.name")
+        p.add_argument("--workers", type=int, help="workers to start (default: one per GPU, else the suite's)")
+        p.add_argument("--storage", help="Optuna storage URL (default: the suite's, else sqlite:///results/optuna.db)")
+        p.add_argument("--dry-run", action="store_true", help="show the cells without queueing anything")
+        p.add_argument("--retry-failed", action="store_true", help="queue failed cells again")
+        p.set_defaults(func=cmd_run, require_search=search)
+    p = suite_parser("status", "the state of every cell of a suite (waiting, running, complete, failed, pruned)")
+    p.add_argument("--storage", help="Optuna storage URL (default: the suite's, else sqlite:///results/optuna.db)")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("worker", help="run waiting cells of a suite's study until none is left")
+    p.add_argument("--storage", required=True, help="Optuna storage URL of the suite's study")
+    p.add_argument("--study", required=True, help="study name (the suite's name)")
+    p.add_argument("--max-cells", type=int, help="stop after this many cells")
+    p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("perf", help="measure the data path, training throughput and evaluation speed")
     p.add_argument("--quick", action="store_true", help="small sizes (minutes on a CPU)")
@@ -117,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console(stderr=False)
+    console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)  # wide tables in logs and pipes
     err = Console(stderr=True, soft_wrap=True)
     from bench.train.engine import Preempted
 

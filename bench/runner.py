@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -20,14 +21,15 @@ def default_run_dir(cfg: RunConfig, root: Path = Path("results/runs")) -> Path:
     return root / f"{cfg.method.name}-{cfg.dataset.name}-{config_id(cfg)}"
 
 
-def run(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None, console: Console | None = None) -> dict:
+def run(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None, console: Console | None = None,
+        on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train (resuming if a checkpoint exists), evaluate, and return ``{metrics, history, ...}``."""
-    result = train(cfg, run_dir, splits=splits, console=console)
+    result = train(cfg, run_dir, splits=splits, console=console, on_epoch=on_epoch)
     metrics = evaluate_backbone(result.method.backbone, result.splits, cfg.eval, result.device, cfg.seed)
     last = result.history[-1]
     metrics.update({"train.loss": last["loss"], "train.images_per_s": last["images_per_s"], "train.seconds": result.seconds})
     report = {"status": "complete", "config_id": config_id(cfg), "metrics": metrics, "history": result.history,
-              "config": cfg.model_dump(mode="json")}
+              "resumed_from_epoch": result.resumed_from, "config": cfg.model_dump(mode="json")}
     write_json(report, run_dir / METRICS)
     return report
 

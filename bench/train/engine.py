@@ -12,6 +12,7 @@ import contextlib
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,7 @@ class TrainResult:
     device: torch.device
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    resumed_from: float = 0.0  #: epochs (fractional mid-epoch) restored from a checkpoint; 0 for a fresh run
 
 
 def pick_device(name: str) -> torch.device:
@@ -104,11 +106,14 @@ class _SigtermFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None, console: Console | None = None) -> TrainResult:
+def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None, console: Console | None = None,
+          on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
     """Pre-train ``cfg.method`` and return the trained method with its per-epoch history.
 
     Resumes from ``run_dir/checkpoint.pt`` when present. Raises DivergedError on a non-finite loss
     (the last good checkpoint is kept) and Preempted after writing a checkpoint on SIGTERM.
+    ``on_epoch`` receives each epoch's history record once its checkpoint is written (trackers log it,
+    a search pruner may raise from it).
     """
     device = configure_torch(cfg)
     splits = splits or load_dataset(cfg.dataset)
@@ -141,6 +146,7 @@ def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None,
         optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"])
         start_epoch, start_batch = ckpt["epoch"], ckpt["batch"]
+        result.resumed_from = start_epoch + start_batch / steps_per_epoch
         gen_state = ckpt["generator"] if start_batch > 0 else None  # mid-epoch: continue that epoch's stream
         result.history = list(ckpt["history"])
         result.seconds = ckpt["seconds"]
@@ -235,6 +241,8 @@ def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None,
                 save(epoch + 1, 0, generator)
             if sigterm.raised and not last:
                 raise Preempted(f"SIGTERM at the end of epoch {epoch + 1}; checkpoint written to {run_dir}")
+            if on_epoch is not None:
+                on_epoch(record)
     atomic_save({"model": method.state_dict(), "backbone": method.backbone.state_dict(),
                  "config": cfg.model_dump(mode="json"), "history": result.history}, run_dir / MODEL)
     return result

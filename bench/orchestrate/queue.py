@@ -1,0 +1,175 @@
+"""The suite's Optuna study is its work queue: one enqueued (WAITING) trial per cell.
+
+A trial carries its cell in user attributes (``cell_id``, the resolved ``config``, the suite ``axes``), so a
+worker needs nothing but the storage URL and the study name. Workers claim a WAITING trial atomically
+(Optuna's own WAITING -> RUNNING transition, serialised by a file lock on SQLite, which has no row locks),
+send heartbeats while they run it, and a trial whose heartbeat stops (a dead worker) is failed by the next
+claim and re-enqueued by Optuna's ``RetryHeartbeatStaleTrialCallback`` with the same attributes, so the cell resumes
+from its own checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import threading
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from bench.config.suite import Cell, Suite
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+# heartbeats and stale-trial retries are marked experimental in Optuna; they are what this queue is built on
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+#: study user attributes
+SUITE_ATTR = "ssl_bench.suite"
+TRACKING_ATTR = "ssl_bench.tracking"
+#: trial user attributes
+CELL_ATTR, CONFIG_ATTR, AXES_ATTR = "cell_id", "config", "axes"
+RUN_ATTR, REASON_ATTR, EPOCH_ATTR, METRICS_ATTR = "mlflow_run_id", "fail_reason", "epoch", "metrics"
+
+ACTIVE = (TrialState.WAITING, TrialState.RUNNING)
+#: how ``status`` names each trial state
+STATE_NAMES = {TrialState.WAITING: "waiting", TrialState.RUNNING: "running", TrialState.COMPLETE: "complete",
+               TrialState.FAIL: "failed", TrialState.PRUNED: "pruned"}
+
+
+def default_storage_url(results: Path = Path("results")) -> str:
+    """The embedded default: an SQLite file under ``results/`` (RDB storage, so heartbeats work)."""
+    results.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(results / 'optuna.db').resolve()}"
+
+
+def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None,
+                 retries: int = 0) -> RDBStorage:
+    """An RDB storage with heartbeats and the retry-on-stale callback (``retries`` re-enqueues per cell)."""
+    engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=retries) if heartbeat_interval else None)
+
+
+def suite_storage(suite: Suite, url: str) -> RDBStorage:
+    cfg = suite.storage
+    return open_storage(url, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period, retries=cfg.retries)
+
+
+@contextlib.contextmanager
+def queue_lock(url: str) -> Iterator[None]:
+    """Serialise claims on an SQLite file (PostgreSQL locks the trial row itself)."""
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(url.removeprefix("sqlite:///") + ".lock")
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def create_study(suite: Suite, storage: RDBStorage, tracking: dict[str, str]) -> optuna.Study:
+    """Create (or load) the suite's study and record the suite and its tracking target on it."""
+    direction = suite.search.direction if suite.search else "maximize"
+    study = optuna.create_study(study_name=suite.name, storage=storage, direction=direction, load_if_exists=True)
+    study.set_user_attr(SUITE_ATTR, suite.to_yaml())
+    study.set_user_attr(TRACKING_ATTR, tracking)
+    return study
+
+
+def enqueue_cells(study: optuna.Study, cells: list[Cell], *, retry_failed: bool = False) -> list[Cell]:
+    """Add a WAITING trial for each cell not already complete, waiting, running, pruned (or failed, unless asked)."""
+    settled = (TrialState.COMPLETE, TrialState.PRUNED, *ACTIVE) + (() if retry_failed else (TrialState.FAIL,))
+    known = {t.user_attrs.get(CELL_ATTR) for t in study.get_trials(deepcopy=False, states=settled)}
+    added = []
+    for cell in cells:
+        if cell.id in known:
+            continue
+        study.add_trial(optuna.create_trial(state=TrialState.WAITING, user_attrs={
+            CELL_ATTR: cell.id, CONFIG_ATTR: cell.config.model_dump(mode="json"), AXES_ATTR: cell.axes}))
+        added.append(cell)
+    return added
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Fail the RUNNING trials whose worker stopped sending heartbeats (the callback re-enqueues them)."""
+    optuna.storages.fail_stale_trials(study)
+
+
+def claim_waiting(study: optuna.Study, storage: RDBStorage) -> FrozenTrial | None:
+    """Atomically move one WAITING trial to RUNNING and return it (None when none waits)."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for trial in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
+                return storage.get_trial(trial._trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
+class Heartbeat:
+    """Record the trial's heartbeat now and every interval until the block ends."""
+
+    def __init__(self, storage: RDBStorage, trial_id: int):
+        self.storage, self.trial_id = storage, trial_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        interval = self.storage.get_heartbeat_interval()
+        while not self._stop.wait(interval):
+            self.storage.record_heartbeat(self.trial_id)
+
+    def __enter__(self) -> Heartbeat:
+        if self.storage.get_heartbeat_interval():
+            self.storage.record_heartbeat(self.trial_id)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+@dataclass(frozen=True)
+class CellState:
+    """What ``ssl-bench status`` shows for one cell: its latest trial."""
+
+    cell_id: str
+    axes: dict[str, Any]
+    state: str
+    trial: int | None
+    run_id: str | None
+    reason: str | None
+    epoch: int | None
+    metrics: dict[str, float]
+
+
+def cell_states(study: optuna.Study | None, cells: list[Cell]) -> list[CellState]:
+    """The state of every cell of the suite from its latest trial ("not queued" when none exists)."""
+    latest: dict[str, FrozenTrial] = {}
+    for t in study.get_trials(deepcopy=False) if study is not None else []:
+        cid = t.user_attrs.get(CELL_ATTR)
+        if cid is not None:
+            latest[cid] = t
+    out = []
+    for cell in cells:
+        t = latest.get(cell.id)
+        if t is None:
+            out.append(CellState(cell.id, cell.axes, "not queued", None, None, None, None, {}))
+            continue
+        state = "retrying" if t.state == TrialState.WAITING and "failed_trial" in t.system_attrs else STATE_NAMES[t.state]
+        out.append(CellState(cell.id, cell.axes, state, t.number, t.user_attrs.get(RUN_ATTR),
+                             t.user_attrs.get(REASON_ATTR) if t.state == TrialState.FAIL else None,
+                             t.user_attrs.get(EPOCH_ATTR), t.user_attrs.get(METRICS_ATTR, {})))
+    return out

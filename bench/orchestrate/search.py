@@ -1,0 +1,57 @@
+"""Hyper-parameter search: the suite's ``search`` block as an Optuna sampler, pruner and search space.
+
+The study is the same queue as a matrix suite's; a worker with nothing waiting asks the sampler for a new
+trial while fewer than ``n_trials`` have been started (retries of failed trials do not count). Pruning acts
+on the online kNN accuracy that the engine reports each ``train.knn_every`` epochs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from bench.config.suite import SearchConfig
+
+DEFAULT_METRIC = "knn20.top1"
+
+
+def build_sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
+    if cfg.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.n_startup_trials)
+    if cfg.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=cfg.seed)
+    return optuna.samplers.GridSampler({key: p.grid() for key, p in cfg.space.items()}, seed=cfg.seed)
+
+
+def build_pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:
+    if cfg.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials, n_warmup_steps=cfg.n_warmup_steps)
+    if cfg.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    return optuna.pruners.NopPruner()
+
+
+def suggest(trial: optuna.Trial, cfg: SearchConfig) -> dict[str, Any]:
+    """Sample (or, for a retried trial, re-read) one value per dotted key of the space."""
+    params: dict[str, Any] = {}
+    for key, p in cfg.space.items():
+        if p.type == "float":
+            params[key] = trial.suggest_float(key, p.low, p.high, log=p.log, step=p.step)
+        elif p.type == "int":
+            params[key] = trial.suggest_int(key, int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+        else:
+            params[key] = trial.suggest_categorical(key, p.choices)
+    return params
+
+
+def search_exhausted(study: optuna.Study, cfg: SearchConfig) -> bool:
+    """True once ``n_trials`` trials were started (re-enqueued retries are the same trial again)."""
+    started = [t for t in study.get_trials(deepcopy=False) if "failed_trial" not in t.system_attrs]
+    return len(started) >= cfg.n_trials
+
+
+def objective_value(metrics: dict[str, float], cfg: SearchConfig | None) -> float:
+    """The study's objective: the search metric, else kNN top-1 (a matrix suite's trials are sorted by it)."""
+    metric = cfg.metric if cfg else DEFAULT_METRIC
+    return float(metrics.get(metric, metrics.get(DEFAULT_METRIC, 0.0)))

@@ -1,0 +1,228 @@
+"""``ssl-bench worker``: take the next waiting cell of a suite's study, run it, report it; repeat.
+
+A worker needs only the storage URL and the study name: the suite, its tracking target and every cell's
+resolved config live in the study. Each cell trains in ``<runs_dir>/<cell id>/`` under a file lock, so a
+retried cell resumes from its own checkpoint and a cell shared by two suites is trained once (the second
+worker finds its ``metrics.json`` and reports it). Failures are recorded with their reason (diverged, out of
+memory, missing data, config, preempted, exception); only preemptions and unexpected exceptions are retried,
+since a diverged or misconfigured cell would fail the same way again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+
+from bench.config.run import RunConfig, config_id, resolve_run_config
+from bench.config.suite import Suite, expand_suite, search_config, suite_from_yaml
+from bench.errors import DataError, DivergedError, UserError
+from bench.orchestrate.queue import (
+    AXES_ATTR,
+    CELL_ATTR,
+    CONFIG_ATTR,
+    EPOCH_ATTR,
+    METRICS_ATTR,
+    REASON_ATTR,
+    RUN_ATTR,
+    STATE_NAMES,
+    SUITE_ATTR,
+    TRACKING_ATTR,
+    Heartbeat,
+    claim_waiting,
+    fail_stale,
+    open_storage,
+    queue_lock,
+    suite_storage,
+)
+from bench.orchestrate.search import (
+    build_pruner,
+    build_sampler,
+    objective_value,
+    search_exhausted,
+    suggest,
+)
+from bench.runner import METRICS, run
+from bench.tracking.mlflow_runs import SuiteTracker
+from bench.train.engine import Preempted
+
+RETRIED = ("preempted", "exception")
+POLL_S = 2.0
+
+
+@dataclass
+class WorkerSummary:
+    """What one worker did: cell ids per outcome."""
+
+    complete: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Outcome:
+    state: TrialState
+    metrics: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None
+    report: dict | None = None
+
+
+class Context:
+    """Everything a worker reads once from the study: suite, storage with heartbeats, tracker."""
+
+    def __init__(self, storage_url: str, study_name: str):
+        plain = open_storage(storage_url)
+        attrs = optuna.load_study(study_name=study_name, storage=plain).user_attrs
+        if SUITE_ATTR not in attrs:
+            raise UserError(f"study '{study_name}' in {storage_url} was not created by ssl-bench run; run the suite first")
+        self.url = storage_url
+        self.suite: Suite = suite_from_yaml(attrs[SUITE_ATTR])
+        self.storage = suite_storage(self.suite, storage_url)
+        search = self.suite.search
+        self.study = optuna.load_study(study_name=study_name, storage=self.storage,
+                                       sampler=build_sampler(search) if search else None,
+                                       pruner=build_pruner(search) if search else optuna.pruners.NopPruner())
+        tracking = attrs[TRACKING_ATTR]
+        self.tracker = SuiteTracker(tracking["uri"], tracking["experiment"])
+        self.parent_run = tracking["parent_run_id"]
+        self.runs_dir = Path(self.suite.storage.runs_dir)
+        self.base = expand_suite(self.suite)[0].config if search else None
+
+
+def work(storage_url: str, study_name: str, *, console: Console | None = None, max_cells: int | None = None) -> WorkerSummary:
+    """Run cells until none is waiting and none is still running elsewhere (or ``max_cells`` ran)."""
+    console = console or Console(stderr=True)
+    ctx = Context(storage_url, study_name)
+    summary = WorkerSummary()
+    name = f"{socket.gethostname()}:{os.getpid()}"
+    while max_cells is None or len(summary.complete) + len(summary.failed) + len(summary.pruned) < max_cells:
+        trial = _next_trial(ctx)
+        if trial is None:
+            if not ctx.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+                break
+            time.sleep(POLL_S)  # cells still running elsewhere may die and come back to the queue
+            continue
+        cell = trial.user_attrs.get(CELL_ATTR, f"trial {trial.number}")
+        console.print(f"[{name}] cell {cell}: started (trial {trial.number})")
+        outcome = run_trial(ctx, trial)
+        bucket = {TrialState.COMPLETE: summary.complete, TrialState.PRUNED: summary.pruned}.get(outcome.state, summary.failed)
+        bucket.append(trial.user_attrs.get(CELL_ATTR, str(trial.number)))
+        console.print(f"[{name}] cell {trial.user_attrs.get(CELL_ATTR, trial.number)}: {STATE_NAMES[outcome.state]}"
+                      + (f" ({outcome.reason})" if outcome.reason else ""))
+        if outcome.reason and outcome.reason.startswith("preempted"):
+            break
+    return summary
+
+
+def _next_trial(ctx: Context) -> FrozenTrial | None:
+    """A waiting cell (a retry first), or for a search a newly sampled trial while the budget lasts."""
+    with queue_lock(ctx.url):
+        fail_stale(ctx.study)
+        trial = claim_waiting(ctx.study, ctx.storage)
+        if trial is None and ctx.suite.search and not search_exhausted(ctx.study, ctx.suite.search):
+            asked = ctx.study.ask()
+            trial = ctx.storage.get_trial(asked._trial_id)
+    return trial
+
+
+def run_trial(ctx: Context, trial: FrozenTrial) -> Outcome:
+    """Run one claimed trial with heartbeats and report it to Optuna and MLflow."""
+    live = optuna.trial.Trial(ctx.study, trial._trial_id)
+    with Heartbeat(ctx.storage, trial._trial_id):
+        if ctx.suite.search and CONFIG_ATTR not in trial.user_attrs:
+            params = suggest(live, ctx.suite.search)
+            config = search_config(ctx.base, params)
+            for key, value in ((CELL_ATTR, config_id(config)), (CONFIG_ATTR, config.model_dump(mode="json")),
+                               (AXES_ATTR, params)):
+                live.set_user_attr(key, value)
+        else:
+            config = resolve_run_config(trial.user_attrs[CONFIG_ATTR])
+        attrs = ctx.storage.get_trial(trial._trial_id).user_attrs
+        cell_id = attrs[CELL_ATTR]
+        run_id = ctx.tracker.start_cell(ctx.parent_run, cell_id, config, suite=ctx.suite.name, axes=attrs[AXES_ATTR],
+                                        trial={"study": ctx.study.study_name, "number": trial.number, "id": trial._trial_id},
+                                        run_id=attrs.get(RUN_ATTR))
+        live.set_user_attr(RUN_ATTR, run_id)
+        outcome = _run_cell(ctx, live, config, ctx.runs_dir / cell_id, run_id)
+        status = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(outcome.state, "failed")
+        ctx.tracker.finish_cell(run_id, status=status, metrics=outcome.metrics, report=outcome.report, reason=outcome.reason)
+        if outcome.reason:
+            live.set_user_attr(REASON_ATTR, outcome.reason)
+        if outcome.metrics:
+            live.set_user_attr(METRICS_ATTR, outcome.metrics)
+    if outcome.state == TrialState.COMPLETE:
+        ctx.study.tell(live, objective_value(outcome.metrics, ctx.suite.search))
+    else:
+        ctx.study.tell(live, state=outcome.state)
+        if outcome.state == TrialState.FAIL and outcome.reason.startswith(RETRIED):
+            callback = ctx.storage.get_heartbeat_stale_trial_callback()
+            if callback is not None:
+                callback(ctx.study, ctx.storage.get_trial(trial._trial_id))
+    return outcome
+
+
+def _run_cell(ctx: Context, trial: optuna.Trial, config: RunConfig, run_dir: Path, run_id: str) -> Outcome:
+    """Train and evaluate one cell (or reuse its finished result), mapping every failure to a reason."""
+    pruning = ctx.suite.search is not None and ctx.suite.search.pruner != "none"
+
+    def on_epoch(record: dict) -> None:
+        ctx.tracker.log_epoch(run_id, record)
+        trial.set_user_attr(EPOCH_ATTR, record["epoch"])
+        if pruning and "knn_top1" in record:
+            trial.report(record["knn_top1"], record["epoch"])
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+    try:
+        with cell_lock(run_dir):
+            report = finished_report(run_dir, config) or run(config, run_dir, console=Console(quiet=True), on_epoch=on_epoch)
+    except optuna.TrialPruned:
+        return Outcome(TrialState.PRUNED, reason=None)
+    except DivergedError as err:
+        return Outcome(TrialState.FAIL, reason=f"diverged: {err} (lower the learning rate or set train.grad_clip)")
+    except torch.OutOfMemoryError:
+        return Outcome(TrialState.FAIL, reason=f"out of memory at batch_size={config.batch_size} (lower batch_size)")
+    except DataError as err:
+        return Outcome(TrialState.FAIL, reason=f"missing data: {err}")
+    except UserError as err:
+        return Outcome(TrialState.FAIL, reason=f"config: {err}")
+    except Preempted as err:
+        return Outcome(TrialState.FAIL, reason=f"preempted: {err}")
+    except Exception as err:  # noqa: BLE001 - any other failure is recorded on the cell, the worker goes on
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+        return Outcome(TrialState.FAIL, reason=f"exception: {type(err).__name__}: {err} (traceback in {run_dir / 'error.txt'})")
+    return Outcome(TrialState.COMPLETE, metrics=report["metrics"], report=report)
+
+
+@contextlib.contextmanager
+def cell_lock(run_dir: Path) -> Iterator[None]:
+    """One process at a time trains a cell directory (two suites may hold the same cell)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def finished_report(run_dir: Path, config: RunConfig) -> dict | None:
+    """The cell's complete report when an earlier run (of any suite) already finished it."""
+    path = run_dir / METRICS
+    if not path.exists():
+        return None
+    report = json.loads(path.read_text())
+    return report if report.get("status") == "complete" and report.get("config_id") == config_id(config) else None

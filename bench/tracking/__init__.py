@@ -1,0 +1,1 @@
+"""Experiment tracking: MLflow runs of a suite and its cells."""

@@ -1,0 +1,239 @@
+"""Suites end to end: real worker processes, a real Optuna queue and a real MLflow store under tmp_path."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+from postgres_server import PostgresUnavailable, postgres_url
+from test_suite_config import MALFORMED
+
+from bench.cli import EXIT_CELLS_FAILED, main
+from bench.config.suite import expand_suite, load_suite
+from bench.orchestrate.launch import prepare
+from bench.orchestrate.queue import (
+    CELL_ATTR,
+    EPOCH_ATTR,
+    REASON_ATTR,
+    default_storage_url,
+)
+from bench.orchestrate.slurm import launch_slurm
+from bench.orchestrate.worker import work
+
+TINY = {
+    "defaults": {
+        "dataset": {"name": "shapes", "n_train": 256, "n_test": 64},
+        "backbone": {"name": "small_cnn", "width": 4},
+        "epochs": 2,
+        "batch_size": 64,
+        "optimizer": {"name": "adamw", "lr": 1.0e-3, "lr_scaling": "none"},
+        "schedule": {"warmup_epochs": 0},
+        "train": {"progress": False},
+    },
+    "evaluations": {"linear": None, "knn_k": [20]},
+    "matrix": {"method": ["simclr", "vicreg"]},
+    "ablations": {"simclr.projector": ["16-8"], "vicreg.projector": ["16-16"]},
+    "seeds": [0, 1],
+    "storage": {"heartbeat_interval": 1, "grace_period": 3},
+    "launcher": {"workers": 2},
+}
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    """Run in a fresh directory: the default stores (results/optuna.db, results/mlflow.db) land under it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path / "results"
+
+
+def write_suite(path: Path, name: str, **changes) -> Path:
+    """TINY with ``changes``; the tiny-head ablations are kept for the methods the suite still has."""
+    suite = {"name": name, **json.loads(json.dumps(TINY)), **changes}
+    methods = suite["matrix"].get("method", [])
+    suite["ablations"] = {k: v for k, v in suite["ablations"].items() if k.split(".")[0] in methods}
+    if "ablations" in changes:
+        suite["ablations"] = changes["ablations"]
+    path.write_text(yaml.safe_dump(suite))
+    return path
+
+
+def study_of(name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=default_storage_url())
+
+
+def complete_per_cell(study: optuna.Study) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        counts[t.user_attrs[CELL_ATTR]] = counts.get(t.user_attrs[CELL_ATTR], 0) + 1
+    return counts
+
+
+def child_runs(experiment: str):
+    mlflow.set_tracking_uri(f"sqlite:///{Path('results/mlflow.db').resolve()}")
+    runs = mlflow.search_runs(experiment_names=[experiment])
+    return runs[runs["tags.ssl_bench.role"] != "parent"] if "tags.ssl_bench.role" in runs else runs
+
+
+def test_suite_runs_with_two_workers_and_reruns_as_a_no_op(results, tmp_path, capsys):
+    path = write_suite(tmp_path / "tiny.yaml", "tiny")
+    cells = expand_suite(load_suite(path))
+    assert len(cells) == 4
+    assert main(["run", str(path)]) == 0
+    study = study_of("tiny")
+    assert complete_per_cell(study) == {c.id: 1 for c in cells}
+    runs = child_runs("tiny")
+    assert sorted(runs["tags.ssl_bench.cell_id"]) == sorted(c.id for c in cells)
+    assert (runs["status"] == "FINISHED").all() and runs["metrics.knn20.top1"].between(0, 1).all()
+    by_trial = {t.user_attrs["mlflow_run_id"]: t.user_attrs[CELL_ATTR] for t in study.get_trials()}
+    assert {r: c for r, c in zip(runs["run_id"], runs["tags.ssl_bench.cell_id"])} == by_trial
+    capsys.readouterr()
+    assert main(["status", str(path)]) == 0
+    assert "4 complete" in capsys.readouterr().out
+
+    start = time.perf_counter()
+    assert main(["run", str(path)]) == 0
+    assert time.perf_counter() - start < 30
+    assert len(study_of("tiny").get_trials()) == 4 and len(child_runs("tiny")) == 4
+
+
+def test_killed_worker_cell_resumes_from_its_checkpoint(results, tmp_path):
+    path = write_suite(tmp_path / "kill.yaml", "kill", matrix={"method": ["simclr"]}, seeds=[0, 1, 2])
+    suite_defaults = TINY["defaults"] | {"epochs": 6}
+    path.write_text(yaml.safe_dump(yaml.safe_load(path.read_text()) | {"defaults": suite_defaults}))
+    assert main(["run", str(path), "--launcher", "print"]) == 0
+    url = default_storage_url()
+    worker = subprocess.Popen([sys.executable, "-m", "bench.cli", "worker", "--storage", url, "--study", "kill"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    victim = None
+    while victim is None and time.time() < deadline:
+        running = study_of("kill").get_trials(states=(TrialState.RUNNING,))
+        victim = next((t for t in running if t.user_attrs.get(EPOCH_ATTR, 0) >= 2), None)
+        time.sleep(0.2)
+    assert victim is not None, "the worker never got two epochs into a cell"
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+
+    assert main(["run", str(path), "--workers", "1"]) == 0
+    study = study_of("kill")
+    cells = expand_suite(load_suite(path))
+    assert complete_per_cell(study) == {c.id: 1 for c in cells}
+    killed = victim.user_attrs[CELL_ATTR]
+    report = json.loads((results / "cells" / killed / "metrics.json").read_text())
+    assert report["resumed_from_epoch"] >= 2
+    assert [h["epoch"] for h in report["history"]] == [1, 2, 3, 4, 5, 6]
+    assert len(child_runs("kill")) == 3
+
+
+def test_diverging_cell_fails_with_its_reason_while_the_others_complete(results, tmp_path, capsys):
+    path = write_suite(tmp_path / "div.yaml", "div", matrix={"method": ["simclr"], "optimizer.lr": [1.0e-3, 1.0e+30]}, seeds=[0],
+                       defaults=TINY["defaults"] | {"optimizer": {"name": "sgd", "lr_scaling": "none"}})
+    assert main(["run", str(path), "--workers", "1"]) == EXIT_CELLS_FAILED
+    trials = study_of("div").get_trials()
+    states = sorted(t.state.name for t in trials)
+    assert states == ["COMPLETE", "FAIL"]
+    failed = next(t for t in trials if t.state == TrialState.FAIL)
+    assert failed.user_attrs[REASON_ATTR].startswith("diverged")
+    runs = child_runs("div")
+    assert sorted(runs["status"]) == ["FAILED", "FINISHED"]
+    assert "diverged" in capsys.readouterr().out
+
+
+def test_search_with_tpe_and_median_pruner_prunes_a_trial(results, tmp_path):
+    defaults = TINY["defaults"] | {"epochs": 4, "method": "simclr", "train": {"progress": False, "knn_every": 1}}
+    search = {"space": {"optimizer.lr": {"type": "float", "low": 1.0e-6, "high": 1.0e-2, "log": True},
+                        "method.temperature": {"type": "float", "low": 0.05, "high": 1.0}},
+              "sampler": "tpe", "pruner": "median", "n_trials": 8, "n_startup_trials": 2, "n_warmup_steps": 1}
+    path = write_suite(tmp_path / "hp.yaml", "hp", defaults=defaults, matrix={}, ablations={"simclr.projector": ["16-8"]},
+                       seeds=[0], search=search)
+    assert main(["search", str(path), "--workers", "1"]) == 0
+    trials = study_of("hp").get_trials()
+    states = [t.state for t in trials]
+    assert len(trials) == 8 and TrialState.PRUNED in states and TrialState.COMPLETE in states
+    assert all(set(t.params) == {"optimizer.lr", "method.temperature"} for t in trials)
+    for t in trials:
+        config = t.user_attrs["config"]
+        assert config["optimizer"]["lr"] == pytest.approx(t.params["optimizer.lr"])
+        assert config["method"]["temperature"] == pytest.approx(t.params["method.temperature"])
+    runs = child_runs("hp")
+    assert (runs["status"] == "KILLED").sum() == states.count(TrialState.PRUNED)
+    assert (runs["status"] == "FINISHED").sum() == states.count(TrialState.COMPLETE)
+
+
+def test_a_cell_shared_by_two_suites_is_trained_once(results, tmp_path):
+    first = write_suite(tmp_path / "a.yaml", "suite_a", matrix={"method": ["simclr"]}, seeds=[0])
+    second = write_suite(tmp_path / "b.yaml", "suite_b", matrix={"method": ["simclr", "vicreg"]}, seeds=[0])
+    assert main(["run", str(first), "--workers", "1"]) == 0
+    shared = expand_suite(load_suite(first))[0].id
+    model = results / "cells" / shared / "model.pt"
+    stamp = model.stat().st_mtime_ns
+    assert main(["run", str(second), "--workers", "1"]) == 0
+    assert model.stat().st_mtime_ns == stamp
+    assert complete_per_cell(study_of("suite_b")) == {c.id: 1 for c in expand_suite(load_suite(second))}
+    a, b = child_runs("suite_a"), child_runs("suite_b")
+    same = b[b["tags.ssl_bench.cell_id"] == shared]
+    assert float(same["metrics.knn20.top1"].iloc[0]) == float(a["metrics.knn20.top1"].iloc[0])
+
+
+def test_worker_runs_cells_in_process(results, tmp_path):
+    path = write_suite(tmp_path / "w.yaml", "inproc", matrix={"method": ["vicreg"]}, seeds=[3])
+    assert main(["run", str(path), "--launcher", "print"]) == 0
+    summary = work(default_storage_url(), "inproc")
+    assert summary.complete == [expand_suite(load_suite(path))[0].id] and not summary.failed
+
+
+def test_slurm_launcher_through_submitits_local_executor(results, tmp_path):
+    path = write_suite(tmp_path / "slurm.yaml", "slurm", seeds=[0])
+    suite = load_suite(path)
+    cells = expand_suite(suite)
+    prepare(suite, cells, default_storage_url())
+    jobs = launch_slurm(default_storage_url(), "slurm", suite.launcher.slurm, 2, cluster="local")
+    done = [job.result() for job in jobs]
+    assert sorted(c for d in done for c in d["complete"]) == sorted(c.id for c in cells)
+    assert complete_per_cell(study_of("slurm")) == {c.id: 1 for c in cells}
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    try:
+        with postgres_url(tmp_path_factory.mktemp("pg")) as url:
+            yield url
+    except PostgresUnavailable as err:
+        pytest.skip(f"no PostgreSQL server could be started here: {err.reason}")
+
+
+def test_two_workers_share_a_postgresql_queue(results, tmp_path, postgres):
+    name = f"pg_{os.getpid()}_{time.time_ns()}"
+    path = write_suite(tmp_path / "pg.yaml", name, matrix={"method": ["simclr"]}, seeds=list(range(20)),
+                       defaults=TINY["defaults"] | {"epochs": 1, "dataset": {"name": "shapes", "n_train": 64, "n_test": 32},
+                                                    "batch_size": 32},
+                       evaluations={"linear": None, "knn_k": [5], "diagnostics": False})
+    assert main(["run", str(path), "--storage", postgres, "--workers", "2"]) == 0
+    study = optuna.load_study(study_name=name, storage=postgres)
+    cells = expand_suite(load_suite(path))
+    assert len(cells) == 20
+    assert complete_per_cell(study) == {c.id: 1 for c in cells}
+    assert len(study.get_trials()) == 20
+    logs = [p.read_text() for p in (results / "logs" / name).glob("worker-*.log")]
+    assert len(logs) == 2 and all("started" in log for log in logs), "both workers took cells"
+
+
+@pytest.mark.parametrize("text,expected", MALFORMED)
+def test_malformed_suite_is_refused_by_run_before_anything_is_written(text, expected, results, tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert expected in " ".join(err.split()) and err.startswith("error:")
+    assert not results.exists()
