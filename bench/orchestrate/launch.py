@@ -36,6 +36,7 @@ from bench.orchestrate.queue import (
     open_storage,
     suite_storage,
 )
+from bench.orchestrate.search import search_exhausted
 from bench.orchestrate.view import states_table
 from bench.tracking.mlflow_runs import SuiteTracker, tracking_uri
 
@@ -92,7 +93,8 @@ def local_workers(requested: int | None) -> tuple[int, list[str | None]]:
 def launch_local(prepared: Prepared, suite: Suite, cells: list[Cell], workers: int | None, console: Console,
                  logs: Path) -> None:
     """Start the local workers, show the live view of the cells until every worker has exited."""
-    if not prepared.study.get_trials(deepcopy=False, states=ACTIVE):
+    exhausted = suite.search is None or search_exhausted(prepared.study, suite.search)
+    if exhausted and not prepared.study.get_trials(deepcopy=False, states=ACTIVE):
         console.print(f"suite {suite.name}: no cell is waiting or running; nothing to do")
         return
     n, devices = local_workers(workers)

@@ -114,13 +114,14 @@ def work(storage_url: str, study_name: str, *, console: Console | None = None, m
                 break
             time.sleep(POLL_S)  # cells still running elsewhere may die and come back to the queue
             continue
-        cell = trial.user_attrs.get(CELL_ATTR, f"trial {trial.number}")
-        console.print(f"[{name}] cell {cell}: started (trial {trial.number})")
-        outcome = run_trial(ctx, trial)
+        started = time.perf_counter()
+        console.print(f"{time.strftime('%H:%M:%S')} {name}: trial {trial.number} started", markup=False, highlight=False)
+        cell, outcome = run_trial(ctx, trial)
         bucket = {TrialState.COMPLETE: summary.complete, TrialState.PRUNED: summary.pruned}.get(outcome.state, summary.failed)
-        bucket.append(trial.user_attrs.get(CELL_ATTR, str(trial.number)))
-        console.print(f"[{name}] cell {trial.user_attrs.get(CELL_ATTR, trial.number)}: {STATE_NAMES[outcome.state]}"
-                      + (f" ({outcome.reason})" if outcome.reason else ""))
+        bucket.append(cell)
+        console.print(f"{time.strftime('%H:%M:%S')} {name}: trial {trial.number} (cell {cell}) {STATE_NAMES[outcome.state]} "
+                      f"after {time.perf_counter() - started:.1f} s" + (f": {outcome.reason}" if outcome.reason else ""),
+                      markup=False, highlight=False)
         if outcome.reason and outcome.reason.startswith("preempted"):
             break
     return summary
@@ -137,8 +138,8 @@ def _next_trial(ctx: Context) -> FrozenTrial | None:
     return trial
 
 
-def run_trial(ctx: Context, trial: FrozenTrial) -> Outcome:
-    """Run one claimed trial with heartbeats and report it to Optuna and MLflow."""
+def run_trial(ctx: Context, trial: FrozenTrial) -> tuple[str, Outcome]:
+    """Run one claimed trial with heartbeats and report it to Optuna and MLflow; returns its cell id and outcome."""
     live = optuna.trial.Trial(ctx.study, trial._trial_id)
     with Heartbeat(ctx.storage, trial._trial_id):
         if ctx.suite.search and CONFIG_ATTR not in trial.user_attrs:
@@ -170,7 +171,7 @@ def run_trial(ctx: Context, trial: FrozenTrial) -> Outcome:
             callback = ctx.storage.get_heartbeat_stale_trial_callback()
             if callback is not None:
                 callback(ctx.study, ctx.storage.get_trial(trial._trial_id))
-    return outcome
+    return cell_id, outcome
 
 
 def _run_cell(ctx: Context, trial: optuna.Trial, config: RunConfig, run_dir: Path, run_id: str) -> Outcome:
