@@ -339,6 +339,14 @@ def test_wmse_rejects_bad_slice_sizes() -> None:
         method(_views(), step=0, total_steps=10)
 
 
+def test_wmse_names_the_fix_when_a_slice_covariance_is_singular() -> None:
+    v = torch.randn(1, 8, 3, dtype=torch.float64)
+    v[..., 2] = 1.0  # a constant dimension: zero variance
+    with pytest.raises(ConfigError, match="method.w_eps"):
+        cholesky_whiten(v, 0.0)
+    assert torch.isfinite(cholesky_whiten(v, 0.01)).all()
+
+
 def test_paper_defaults_recipes_and_optimizers() -> None:
     assert CorInfoMaxParams().model_dump() == {
         "name": "corinfomax",

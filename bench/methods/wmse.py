@@ -52,7 +52,10 @@ def cholesky_whiten(v: torch.Tensor, eps: float) -> torch.Tensor:
     vc = v - v.mean(dim=-2, keepdim=True)  # v - mu_V
     sigma = vc.mT @ vc / (m - 1)  # Sigma_V = 1/(M-1) sum_k (v_k - mu_V)(v_k - mu_V)^T
     eye = torch.eye(k, dtype=v.dtype, device=v.device)
-    chol = torch.linalg.cholesky((1 - eps) * sigma + eps * eye)  # Sigma_V = L L^T (shrunk by eps)
+    chol, info = torch.linalg.cholesky_ex((1 - eps) * sigma + eps * eye)  # Sigma_V = L L^T (shrunk by eps)
+    if bool((info > 0).any()):
+        raise ConfigError("wmse: the covariance of a whitening slice is singular (the embeddings lost rank); "
+                          "shrink it with method.w_eps (e.g. 0.01) or raise method.w_size")
     return torch.linalg.solve_triangular(chol, vc.mT, upper=False).mT  # z = W_V (v - mu_V), W_V = L^{-1}
 
 
