@@ -118,6 +118,18 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_table(args: argparse.Namespace, console: Console) -> int:
+    from bench.report.table import cmd_table as table
+
+    return table(args, console)
+
+
+def cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    from bench.report.compare import cmd_compare as compare
+
+    return compare(args, console)
+
+
 def cmd_perf(args: argparse.Namespace, console: Console) -> int:
     from bench.perf import perf
 
@@ -174,6 +186,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = suite_parser("status", "the state of every cell of a suite (waiting, running, complete, failed, pruned)")
     p.add_argument("--storage", help="Optuna storage URL (default: the suite's, else sqlite:///results/optuna.db)")
     p.set_defaults(func=cmd_status)
+
+    p = suite_parser("table", "a paper-style table of a suite's results: mean ± std over seeds per rows x cols")
+    p.add_argument("--rows", nargs="+", default=["method"], metavar="KEY",
+                   help="row keys: axes, run-config keys or method params, e.g. method, projector, vicreg.projector")
+    p.add_argument("--cols", nargs="+", default=["dataset"], metavar="KEY", help="column keys (as --rows)")
+    p.add_argument("--metric", default="knn20.top1", help="a final metric, e.g. linear.top1, knn20.top1, diag.effective_rank")
+    p.add_argument("--format", choices=["md", "csv", "tex", "html"], help="default: from --out's suffix, else md")
+    p.add_argument("--baseline", metavar="VALUE", help="a value of the first row key (e.g. simclr): adds the difference to that row")
+    p.add_argument("--paper", action="store_true", help="add published numbers beside ours (needs --rows method --cols dataset)")
+    p.add_argument("--out", type=Path, help="a file, or a directory: <dir>/<suite>/tables/<name>.<ext> (default: print)")
+    p.add_argument("--tracking", metavar="URI",
+                   help="MLflow tracking URI (default: the suite's, $MLFLOW_TRACKING_URI, else sqlite:///results/mlflow.db)")
+    p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("compare", help="a few runs side by side: the config keys that differ and their final metrics")
+    p.add_argument("runs", nargs="+", metavar="RUN_OR_CELL", help="cell ids or MLflow run ids")
+    p.add_argument("--suite", type=Path, help="the suite they ran in (its tracking store and experiment)")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="suite overrides, as for run")
+    p.add_argument("--tracking", metavar="URI", help="MLflow tracking URI (default: the suite's, else $MLFLOW_TRACKING_URI)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("worker", help="run waiting cells of a suite's study until none is left")
     p.add_argument("--storage", required=True, help="Optuna storage URL of the suite's study")

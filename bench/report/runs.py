@@ -1,0 +1,171 @@
+"""A suite's results as one pandas frame: one row per expected cell, joined with its MLflow child run.
+
+Columns: ``cell_id``, ``run_id`` (None for a cell never run), ``status`` (one of ``STATUSES``),
+``fail_reason``, the suite's axis keys as written (``method``, ``dataset``, ``vicreg.projector``, ``seed``;
+``method`` and ``dataset`` are always there), every key of the cell's resolved run config flattened with dots
+(``batch_size``, ``method.projector``, ``optimizer.lr``), and one column per final metric (``knn20.top1``).
+A search suite has no fixed cells: its rows are the child runs found, with their config read from the run's
+``config.yaml``. Lists and mappings become text (``[scattering, hog]``), so every column can be grouped.
+Runs are read with an explicit ``MlflowClient``, never through MLflow's global state.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import pandas as pd
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Run
+
+from bench.config.suite import Suite, expand_suite
+from bench.errors import ConfigError
+from bench.methods import all_methods
+from bench.tracking.mlflow_runs import FAIL_REASON, ROLE, STATUS, SUITE, retry_locked, tracking_uri
+
+#: the status of a cell (see ``run_status``)
+STATUSES = ("complete", "failed", "running", "pruned", "missing")
+#: the tag naming a child run's cell
+CELL_TAG = "ssl_bench.cell_id"
+#: per-epoch metrics are logged as ``train/<x>`` and ``knn/<x>``; final metrics have no slash
+EPOCH_METRIC_MARK = "/"
+
+
+def suite_runs(suite: Suite, *, uri: str | None = None) -> pd.DataFrame:
+    """One row per expected cell of ``suite`` (per child run found, for a search suite); see the module docstring.
+
+    ``uri`` defaults to the suite's tracking URI (``$MLFLOW_TRACKING_URI``, else ``results/mlflow.db``).
+    """
+    client = tracking_client(uri or tracking_uri(suite.tracking.mlflow_uri))
+    runs = _latest_cell_runs(client, experiment_id(client, suite.tracking.experiment or suite.name), suite.name)
+    if suite.search is None:
+        rows = [_row(cell.id, cell.config.model_dump(mode="json"), cell.axes, runs.get(cell.id)) for cell in expand_suite(suite)]
+    else:
+        base = expand_suite(suite)[0].axes
+        rows = []
+        for cell_id, run in runs.items():
+            config = _run_config(client, run)
+            flat = flatten_config(config)
+            searched = {key: flat[_column_for(key, flat)] for key in suite.search.space}
+            rows.append(_row(cell_id, config, {**base, **searched}, run))
+    frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["cell_id", "run_id", "status", "fail_reason"])
+    for column in ("run_id", "fail_reason"):  # None (not NaN) where there is no run or no reason
+        frame[column] = pd.Series([row[column] for row in rows], index=frame.index, dtype=object)
+    return frame
+
+
+def resolve_key(df: pd.DataFrame, key: str) -> str:
+    """The column of ``df`` that a user's key names: the key itself, else ``method.<key>`` (``projector``),
+    else for ``<method>.<param>`` the column ``method.<param>`` (``mvmr.representations``).
+
+    Raises ConfigError with the closest column names when nothing matches.
+    """
+    found = _column_for(key, df.columns)
+    if found is None:
+        close = difflib.get_close_matches(key, [str(c) for c in df.columns], n=5, cutoff=0.5)
+        hint = f"close matches: {', '.join(close)}" if close else "run `ssl-bench validate SUITE` to see the suite's axes"
+        raise ConfigError(f"unknown key '{key}': not an axis, run-config key or final metric of the suite's runs; {hint}")
+    return found
+
+
+def flatten_config(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config -> ``{dotted.key: value}``; lists and mappings become text such as ``[scattering, hog]``."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten_config(value, f"{name}."))
+        else:
+            flat[name] = hashable(value)
+    return flat
+
+
+def hashable(value: Any) -> Any:
+    """``value`` as it can be grouped: lists and mappings as their YAML flow text, anything else as it is."""
+    if isinstance(value, list | dict):
+        return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=math.inf).strip()
+    return value
+
+
+def tracking_client(uri: str) -> MlflowClient:
+    """A client of the store at ``uri``; a missing SQLite store is an error (MLflow would create an empty one)."""
+    if uri.startswith("sqlite:///"):
+        store = Path(unquote(uri.removeprefix("sqlite:///").split("?")[0]))
+        if not store.is_file():
+            raise ConfigError(f"no MLflow store at {store}: run the suite first (ssl-bench run SUITE), or give the "
+                              "tracking URI it ran with (--tracking, $MLFLOW_TRACKING_URI or tracking.mlflow_uri)")
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of the MLflow experiment ``name``; ConfigError when the store has none of that name."""
+    experiment = retry_locked(client.get_experiment_by_name, name)
+    if experiment is None:
+        raise ConfigError(f"no MLflow experiment '{name}' in {client.tracking_uri}: run the suite first (ssl-bench run "
+                          "SUITE), or give the tracking URI it ran with (--tracking, $MLFLOW_TRACKING_URI or tracking.mlflow_uri)")
+    return experiment.experiment_id
+
+
+def run_status(run: Run | None) -> str:
+    """A cell's status from its latest run: the run's final status, ``running`` before it has one, else ``missing``."""
+    if run is None:
+        return "missing"
+    status = run.data.tags.get(STATUS)
+    return status if status in STATUSES else "running"
+
+
+def final_metrics(run: Run) -> dict[str, float]:
+    """The run's final metrics (``knn20.top1``), without the per-epoch ones (``train/loss``, ``knn/top1``)."""
+    return {k: v for k, v in run.data.metrics.items() if EPOCH_METRIC_MARK not in k}
+
+
+def _column_for(key: str, columns: Any) -> str | None:
+    """The first of ``key``, ``method.<key>`` and (for ``<method>.<param>``) ``method.<param>`` in ``columns``."""
+    owner, _, param = key.partition(".")
+    candidates = [key, f"method.{key}"]
+    if param and owner in all_methods():
+        candidates.append(f"method.{param}")
+    return next((c for c in candidates if c in columns), None)
+
+
+def _latest_cell_runs(client: MlflowClient, experiment: str, suite_name: str) -> dict[str, Run]:
+    """cell id -> the suite's latest child run of that cell (a retried cell may have several)."""
+    query = f"tags.`{ROLE}` = 'cell' and tags.`{SUITE}` = '{suite_name}'"
+    latest: dict[str, Run] = {}
+    token = None
+    while True:
+        page = retry_locked(client.search_runs, [experiment], query, order_by=["attributes.start_time DESC"], page_token=token)
+        for run in page:
+            latest.setdefault(run.data.tags[CELL_TAG], run)
+        token = page.token
+        if not token:
+            return latest
+
+
+def _run_config(client: MlflowClient, run: Run) -> dict[str, Any]:
+    """The resolved config that a child run logged as ``config.yaml`` (the params are cut to MLflow's length limit)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = retry_locked(client.download_artifacts, run.info.run_id, "config.yaml", tmp)
+        return yaml.safe_load(Path(path).read_text())
+
+
+def _row(cell_id: str, config: dict[str, Any], axes: dict[str, Any], run: Run | None) -> dict[str, Any]:
+    """One cell: identity, status, axes, flattened config and final metrics."""
+    row: dict[str, Any] = {
+        "cell_id": cell_id,
+        "run_id": run.info.run_id if run else None,
+        "status": run_status(run),
+        "fail_reason": run.data.tags.get(FAIL_REASON) if run else None,
+        **{key: hashable(value) for key, value in axes.items()},
+    }
+    row.setdefault("method", config["method"]["name"])
+    row.setdefault("dataset", config["dataset"]["name"])
+    row.update(flatten_config(config))
+    if run is not None:
+        row.update(final_metrics(run))
+    return row
