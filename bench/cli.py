@@ -130,6 +130,12 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     return compare(args, console)
 
 
+def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
+    from bench.report.leaderboard import cmd_leaderboard as leaderboard
+
+    return leaderboard(args, console)
+
+
 def cmd_perf(args: argparse.Namespace, console: Console) -> int:
     from bench.perf import perf
 
@@ -206,6 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="suite overrides, as for run")
     p.add_argument("--tracking", metavar="URI", help="MLflow tracking URI (default: the suite's, else $MLFLOW_TRACKING_URI)")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("leaderboard", help="a static site: one sortable, filterable table across suites, a page per suite")
+    p.add_argument("suites", nargs="+", type=Path, metavar="SUITE", help="suite YAML files")
+    p.add_argument("--out", type=Path, default=Path("results/leaderboard"))
+    p.add_argument("--tracking", metavar="URI",
+                   help="MLflow tracking URI (default: each suite's, $MLFLOW_TRACKING_URI, else sqlite:///results/mlflow.db)")
+    p.add_argument("--storage", help="Optuna storage URL of search suites (default: the suite's, else sqlite:///results/optuna.db)")
+    p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("worker", help="run waiting cells of a suite's study until none is left")
     p.add_argument("--storage", required=True, help="Optuna storage URL of the suite's study")

@@ -7,3 +7,20 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+import pytest  # noqa: E402
+from suite_fixtures import run_ablation_suite, run_search_suite  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def report_base(tmp_path_factory):
+    """The two report suites of tests/suite_fixtures.py, run once per session in one folder.
+
+    The report test modules share it (and one xdist worker: ``pytest.mark.xdist_group("report")``).
+    """
+    base = tmp_path_factory.mktemp("report_suites")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        run_ablation_suite(base)
+        run_search_suite(base)
+    return base

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 from rich.console import Console
-from suite_fixtures import DEFAULTS, run_ablation_suite
+from suite_fixtures import DEFAULTS
 
 from bench.config.run import resolve_run_config
 from bench.config.suite import expand_suite, load_suite, suite_from_yaml
@@ -28,6 +28,8 @@ from bench.report.reference import Lookup, find_reference, metric_lookup, paper_
 from bench.report.runs import resolve_key, suite_runs
 from bench.report.table import cmd_table, format_value, pivot, to_csv, to_html, to_latex, to_markdown
 from bench.tracking.mlflow_runs import SuiteTracker, tracking_uri
+
+pytestmark = pytest.mark.xdist_group("report")  # shares the session's report suites (tests/conftest.py)
 
 SPECS = Path(os.environ.get("SSL_BENCH_SPECS", "/work/shared/specs"))
 
@@ -43,11 +45,11 @@ class Ablation:
 
 
 @pytest.fixture(scope="module")
-def ablation(tmp_path_factory) -> Ablation:
-    base = tmp_path_factory.mktemp("abl")
+def ablation(report_base) -> Ablation:
+    base = report_base
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        path = run_ablation_suite(base)
+        path = base / "report_ablation.yaml"
         uri = f"sqlite:///{base}/results/mlflow.db"
         df = suite_runs(load_suite(path), uri=uri)
         mlflow.set_tracking_uri(uri)  # sets $MLFLOW_TRACKING_URI too: restored below
