@@ -167,6 +167,9 @@ def training_curves(uri: str, run_ids: list[str], out_dir: Path, *, metric: str 
     if not frames:
         raise ConfigError(f"none of the {len(run_ids)} runs logged the per-epoch metric {metric} in {uri}; "
                           "per-epoch metrics are train/<field> and knn/<x> (knn/top1 needs train.knn_every > 0)")
+    values = pd.concat(frames, ignore_index=True)["value"]
+    if values.min() > 0 and values.max() > 20 * values.min():  # losses of different methods differ by orders of magnitude
+        ax.set_yscale("log")
     ax.set_title(f"{metric} per epoch ({len(frames)} runs)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
