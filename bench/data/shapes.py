@@ -21,7 +21,7 @@ SIZE = 32
 SUPERSAMPLE = 2
 
 
-def _shape_mask(cls: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def shape_mask(cls: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Inside-test of class ``cls`` in shape coordinates (the shape's radius is 1)."""
     r = torch.sqrt(u * u + v * v)
     if cls == 0:
@@ -50,7 +50,7 @@ def _shape_mask(cls: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return (u.abs() <= 1) & (v.abs() <= 0.25)
 
 
-def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """(N,) HSV in [0,1] -> (N, 3) RGB."""
     k = torch.stack([(5 + h * 6) % 6, (3 + h * 6) % 6, (1 + h * 6) % 6], dim=1)
     f = v[:, None] - v[:, None] * s[:, None] * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
@@ -81,11 +81,11 @@ def _render(labels: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     # Background: one random colour with per-pixel noise texture. Nothing in it is shared by two
     # crops of an image except its colour, which colour jitter removes, so the shape is the signal.
     bg_h, fg_shift = rand(m), 0.25 + 0.5 * rand(m)
-    bg = _hsv_to_rgb(bg_h, 0.2 + 0.6 * rand(m), 0.3 + 0.5 * rand(m))
+    bg = hsv_to_rgb(bg_h, 0.2 + 0.6 * rand(m), 0.3 + 0.5 * rand(m))
     img = bg[:, :, None, None] + 0.08 * torch.randn(m, 3, s, s, generator=g)
 
     # Foreground: one shape with its own colour, size, position and rotation.
-    fg = _hsv_to_rgb((bg_h + fg_shift) % 1, 0.5 + 0.5 * rand(m), 0.4 + 0.6 * rand(m))
+    fg = hsv_to_rgb((bg_h + fg_shift) % 1, 0.5 + 0.5 * rand(m), 0.4 + 0.6 * rand(m))
     radius = 7.0 + 7.0 * rand(m)
     cx = radius + (SIZE - 2 * radius) * rand(m)
     cy = radius + (SIZE - 2 * radius) * rand(m)
@@ -98,7 +98,7 @@ def _render(labels: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     for cls in range(len(CLASSES)):
         sel = labels == cls
         if sel.any():
-            mask[sel] = _shape_mask(cls, u[sel], v[sel])
+            mask[sel] = shape_mask(cls, u[sel], v[sel])
     img = torch.where(mask[:, None], fg[:, :, None, None], img)
 
     img = torch.nn.functional.avg_pool2d(img, SUPERSAMPLE)  # anti-aliasing

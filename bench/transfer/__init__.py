@@ -1,0 +1,1 @@
+"""Detection transfer: COCO-format data, detector backends and COCO evaluation."""
