@@ -1,0 +1,247 @@
+"""detectron2 backend without detectron2: weight conversion, protocol configs, dataset lookup, error messages."""
+
+import importlib.util
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from bench.config import resolve_run_config
+from bench.errors import ConfigError, DataError
+from bench.models.backbones import BackboneConfig, build_backbone
+from bench.train.checkpoint import atomic_save
+from bench.transfer.detectron2 import (CocoSource, VocSource, convert_checkpoint, dataset_sources, detection_config,
+                                       detectron2_metrics, train_detectron2, write_config)
+
+BLOCKS = {2: 3, 3: 4, 4: 6, 5: 3}  # bottlenecks per stage of ResNet-50 (res2..res5)
+BN = ("weight", "bias", "running_mean", "running_var")
+
+
+def save_model_pt(path, backbone_state, backbone_cfg):
+    """A model.pt as bench/train/engine.py writes it: method state (with a projector), backbone, config, history."""
+    config = resolve_run_config({"method": {"name": "simclr"}, "backbone": backbone_cfg}).model_dump(mode="json")
+    model = {**{f"backbone.{k}": v for k, v in backbone_state.items()}, "projector.0.weight": torch.ones(8, 2048)}
+    atomic_save({"model": model, "backbone": backbone_state, "config": config, "history": []}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def resnet50(tmp_path_factory):
+    """A resnet50 backbone with every BN tensor randomised (so a swapped BN mapping shows), saved as model.pt."""
+    torch.manual_seed(0)
+    backbone = build_backbone(BackboneConfig(name="resnet50"), 3)
+    with torch.no_grad():
+        for m in backbone.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                for t in (m.weight, m.bias, m.running_mean):
+                    t.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+    state = backbone.state_dict()
+    path = save_model_pt(tmp_path_factory.mktemp("run") / "model.pt", state, {"name": "resnet50"})
+    return path, state
+
+
+def expected_names() -> set[str]:
+    """detectron2's ResNet-50 tensor names, written out from its module layout (stem, res2..res5 bottlenecks)."""
+    names = {"stem.conv1.weight", *(f"stem.conv1.norm.{p}" for p in BN)}
+    for stage, blocks in BLOCKS.items():
+        for b in range(blocks):
+            convs = ["conv1", "conv2", "conv3"] + (["shortcut"] if b == 0 else [])
+            for conv in convs:
+                names.add(f"res{stage}.{b}.{conv}.weight")
+                names.update(f"res{stage}.{b}.{conv}.norm.{p}" for p in BN)
+    return names
+
+
+def torchvision_name(d2_name: str) -> str:
+    """Inverse renaming, to look up the source tensor of a converted one."""
+    if d2_name.startswith("stem."):
+        return "net." + d2_name.removeprefix("stem.").replace("conv1.norm", "bn1")
+    stage, rest = d2_name.split(".", 1)
+    rest = rest.replace("shortcut.norm", "downsample.1").replace("shortcut", "downsample.0")
+    for k in (1, 2, 3):
+        rest = rest.replace(f"conv{k}.norm", f"bn{k}")
+    return f"net.layer{int(stage[3:]) - 1}.{rest}"
+
+
+def test_convert_maps_every_backbone_tensor(resnet50, tmp_path):
+    src, state = resnet50
+    payload = convert_checkpoint(src, tmp_path / "weights.pkl")
+    model = payload["model"]
+    counted = [k for k in state if not k.endswith("num_batches_tracked") and ".fc." not in k]
+    assert len(model) == len(counted) == 265
+    assert set(model) == expected_names()
+    for name, array in model.items():
+        source = state[torchvision_name(name)]
+        assert isinstance(array, np.ndarray) and array.dtype == np.float32
+        assert array.shape == tuple(source.shape)
+        np.testing.assert_array_equal(array, source.numpy())
+    # a handful, by hand: the stem, a projection shortcut, a strided 3x3 and the last BN
+    assert model["stem.conv1.weight"].shape == (64, 3, 7, 7)
+    np.testing.assert_array_equal(model["stem.conv1.norm.running_mean"], state["net.bn1.running_mean"].numpy())
+    assert model["res2.0.shortcut.weight"].shape == (256, 64, 1, 1)
+    np.testing.assert_array_equal(model["res2.0.shortcut.norm.bias"], state["net.layer1.0.downsample.1.bias"].numpy())
+    assert model["res3.0.conv2.weight"].shape == (128, 128, 3, 3)
+    np.testing.assert_array_equal(model["res5.2.conv3.norm.running_var"], state["net.layer4.2.bn3.running_var"].numpy())
+    assert model["res4.5.conv3.weight"].shape == (1024, 256, 1, 1)
+
+
+def test_converted_pickle_has_detectron2_layout(resnet50, tmp_path):
+    dst = tmp_path / "out" / "weights.pkl"
+    convert_checkpoint(resnet50[0], dst)
+    with open(dst, "rb") as f:
+        loaded = pickle.load(f, encoding="latin1")  # as detectron2's DetectionCheckpointer reads a .pkl
+    assert set(loaded) == {"model", "__author__", "matching_heuristics"}
+    assert loaded["__author__"] == "ssl-bench" and loaded["matching_heuristics"] is True
+    assert len(loaded["model"]) == 265
+    assert not any("fc" in k or "projector" in k or "num_batches_tracked" in k for k in loaded["model"])
+    assert [p.name for p in dst.parent.iterdir()] == ["weights.pkl"]  # no temporary file left behind
+
+
+def one_line_config_error(fn, *args) -> str:
+    with pytest.raises(ConfigError) as err:
+        fn(*args)
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+def test_convert_refuses_other_backbones(resnet50, tmp_path):
+    _, state = resnet50
+    r18 = build_backbone(BackboneConfig(name="resnet18"), 3).state_dict()
+    src = save_model_pt(tmp_path / "r18.pt", r18, {"name": "resnet18"})
+    assert "holds a resnet18 backbone" in one_line_config_error(convert_checkpoint, src, tmp_path / "w.pkl")
+
+    cifar = {**state, "net.conv1.weight": torch.zeros(64, 3, 3, 3)}  # what cifar_stem=true builds
+    src = save_model_pt(tmp_path / "cifar.pt", cifar, {"name": "resnet50", "cifar_stem": True})
+    assert "backbone.cifar_stem=true" in one_line_config_error(convert_checkpoint, src, tmp_path / "w.pkl")
+
+    gray = {**state, "net.conv1.weight": torch.zeros(64, 1, 7, 7)}  # pre-trained on 1-channel images
+    src = save_model_pt(tmp_path / "gray.pt", gray, {"name": "resnet50"})
+    message = one_line_config_error(convert_checkpoint, src, tmp_path / "w.pkl")
+    assert "conv1.weight is of shape (64, 1, 7, 7)" in message and "(64, 3, 7, 7)" in message
+    assert not (tmp_path / "w.pkl").exists()
+
+
+def test_convert_refuses_files_that_are_not_ours(resnet50, tmp_path):
+    random_file = tmp_path / "random.pt"
+    random_file.write_bytes(np.random.default_rng(0).bytes(4096))
+    assert "is not an ssl-bench model.pt" in one_line_config_error(convert_checkpoint, random_file, tmp_path / "w.pkl")
+
+    training_checkpoint = tmp_path / "checkpoint.pt"  # the engine's resumable checkpoint has no "backbone"
+    torch.save({"model": {}, "epoch": 3, "config": {}}, training_checkpoint)
+    assert "is not an ssl-bench model.pt" in one_line_config_error(convert_checkpoint, training_checkpoint, tmp_path / "w.pkl")
+
+    assert "does not exist" in one_line_config_error(convert_checkpoint, tmp_path / "nope.pt", tmp_path / "w.pkl")
+    assert "ending in .pkl" in one_line_config_error(convert_checkpoint, resnet50[0], tmp_path / "w.pth")
+
+
+COCO_SIZES = [640, 672, 704, 736, 768, 800]
+VOC_SIZES = [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]
+# protocol -> (architecture, MASK_ON, train sizes, steps, max_iter, warm-up) at 16 images per batch (MoCo / detectron2)
+PROTOCOLS = {
+    "coco_r50_c4_1x": ("c4", True, COCO_SIZES, [60000, 80000], 90000, 1000),
+    "coco_r50_c4_2x": ("c4", True, COCO_SIZES, [120000, 160000], 180000, 1000),
+    "coco_r50_fpn_1x": ("fpn", True, COCO_SIZES, [60000, 80000], 90000, 1000),
+    "coco_r50_fpn_2x": ("fpn", True, COCO_SIZES, [120000, 160000], 180000, 1000),
+    "voc_r50_c4_24k": ("c4", False, VOC_SIZES, [18000, 22000], 24000, 100),
+}
+
+
+@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+def test_protocol_config_carries_moco_fields(protocol, tmp_path):
+    arch, mask_on, sizes, steps, max_iter, warmup = PROTOCOLS[protocol]
+    cfg = detection_config(protocol, tmp_path / "w.pkl", output_dir=tmp_path / "out")
+    m = cfg["MODEL"]
+    assert m["META_ARCHITECTURE"] == "GeneralizedRCNN" and m["WEIGHTS"] == str(tmp_path / "w.pkl")
+    assert m["MASK_ON"] is mask_on
+    assert m["PIXEL_MEAN"] == [123.675, 116.28, 103.53] and m["PIXEL_STD"] == [58.395, 57.12, 57.375]
+    assert m["RESNETS"]["DEPTH"] == 50 and m["RESNETS"]["STRIDE_IN_1X1"] is False
+    assert m["BACKBONE"]["FREEZE_AT"] == 0
+    if arch == "c4":
+        assert m["RESNETS"]["NORM"] == "naiveSyncBN"
+        assert m["ROI_HEADS"]["NAME"] == "Res5ROIHeadsExtraNorm"
+        assert m["RPN"]["PRE_NMS_TOPK_TEST"] == 6000 and m["RPN"]["POST_NMS_TOPK_TEST"] == 1000
+        assert "FPN" not in m
+    else:
+        assert m["BACKBONE"]["NAME"] == "build_resnet_fpn_backbone"
+        assert m["RESNETS"]["NORM"] == m["FPN"]["NORM"] == "SyncBN"
+        assert m["ROI_BOX_HEAD"]["NORM"] == m["ROI_MASK_HEAD"]["NORM"] == "SyncBN"
+        assert (m["ROI_BOX_HEAD"]["NUM_CONV"], m["ROI_BOX_HEAD"]["NUM_FC"]) == (4, 1)
+        assert m["RESNETS"]["OUT_FEATURES"] == m["FPN"]["IN_FEATURES"] == ["res2", "res3", "res4", "res5"]
+    assert m["ROI_HEADS"]["NUM_CLASSES"] == (80 if mask_on else 20)
+    assert cfg["INPUT"]["FORMAT"] == "RGB"
+    assert cfg["INPUT"]["MIN_SIZE_TRAIN"] == sizes and cfg["INPUT"]["MIN_SIZE_TEST"] == 800
+    s = cfg["SOLVER"]
+    assert (s["IMS_PER_BATCH"], s["BASE_LR"], s["STEPS"], s["MAX_ITER"], s["WARMUP_ITERS"]) == (16, 0.02, steps, max_iter, warmup)
+    assert cfg["TEST"] == {"EVAL_PERIOD": 0, "PRECISE_BN": {"ENABLED": True}}
+    assert cfg["OUTPUT_DIR"] == str(tmp_path / "out")
+
+    half = detection_config(protocol, tmp_path / "w.pkl", output_dir=tmp_path / "out", ims_per_batch=8)["SOLVER"]
+    assert half["IMS_PER_BATCH"] == 8 and half["BASE_LR"] == pytest.approx(0.01)
+    assert half["STEPS"] == [2 * x for x in steps] and half["MAX_ITER"] == 2 * max_iter and half["WARMUP_ITERS"] == 2 * warmup
+
+
+def test_datasets_and_yaml(tmp_path):
+    cfg = detection_config("coco_r50_fpn_1x", tmp_path / "w.pkl", output_dir=tmp_path, train_split="train",
+                           val_split="val", num_classes=3, eval_period=500)
+    assert cfg["DATASETS"] == {"TRAIN": ["ssl_bench_coco_train"], "TEST": ["ssl_bench_coco_val"]}
+    assert cfg["MODEL"]["ROI_HEADS"]["NUM_CLASSES"] == 3 and cfg["TEST"]["EVAL_PERIOD"] == 500
+    assert yaml.safe_load(write_config(cfg, tmp_path / "cfg" / "config.yaml").read_text()) == cfg
+
+    voc = detection_config("voc_r50_c4_24k", tmp_path / "w.pkl", output_dir=tmp_path)
+    assert voc["DATASETS"] == {"TRAIN": ["ssl_bench_voc_2007_trainval", "ssl_bench_voc_2012_trainval"],
+                               "TEST": ["ssl_bench_voc_2007_test"]}
+    message = one_line_config_error(lambda: detection_config("voc_r50_c4_24k", tmp_path / "w.pkl", output_dir=tmp_path, num_classes=3))
+    assert "coco_* protocols only" in message
+
+
+def test_dataset_sources_find_coco_and_voc_files(tmp_path):
+    coco = tmp_path / "coco"
+    for split in ("train", "val"):
+        (coco / split).mkdir(parents=True)
+        (coco / "annotations").mkdir(exist_ok=True)
+        (coco / "annotations" / f"instances_{split}.json").write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    cfg = detection_config("coco_r50_c4_1x", tmp_path / "w.pkl", output_dir=tmp_path, train_split="train", val_split="val")
+    assert dataset_sources(cfg, coco) == [
+        CocoSource("ssl_bench_coco_train", coco / "annotations" / "instances_train.json", coco / "train"),
+        CocoSource("ssl_bench_coco_val", coco / "annotations" / "instances_val.json", coco / "val"),
+    ]
+    (coco / "annotations" / "instances_val.json").unlink()
+    with pytest.raises(DataError, match="instances_val.json is missing: expected the COCO layout"):
+        dataset_sources(cfg, coco)
+
+    voc = tmp_path / "voc"
+    for folder, splits in (("VOC2007", ("trainval", "test")), ("VOC2012", ("trainval",))):
+        (voc / folder / "ImageSets" / "Main").mkdir(parents=True)
+        (voc / folder / "JPEGImages").mkdir()
+        for split in splits:
+            (voc / folder / "ImageSets" / "Main" / f"{split}.txt").write_text("000001\n")
+    cfg = detection_config("voc_r50_c4_24k", tmp_path / "w.pkl", output_dir=tmp_path)
+    assert dataset_sources(cfg, voc) == [
+        VocSource("ssl_bench_voc_2007_trainval", voc / "VOC2007", "trainval", 2007),
+        VocSource("ssl_bench_voc_2012_trainval", voc / "VOC2012", "trainval", 2012),
+        VocSource("ssl_bench_voc_2007_test", voc / "VOC2007", "test", 2007),
+    ]
+    os.rename(voc / "VOC2012", voc / "VOC2012-incomplete")
+    with pytest.raises(DataError, match="VOC2012/ImageSets/Main/trainval.txt is missing"):
+        dataset_sources(cfg, voc)
+
+
+def test_detectron2_metrics_are_fractions_of_the_summary():
+    results = {"bbox": {"AP": 40.0, "AP50": 60.5, "AP75": 43.0, "APs": 20.0, "APm": 44.0, "APl": 52.0, "AP-person": 55.0},
+               "segm": {"AP": 35.0, "AP50": 57.0}}
+    assert detectron2_metrics(results) == pytest.approx({"bbox.AP": 0.40, "bbox.AP50": 0.605, "bbox.AP75": 0.43, "bbox.APs": 0.20,
+                                                         "bbox.APm": 0.44, "bbox.APl": 0.52, "segm.AP": 0.35, "segm.AP50": 0.57})
+
+
+@pytest.mark.skipif(importlib.util.find_spec("detectron2") is not None, reason="detectron2 is installed here")
+def test_train_without_detectron2_says_how_to_get_it(tmp_path):
+    cfg = detection_config("coco_r50_fpn_1x", tmp_path / "w.pkl", output_dir=tmp_path)
+    message = one_line_config_error(lambda: train_detectron2(cfg, dataset_root=tmp_path))
+    assert message.startswith("detectron2 is not installed: use the GPU worker image (docker/)")
+    assert "backend: torchvision" in message
