@@ -16,6 +16,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 from postgres_server import PostgresUnavailable, postgres_url
+from suite_fixtures import DEFAULTS
 from test_suite_config import MALFORMED
 
 from bench.cli import EXIT_CELLS_FAILED, main
@@ -31,15 +32,7 @@ from bench.orchestrate.slurm import launch_slurm
 from bench.orchestrate.worker import work
 
 TINY = {
-    "defaults": {
-        "dataset": {"name": "shapes", "n_train": 256, "n_test": 64},
-        "backbone": {"name": "small_cnn", "width": 4},
-        "epochs": 2,
-        "batch_size": 64,
-        "optimizer": {"name": "adamw", "lr": 1.0e-3, "lr_scaling": "none"},
-        "schedule": {"warmup_epochs": 0},
-        "train": {"progress": False},
-    },
+    "defaults": {**DEFAULTS, "train": {"progress": False}},
     "evaluations": {"linear": None, "knn_k": [20]},
     "matrix": {"method": ["simclr", "vicreg"]},
     "ablations": {"simclr.projector": ["16-8"], "vicreg.projector": ["16-16"]},

@@ -57,3 +57,15 @@ def apply_overrides(data: dict[str, Any], assignments: list[str]) -> dict[str, A
             node = child
         node[path[-1]] = value
     return out
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config -> ``{dotted.key: leaf}``; an empty mapping is a leaf."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

@@ -23,6 +23,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
+from bench.config.overrides import flatten
 from bench.config.suite import Suite, expand_suite
 from bench.errors import ConfigError
 from bench.methods import all_methods
@@ -73,16 +74,9 @@ def resolve_key(df: pd.DataFrame, key: str) -> str:
     return found
 
 
-def flatten_config(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_config(data: dict[str, Any]) -> dict[str, Any]:
     """A nested config -> ``{dotted.key: value}``; lists and mappings become text such as ``[scattering, hog]``."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten_config(value, f"{name}."))
-        else:
-            flat[name] = hashable(value)
-    return flat
+    return {key: hashable(value) for key, value in flatten(data).items()}
 
 
 def hashable(value: Any) -> Any:

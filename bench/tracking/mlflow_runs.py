@@ -47,6 +47,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
 import bench
+from bench.config.overrides import flatten
 from bench.config.run import RunConfig
 from bench.errors import ConfigError
 from bench.train.engine import pick_device
@@ -86,14 +87,8 @@ def epoch_metric_name(field: str) -> str:
 
 def flatten_params(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested dict -> ``{dotted.key: value}``: strings as they are, other values as JSON, cut to MLflow's limit."""
-    flat: dict[str, str] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten_params(value, f"{name}."))
-        else:
-            flat[name] = (value if isinstance(value, str) else json.dumps(value))[:MAX_PARAM_VAL_LENGTH]
-    return flat
+    return {key: (value if isinstance(value, str) else json.dumps(value))[:MAX_PARAM_VAL_LENGTH]
+            for key, value in flatten(data, prefix).items()}
 
 
 def retry_locked(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
