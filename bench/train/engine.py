@@ -86,14 +86,14 @@ def autocast(cfg: RunConfig, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-class _SigtermFlag:
+class SigtermFlag:
     """Turns SIGTERM into a flag the loop checks after every step (main thread only)."""
 
     def __init__(self) -> None:
         self.raised = False
         self._previous = None
 
-    def __enter__(self) -> "_SigtermFlag":
+    def __enter__(self) -> "SigtermFlag":
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
@@ -174,7 +174,7 @@ def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None,
         TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not show, transient=False,
     )
     method.train()
-    with progress, _SigtermFlag() as sigterm:
+    with progress, SigtermFlag() as sigterm:
         task = progress.add_task(f"{cfg.method.name}", total=total_steps, completed=start_epoch * steps_per_epoch + start_batch, info="")
         for epoch in range(start_epoch, cfg.epochs):
             generator = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + epoch)

@@ -1,0 +1,318 @@
+"""torchvision backend of detection transfer: Faster / Mask R-CNN with an FPN on a pre-trained ResNet.
+
+Follows MoCo's protocol where torchvision allows (specs/anchors-others.md §C, C.5): every layer trainable
+with BatchNorm, multi-scale training sizes, horizontal flips, SGD at lr 0.02 for 16 images per batch with
+linear warmup and steps at 2/3 and 8/9 of the schedule. The C4 head (res5 as ROI head) is the detectron2
+backend's; this one builds FPN detectors only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+from torchvision import models
+from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops import FrozenBatchNorm2d
+
+from bench.errors import ConfigError
+from bench.models.backbones import BackboneConfig
+from bench.train.checkpoint import CHECKPOINT, atomic_save, load_checkpoint, rng_state, set_rng_state
+from bench.train.engine import Preempted, SigtermFlag, pick_device
+from bench.transfer.coco import CocoConfig, CocoDetection, load_coco
+from bench.transfer.evaluate import coco_evaluate, to_coco_results
+
+Arch = Literal["resnet18", "resnet34", "resnet50"]
+ARCHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50")
+REFERENCE_BATCH = 16
+REFERENCE_LR = 0.02
+SCHEDULE_ITERATIONS = {"1x": 90_000, "2x": 180_000}  # at REFERENCE_BATCH images per iteration
+RESULTS = "detection.json"
+
+
+class DetectionConfig(BaseModel):
+    """One detection fine-tuning protocol; the defaults are MoCo's Mask R-CNN R50-FPN 1x on COCO (SyncBN -> BN)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detector: Literal["faster_rcnn", "mask_rcnn"] = "mask_rcnn"
+    neck: Literal["fpn", "c4"] = "fpn"
+    arch: Arch = Field("resnet50", description="ResNet of a random-init run (no source); a pre-trained source brings its own")
+    schedule: Literal["1x", "2x"] = Field("1x", description="1x = 90k iterations at 16 images per batch, 2x = 180k")
+    iterations: int | None = Field(None, ge=1, description="explicit number of iterations (replaces the schedule)")
+    batch_size: int = Field(16, ge=1, description="images per iteration; schedule and lr scale from 16")
+    lr: float = Field(REFERENCE_LR, gt=0, description="learning rate at 16 images per batch (scaled linearly)")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_iterations: int = Field(1000, ge=0, description="linear warmup from lr/1000 (cut to the schedule's length)")
+    min_sizes: list[int] = Field(default_factory=lambda: list(range(640, 801, 32)), min_length=1,
+                                 description="shorter-side training sizes, one picked per batch")
+    max_size: int = Field(1333, ge=1, description="longer-side cap of the resized images")
+    test_size: int = Field(800, ge=1, description="shorter-side size at evaluation")
+    anchor_sizes: list[int] = Field(default_factory=lambda: [32, 64, 128, 256, 512], min_length=5, max_length=5,
+                                    description="RPN anchor size of each FPN level (P2..P6)")
+    fpn_channels: int = Field(256, ge=1, description="channels of the FPN levels (and so of the RPN and ROI heads' input)")
+    proposals: int = Field(1000, ge=1, description="RPN proposals kept per image after NMS at test time")
+    rpn_batch_size: int = Field(256, ge=1, description="anchors sampled per image for the RPN loss")
+    roi_batch_size: int = Field(512, ge=1, description="proposals sampled per image for the box (and mask) head loss")
+    norm: Literal["bn", "syncbn", "frozen_bn"] = Field("bn", description="backbone norm layers (MoCo: trainable (Sync)BN)")
+    trainable_layers: int = Field(5, ge=0, le=5, description="trainable ResNet stages counted from layer4 (5 = all)")
+    amp: bool = Field(True, description="bf16 autocast (CUDA only; ignored on CPU)")
+    checkpoint_every: int = Field(1000, ge=1, description="write run_dir/checkpoint.pt every N iterations")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    progress: bool = Field(True, description="rich progress bar (shown only on a terminal)")
+
+    @model_validator(mode="after")
+    def _supported(self) -> "DetectionConfig":
+        if self.neck == "c4":
+            raise ConfigError("detection neck=c4 (res5 as ROI head, MoCo's R50-C4) is not built by the torchvision "
+                              "backend; use neck=fpn here or the detectron2 backend (bench.transfer.detectron2) for C4")
+        return self
+
+    @property
+    def total_iterations(self) -> int:
+        """Iterations of the run: ``iterations`` or the schedule's, scaled by 16 / batch_size."""
+        if self.iterations is not None:
+            return self.iterations
+        return max(1, round(SCHEDULE_ITERATIONS[self.schedule] * REFERENCE_BATCH / self.batch_size))
+
+    @property
+    def base_lr(self) -> float:
+        """Peak learning rate: ``lr`` scaled linearly from 16 images per batch."""
+        return self.lr * self.batch_size / REFERENCE_BATCH
+
+
+def lr_at(cfg: DetectionConfig, iteration: int) -> float:
+    """Learning rate of ``iteration`` (0-based): linear warmup, then x0.1 at 2/3 and 8/9 of the schedule."""
+    total = cfg.total_iterations
+    warmup = min(cfg.warmup_iterations, total)
+    factor = 1.0
+    if iteration < warmup:
+        alpha = iteration / warmup
+        factor = 0.001 * (1 - alpha) + alpha
+    steps = (round(total * 2 / 3), round(total * 8 / 9))
+    return cfg.base_lr * factor * 0.1 ** sum(iteration >= s for s in steps)
+
+
+def _norm_layer(norm: str) -> type[nn.Module]:
+    return FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d
+
+
+def _trunk_shapes(arch: str) -> dict[str, torch.Size]:
+    """Parameter and buffer shapes of torchvision's ResNet trunk ``arch`` (no fc, no BN counters), on the meta device."""
+    with torch.device("meta"):
+        net = getattr(models, arch)()
+    return {k: v.shape for k, v in net.state_dict().items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+
+
+def _state_arch(state: dict[str, torch.Tensor]) -> str:
+    """The ResNet whose trunk ``state`` is, or a description of what it holds when it is none of ARCHS."""
+    for arch in ARCHS:
+        shapes = _trunk_shapes(arch)
+        counted = {k: v.shape for k, v in state.items() if not k.endswith("num_batches_tracked")}
+        if counted == shapes:
+            return arch
+    return f"a network of {len(state)} tensors that is no 3-channel torchvision {'/'.join(ARCHS)} trunk"
+
+
+def build_detector(cfg: DetectionConfig, backbone_state: dict[str, torch.Tensor] | None, arch: str, num_classes: int) -> nn.Module:
+    """A torchvision Faster/Mask R-CNN with an FPN on ResNet ``arch`` for ``num_classes`` object categories.
+
+    ``backbone_state`` is the ``backbone`` state_dict of an ssl-bench ``model.pt`` (keys ``net.conv1.weight``, ...)
+    or a plain torchvision trunk state_dict; it is loaded strictly (the fc is not part of it). None leaves the
+    backbone randomly initialised. Weights of another architecture raise a ConfigError naming both.
+    """
+    if arch not in ARCHS:
+        raise ConfigError(f"detection backbone {arch!r} is not a torchvision ResNet; pre-train one of {', '.join(ARCHS)}")
+    net = getattr(models, arch)(weights=None, norm_layer=_norm_layer(cfg.norm))
+    net.fc = nn.Identity()
+    if backbone_state is not None:
+        state = {k.removeprefix("net."): v for k, v in backbone_state.items()}
+        found = _state_arch(state)
+        if found != arch:
+            raise ConfigError(f"the pre-trained backbone weights are of {found}, but the detector was asked for a {arch}; "
+                              f"pass arch={found} or the model.pt of a {arch} run")
+        net.load_state_dict(state, strict=True)
+    trained = ("layer4", "layer3", "layer2", "layer1", "conv1")[: cfg.trainable_layers] + (("bn1",) if cfg.trainable_layers == 5 else ())
+    for name, param in net.named_parameters():
+        param.requires_grad_(name.startswith(trained))
+    widths = [net.inplanes // 8 * 2**i for i in range(4)]
+    fpn = BackboneWithFPN(net, {f"layer{i + 1}": str(i) for i in range(4)}, widths, cfg.fpn_channels)
+    if cfg.norm == "syncbn":
+        fpn = nn.SyncBatchNorm.convert_sync_batchnorm(fpn)
+    anchors = AnchorGenerator(sizes=tuple((s,) for s in cfg.anchor_sizes), aspect_ratios=((0.5, 1.0, 2.0),) * 5)
+    detector = MaskRCNN if cfg.detector == "mask_rcnn" else FasterRCNN
+    return detector(
+        fpn, num_classes=num_classes + 1, min_size=tuple(cfg.min_sizes), max_size=cfg.max_size,
+        rpn_anchor_generator=anchors, rpn_batch_size_per_image=cfg.rpn_batch_size,
+        box_batch_size_per_image=cfg.roi_batch_size, rpn_post_nms_top_n_test=cfg.proposals,
+    )
+
+
+def load_pretrained(source: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """The backbone state_dict and architecture of an ssl-bench ``model.pt`` (ConfigError if unusable for detection)."""
+    not_ours = (f"{source} is not an ssl-bench model.pt (expected a torch file holding 'backbone' and 'config', "
+                "written at the end of `ssl-bench train`): pass the model.pt of a finished run")
+    if not source.is_file():
+        raise ConfigError(f"{source} does not exist: pass the model.pt that `ssl-bench train` writes in a run directory")
+    try:
+        saved = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ConfigError(not_ours) from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("backbone"), dict) or not isinstance(saved.get("config"), dict):
+        raise ConfigError(not_ours)
+    try:
+        backbone = BackboneConfig.model_validate(saved["config"].get("backbone"))
+    except ValidationError:
+        raise ConfigError(not_ours) from None
+    if backbone.name not in ARCHS:
+        raise ConfigError(f"{source} holds a {backbone.name} backbone, but detection needs a torchvision ResNet "
+                          f"({', '.join(ARCHS)}): pre-train with backbone.name=resnet18/34/50")
+    if backbone.cifar_stem:
+        raise ConfigError(f"{source} was pre-trained with backbone.cifar_stem=true (3x3 stride-1 conv1, no max-pool), but "
+                          "the detector's FPN needs the standard 7x7 stride-2 stem: pre-train with backbone.cifar_stem=false")
+    return saved["backbone"], backbone.name
+
+
+def _batches(data: CocoDetection, cfg: DetectionConfig, start: int) -> Iterator[tuple[int, list[int]]]:
+    """(iteration, dataset indices) from ``start`` on; the order of each pass is a pure function of (seed, pass)."""
+    per_pass = len(data) // cfg.batch_size
+    if per_pass == 0:
+        raise ConfigError(f"detection batch_size={cfg.batch_size} is larger than the {len(data)} annotated training "
+                          f"images of {data.annotation_file}; lower batch_size")
+    for iteration in range(start, cfg.total_iterations):
+        pass_, position = divmod(iteration, per_pass)
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed * 7919 + pass_))
+        yield iteration, order[position * cfg.batch_size:(position + 1) * cfg.batch_size].tolist()
+
+
+def _train_sample(data: CocoDetection, index: int, masks: bool, device: torch.device) -> tuple[torch.Tensor, dict]:
+    """Image (float in [0, 1]) and target of one training sample, flipped horizontally with probability 1/2."""
+    image, target = data[index]
+    image = image.to(device).float() / 255
+    kept = {"boxes": target["boxes"].to(device), "labels": target["labels"].to(device)}
+    if masks:
+        kept["masks"] = target["masks"].to(device)
+    if float(torch.rand(())) < 0.5:
+        width = image.shape[-1]
+        image = image.flip(-1)
+        kept["boxes"] = torch.stack([width - kept["boxes"][:, 2], kept["boxes"][:, 1], width - kept["boxes"][:, 0], kept["boxes"][:, 3]], 1)
+        if masks:
+            kept["masks"] = kept["masks"].flip(-1)
+    return image, kept
+
+
+def _autocast(cfg: DetectionConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    if cfg.amp and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate_detector(model: nn.Module, data: CocoDetection, cfg: DetectionConfig, device: torch.device) -> dict[str, float]:
+    """COCO box (and, for Mask R-CNN, mask) metrics of ``model`` on every image of ``data`` at ``test_size``."""
+    model.eval()
+    train_sizes = model.transform.min_size
+    model.transform.min_size = (cfg.test_size,)
+    predictions = []
+    try:
+        for start in range(0, len(data), cfg.batch_size):
+            ids = list(range(start, min(start + cfg.batch_size, len(data))))
+            images = [data[i][0].to(device).float() / 255 for i in ids]
+            with _autocast(cfg, device):
+                outputs = model(images)
+            outputs = [{k: v.float() if v.is_floating_point() else v for k, v in out.items()} for out in outputs]
+            predictions += to_coco_results(outputs, [data.ids[i] for i in ids], data.category_ids)
+    finally:
+        model.transform.min_size = train_sizes
+    iou_types = ("bbox", "segm") if cfg.detector == "mask_rcnn" else ("bbox",)
+    return coco_evaluate(data.coco, predictions, iou_types)
+
+
+def detection_transfer(cfg: DetectionConfig, source: Path | None, coco: CocoConfig, run_dir: Path,
+                       console: Console | None = None) -> dict[str, float]:
+    """Fine-tune a detector from the backbone of ``source`` (a ``model.pt``; None: random init) and evaluate it.
+
+    Trains on ``coco.train_split``, writes ``run_dir/checkpoint.pt`` atomically every ``checkpoint_every``
+    iterations and at the end, and resumes from it when present (a checkpoint of another config or source raises
+    a ConfigError). On SIGTERM it writes a checkpoint and raises Preempted. Returns every COCO metric of
+    :func:`bench.transfer.evaluate.coco_evaluate` on ``coco.val_split`` (``bbox.AP``, ``bbox.AP50``, ...,
+    ``segm.AP``, ... for Mask R-CNN) plus ``train.iterations`` and ``train.seconds``, also written to
+    ``run_dir/detection.json``.
+    """
+    device = pick_device(cfg.device)
+    state, arch = load_pretrained(source) if source is not None else (None, cfg.arch)
+    splits = load_coco(coco)
+    torch.manual_seed(cfg.seed)
+    model = build_detector(cfg, state, arch, len(splits.train.classes)).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    identity = {"config": cfg.model_dump(mode="json"), "source": None if source is None else str(source), "arch": arch}
+    start, seconds, history = 0, 0.0, []
+    ckpt = load_checkpoint(run_dir, device)
+    if ckpt is not None:
+        if ckpt["identity"] != identity:
+            raise ConfigError(f"{run_dir} holds a detection checkpoint of another config or source; choose another run "
+                              "directory or delete its checkpoint.pt to start over")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        set_rng_state(ckpt["rng"])
+        start, seconds, history = ckpt["iteration"], ckpt["seconds"], list(ckpt["history"])
+
+    def save(iteration: int) -> None:
+        atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(),
+                     "iteration": iteration, "seconds": seconds, "history": history, "identity": identity},
+                    run_dir / CHECKPOINT)
+
+    console = console or Console(stderr=True)
+    total = cfg.total_iterations
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not (cfg.progress and console.is_terminal))
+    masks = cfg.detector == "mask_rcnn"
+    model.train()
+    with progress, SigtermFlag() as sigterm:
+        task = progress.add_task(f"{cfg.detector} {arch}", total=total, completed=start, info="")
+        t0 = time.perf_counter()
+        for iteration, indices in _batches(splits.train, cfg, start):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(cfg, iteration)
+            images, targets = zip(*(_train_sample(splits.train, i, masks, device) for i in indices))
+            with _autocast(cfg, device):
+                losses = model(list(images), list(targets))
+            loss = sum(losses.values())
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise ConfigError(f"detection fine-tuning diverged at iteration {iteration + 1} (loss {value}); "
+                                  f"lower lr (now {cfg.lr} at 16 images per batch) or raise warmup_iterations")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            history.append({"iteration": iteration + 1, "loss": value})
+            progress.update(task, completed=iteration + 1, info=f"loss {value:.3f}")
+            done = iteration + 1
+            if done == total or done % cfg.checkpoint_every == 0 or sigterm.raised:
+                seconds, t0 = seconds + time.perf_counter() - t0, time.perf_counter()
+                save(done)
+            if sigterm.raised and done < total:
+                raise Preempted(f"SIGTERM at detection iteration {done}; checkpoint written to {run_dir / CHECKPOINT}")
+    metrics = evaluate_detector(model, splits.val, cfg, device)
+    metrics.update({"train.iterations": float(total), "train.seconds": seconds})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / f".{RESULTS}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2))
+    os.replace(tmp, run_dir / RESULTS)
+    return metrics
