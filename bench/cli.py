@@ -58,10 +58,12 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
 
 
 def _suite(args: argparse.Namespace):
-    from bench.config.suite import expand_suite, load_suite
+    """The suite and all its cells: pre-training cells, then the detection cells that depend on them."""
+    from bench.config.suite import expand_suite, load_suite, stage_cells
 
     suite = load_suite(args.suite, args.set)
-    return suite, expand_suite(suite)
+    cells = expand_suite(suite)
+    return suite, cells + stage_cells(suite, cells)
 
 
 def cmd_validate(args: argparse.Namespace, console: Console) -> int:
@@ -134,6 +136,29 @@ def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
     from bench.report.leaderboard import cmd_leaderboard as leaderboard
 
     return leaderboard(args, console)
+
+
+def cmd_transfer(args: argparse.Namespace, console: Console) -> int:
+    from pydantic import ValidationError
+
+    from bench.config import apply_overrides
+    from bench.config.run import format_validation_error
+    from bench.transfer.stage import DetectionStage, run_stage
+
+    data = apply_overrides(_load_yaml(args.config) if args.config else {}, args.set)
+    try:
+        stage = DetectionStage.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+    source = None if args.source == "none" else Path(args.source)
+    if source is not None and source.is_dir():
+        source = source / "model.pt"
+    metrics = run_stage(stage, source, args.out, Path("results/cache"))
+    table = Table("metric", "value", title=f"detection transfer from {args.source}")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}")
+    console.print(table)
+    return 0
 
 
 def cmd_perf(args: argparse.Namespace, console: Console) -> int:
@@ -220,6 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MLflow tracking URI (default: each suite's, $MLFLOW_TRACKING_URI, else sqlite:///results/mlflow.db)")
     p.add_argument("--storage", help="Optuna storage URL of search suites (default: the suite's, else sqlite:///results/optuna.db)")
     p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("transfer", help="detection transfer of one pre-trained backbone (COCO-format data)")
+    p.add_argument("source", help="a run directory or its model.pt (`none`: a random-init backbone)")
+    p.add_argument("--config", type=Path, help="YAML of the detection stage (backend, coco or synthetic, detector, ...)")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="e.g. coco.root=/data/coco detector.schedule=1x, or synthetic={} for the generated set")
+    p.add_argument("--out", type=Path, default=Path("results/transfer"), help="run directory (checkpoints, detection.json)")
+    p.set_defaults(func=cmd_transfer)
 
     p = sub.add_parser("worker", help="run waiting cells of a suite's study until none is left")
     p.add_argument("--storage", required=True, help="Optuna storage URL of the suite's study")

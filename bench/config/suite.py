@@ -44,6 +44,7 @@ from bench.config.run import (
 )
 from bench.errors import ConfigError
 from bench.methods import method_class
+from bench.transfer.stage import DetectionStage, stage_cell_id
 
 #: database backends an Optuna storage URL may name
 STORAGE_BACKENDS = frozenset({"sqlite", "postgresql", "mysql"})
@@ -201,6 +202,12 @@ class SearchConfig(BaseModel):
         return self
 
 
+class SuiteEvaluations(EvalConfig):
+    """A cell's evaluations, plus detection transfer, which runs as a dependent cell (bench/transfer/stage.py)."""
+
+    detection: DetectionStage | None = Field(None, description="detection transfer of every pre-training cell")
+
+
 class Suite(BaseModel):
     """One benchmark suite as written in its YAML file (after ``--set`` overrides)."""
 
@@ -217,7 +224,8 @@ class Suite(BaseModel):
         default_factory=list, description="drop every cell whose axis values match all keys of a rule")
     seeds: Annotated[list[int], Field(min_length=1)] | None = Field(
         None, description="each cell once per seed (null: once, with defaults.seed, which is 0 unless set)")
-    evaluations: EvalConfig | None = Field(None, description="evaluations of every cell, merged over defaults.eval")
+    evaluations: SuiteEvaluations | None = Field(
+        None, description="evaluations of every cell, merged over defaults.eval; detection adds a dependent cell per cell")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     launcher: LauncherConfig = Field(default_factory=LauncherConfig)
@@ -243,11 +251,24 @@ SUITE_KEYS = frozenset(Suite.model_fields) - CELL_KEYS
 
 @dataclass(frozen=True)
 class Cell:
-    """One run of a suite: its identity, resolved config, and the suite's axis values that made it."""
+    """One run of a suite: its identity, resolved config, and the suite's axis values that made it.
+
+    A detection cell (``depends_on`` set) fine-tunes a detector from the pre-training cell ``depends_on``;
+    its ``config`` is that source's.
+    """
 
     id: str
     config: RunConfig
     axes: dict[str, Any]
+    depends_on: str | None = None
+
+
+def stage_cells(suite: Suite, cells: list[Cell]) -> list[Cell]:
+    """The dependent detection cells of a suite with ``evaluations.detection`` (none otherwise)."""
+    stage = suite.evaluations.detection if suite.evaluations else None
+    if stage is None:
+        return []
+    return [Cell(stage_cell_id(c.id, stage), c.config, {**c.axes, "stage": "detection"}, depends_on=c.id) for c in cells]
 
 
 class _Setting(NamedTuple):
@@ -440,7 +461,7 @@ def _repeated(values: Sequence[Any]) -> list[Any]:
 def _defaults(suite: Suite) -> dict[str, Any]:
     """The suite's defaults with its evaluations merged over ``defaults.eval``."""
     defaults = normalize_sections(copy.deepcopy(suite.defaults))
-    evaluations = suite.evaluations.model_dump(mode="json", exclude_unset=True) if suite.evaluations else {}
+    evaluations = suite.evaluations.model_dump(mode="json", exclude_unset=True, exclude={"detection"}) if suite.evaluations else {}
     if isinstance(defaults.get("eval", {}), dict):
         defaults["eval"] = _merged(defaults.get("eval", {}), evaluations)
     return defaults

@@ -35,6 +35,7 @@ TRACKING_ATTR = "ssl_bench.tracking"
 #: trial user attributes
 CELL_ATTR, CONFIG_ATTR, AXES_ATTR = "cell_id", "config", "axes"
 RUN_ATTR, REASON_ATTR, EPOCH_ATTR, METRICS_ATTR = "mlflow_run_id", "fail_reason", "epoch", "metrics"
+DEPENDS_ATTR = "depends_on"  #: a detection cell: the pre-training cell it starts from
 
 ACTIVE = (TrialState.WAITING, TrialState.RUNNING)
 #: how ``status`` names each trial state
@@ -93,8 +94,10 @@ def enqueue_cells(study: optuna.Study, cells: list[Cell], *, retry_failed: bool 
     for cell in cells:
         if cell.id in known:
             continue
-        study.add_trial(optuna.create_trial(state=TrialState.WAITING, user_attrs={
-            CELL_ATTR: cell.id, CONFIG_ATTR: cell.config.model_dump(mode="json"), AXES_ATTR: cell.axes}))
+        attrs = {CELL_ATTR: cell.id, CONFIG_ATTR: cell.config.model_dump(mode="json"), AXES_ATTR: cell.axes}
+        if cell.depends_on is not None:
+            attrs[DEPENDS_ATTR] = cell.depends_on
+        study.add_trial(optuna.create_trial(state=TrialState.WAITING, user_attrs=attrs))
         added.append(cell)
     return added
 
@@ -105,15 +108,36 @@ def fail_stale(study: optuna.Study) -> None:
 
 
 def claim_waiting(study: optuna.Study, storage: RDBStorage) -> FrozenTrial | None:
-    """Atomically move one WAITING trial to RUNNING and return it (None when none waits)."""
+    """Atomically move one WAITING trial to RUNNING and return it (None when none is ready).
+
+    A detection cell is ready once its source is complete; when its source failed or was pruned for good it
+    fails too, with that reason.
+    """
     study_id = storage.get_study_id_from_name(study.study_name)
-    for trial in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
+    trials = storage.get_all_trials(study_id, deepcopy=False)
+    latest = {t.user_attrs.get(CELL_ATTR): t for t in trials}
+    for trial in (t for t in trials if t.state == TrialState.WAITING):
+        source = latest.get(trial.user_attrs.get(DEPENDS_ATTR))
+        if DEPENDS_ATTR in trial.user_attrs and (source is None or source.state != TrialState.COMPLETE):
+            if source is not None and source.state in (TrialState.FAIL, TrialState.PRUNED):
+                _fail_dependent(storage, trial, source)
+            continue
         try:
             if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
                 return storage.get_trial(trial._trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
     return None
+
+
+def _fail_dependent(storage: RDBStorage, trial: FrozenTrial, source: FrozenTrial) -> None:
+    try:
+        if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
+            reason = f"source cell {source.user_attrs[CELL_ATTR]} {STATE_NAMES[source.state]}; nothing to transfer"
+            storage.set_trial_user_attr(trial._trial_id, REASON_ATTR, reason)
+            storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return
 
 
 class Heartbeat:

@@ -17,7 +17,7 @@ import os
 import socket
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from bench.orchestrate.queue import (
     AXES_ATTR,
     CELL_ATTR,
     CONFIG_ATTR,
+    DEPENDS_ATTR,
     EPOCH_ATTR,
     METRICS_ATTR,
     REASON_ATTR,
@@ -56,7 +57,8 @@ from bench.orchestrate.search import (
 )
 from bench.runner import METRICS, run
 from bench.tracking.mlflow_runs import SuiteTracker
-from bench.train.engine import Preempted
+from bench.transfer.stage import run_stage
+from bench.train.engine import MODEL, Preempted
 
 RETRIED = ("preempted", "exception")
 POLL_S = 2.0
@@ -142,23 +144,8 @@ def run_trial(ctx: Context, trial: FrozenTrial) -> tuple[str, Outcome]:
     """Run one claimed trial with heartbeats and report it to Optuna and MLflow; returns its cell id and outcome."""
     live = optuna.trial.Trial(ctx.study, trial._trial_id)
     with Heartbeat(ctx.storage, trial._trial_id):
-        if ctx.suite.search and CONFIG_ATTR not in trial.user_attrs:
-            params = suggest(live, ctx.suite.search)
-            config = search_config(ctx.base, params)
-            for key, value in ((CELL_ATTR, config_id(config)), (CONFIG_ATTR, config.model_dump(mode="json")),
-                               (AXES_ATTR, params)):
-                live.set_user_attr(key, value)
-        else:
-            config = resolve_run_config(trial.user_attrs[CONFIG_ATTR])
-        attrs = ctx.storage.get_trial(trial._trial_id).user_attrs
-        cell_id = attrs[CELL_ATTR]
-        run_id = ctx.tracker.start_cell(ctx.parent_run, cell_id, config, suite=ctx.suite.name, axes=attrs[AXES_ATTR],
-                                        trial={"study": ctx.study.study_name, "number": trial.number, "id": trial._trial_id},
-                                        run_id=attrs.get(RUN_ATTR))
-        live.set_user_attr(RUN_ATTR, run_id)
-        outcome = _run_cell(ctx, live, config, ctx.runs_dir / cell_id, run_id)
-        status = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(outcome.state, "failed")
-        ctx.tracker.finish_cell(run_id, status=status, metrics=outcome.metrics, report=outcome.report, reason=outcome.reason)
+        handler = _run_detection if DEPENDS_ATTR in trial.user_attrs else _run_pretraining
+        cell_id, outcome = handler(ctx, live, trial)
         if outcome.reason:
             live.set_user_attr(REASON_ATTR, outcome.reason)
         if outcome.metrics:
@@ -174,21 +161,65 @@ def run_trial(ctx: Context, trial: FrozenTrial) -> tuple[str, Outcome]:
     return cell_id, outcome
 
 
-def _run_cell(ctx: Context, trial: optuna.Trial, config: RunConfig, run_dir: Path, run_id: str) -> Outcome:
-    """Train and evaluate one cell (or reuse its finished result), mapping every failure to a reason."""
+def _run_pretraining(ctx: Context, live: optuna.Trial, trial: FrozenTrial) -> tuple[str, Outcome]:
+    """A pre-training cell (or a search trial, sampled here): train, evaluate, track in its own MLflow run."""
+    if ctx.suite.search and CONFIG_ATTR not in trial.user_attrs:
+        params = suggest(live, ctx.suite.search)
+        config = search_config(ctx.base, params)
+        for key, value in ((CELL_ATTR, config_id(config)), (CONFIG_ATTR, config.model_dump(mode="json")), (AXES_ATTR, params)):
+            live.set_user_attr(key, value)
+    else:
+        config = resolve_run_config(trial.user_attrs[CONFIG_ATTR])
+    attrs = ctx.storage.get_trial(trial._trial_id).user_attrs
+    cell_id = attrs[CELL_ATTR]
+    run_id = ctx.tracker.start_cell(ctx.parent_run, cell_id, config, suite=ctx.suite.name, axes=attrs[AXES_ATTR],
+                                    trial={"study": ctx.study.study_name, "number": trial.number, "id": trial._trial_id},
+                                    run_id=attrs.get(RUN_ATTR))
+    live.set_user_attr(RUN_ATTR, run_id)
     pruning = ctx.suite.search is not None and ctx.suite.search.pruner != "none"
+    run_dir = ctx.runs_dir / cell_id
 
     def on_epoch(record: dict) -> None:
         ctx.tracker.log_epoch(run_id, record)
-        trial.set_user_attr(EPOCH_ATTR, record["epoch"])
+        live.set_user_attr(EPOCH_ATTR, record["epoch"])
         if pruning and "knn_top1" in record:
-            trial.report(record["knn_top1"], record["epoch"])
-            if trial.should_prune():
+            live.report(record["knn_top1"], record["epoch"])
+            if live.should_prune():
                 raise optuna.TrialPruned()
 
+    def work() -> tuple[dict[str, float], dict]:
+        report = finished_report(run_dir, config) or run(config, run_dir, console=Console(quiet=True), on_epoch=on_epoch)
+        return report["metrics"], report
+
+    outcome = _guarded(work, run_dir, config)
+    status = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(outcome.state, "failed")
+    ctx.tracker.finish_cell(run_id, status=status, metrics=outcome.metrics, report=outcome.report, reason=outcome.reason)
+    return cell_id, outcome
+
+
+def _run_detection(ctx: Context, live: optuna.Trial, trial: FrozenTrial) -> tuple[str, Outcome]:
+    """A detection cell: fine-tune from its complete source; the metrics join the source's MLflow run."""
+    cell_id, source = trial.user_attrs[CELL_ATTR], trial.user_attrs[DEPENDS_ATTR]
+    config = resolve_run_config(trial.user_attrs[CONFIG_ATTR])
+    done = [t for t in ctx.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get(CELL_ATTR) == source]
+    run_id = done[-1].user_attrs[RUN_ATTR]
+    live.set_user_attr(RUN_ATTR, run_id)
+    run_dir = ctx.runs_dir / cell_id
+
+    def work() -> tuple[dict[str, float], None]:
+        return run_stage(ctx.suite.evaluations.detection, ctx.runs_dir / source / MODEL, run_dir, config.train.cache_dir), None
+
+    outcome = _guarded(work, run_dir, config)
+    if outcome.state == TrialState.COMPLETE:
+        ctx.tracker.finish_cell(run_id, status="complete", metrics=outcome.metrics)
+    return cell_id, outcome
+
+
+def _guarded(work: Callable[[], tuple[dict[str, float], dict | None]], run_dir: Path, config: RunConfig) -> Outcome:
+    """Run ``work`` under the cell's lock, mapping every failure to a reason the status and MLflow show."""
     try:
         with cell_lock(run_dir):
-            report = finished_report(run_dir, config) or run(config, run_dir, console=Console(quiet=True), on_epoch=on_epoch)
+            metrics, report = work()
     except optuna.TrialPruned:
         return Outcome(TrialState.PRUNED, reason=None)
     except DivergedError as err:
@@ -205,7 +236,7 @@ def _run_cell(ctx: Context, trial: optuna.Trial, config: RunConfig, run_dir: Pat
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "error.txt").write_text(traceback.format_exc())
         return Outcome(TrialState.FAIL, reason=f"exception: {type(err).__name__}: {err} (traceback in {run_dir / 'error.txt'})")
-    return Outcome(TrialState.COMPLETE, metrics=report["metrics"], report=report)
+    return Outcome(TrialState.COMPLETE, metrics=metrics, report=report)
 
 
 @contextlib.contextmanager

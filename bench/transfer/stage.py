@@ -1,0 +1,94 @@
+"""The ``detection`` evaluation of a suite: one dependent detection cell per pre-training cell.
+
+``evaluations: {detection: {...}}`` does not change what a pre-training cell learns (it is left out of the
+cell's id). Each pre-training cell gets a detection cell whose id hashes the source id and the stage; a worker
+claims it only once its source is complete, fine-tunes a detector from the source's ``model.pt`` (torchvision
+backend, or detectron2 when it is importable) and adds the COCO metrics, prefixed ``detection.``, to the
+source cell's MLflow run, so tables show them like any other metric (``--metric detection.bbox.AP50``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from bench.errors import ConfigError
+from bench.transfer.coco import CocoConfig, load_coco
+from bench.transfer.torchvision_det import DetectionConfig
+
+PREFIX = "detection."
+
+
+class SyntheticSet(BaseModel):
+    """The generated COCO-format shapes set (bench/transfer/synthetic.py), written once under the cache."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_train: int = Field(200, ge=1)
+    n_val: int = Field(50, ge=1)
+    image_size: int = Field(64, ge=32)
+    max_objects: int = Field(3, ge=1)
+    seed: int = 0
+
+
+class DetectionStage(BaseModel):
+    """Detection transfer of every pre-training cell: the data, the backend and its protocol."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["torchvision", "detectron2"] = Field("torchvision", description="detectron2 needs the docker image")
+    coco: CocoConfig | None = Field(None, description="a COCO-format dataset on disk (COCO 2017 layout)")
+    synthetic: SyntheticSet | None = Field(None, description="the generated shapes set instead of a dataset on disk")
+    detector: DetectionConfig = Field(default_factory=DetectionConfig, description="torchvision backend protocol")
+    protocol: Literal["coco_r50_c4_1x", "coco_r50_c4_2x", "coco_r50_fpn_1x", "coco_r50_fpn_2x", "voc_r50_c4_24k"] = Field(
+        "coco_r50_fpn_1x", description="detectron2 backend protocol")
+    ims_per_batch: int = Field(16, ge=1, description="detectron2 backend: images per iteration (schedule scaled from 16)")
+
+    @model_validator(mode="after")
+    def _one_dataset(self) -> DetectionStage:
+        if (self.coco is None) == (self.synthetic is None):
+            raise ValueError("give exactly one of coco (a dataset root) and synthetic (the generated shapes set)")
+        return self
+
+
+def stage_cell_id(source_id: str, stage: DetectionStage) -> str:
+    """The detection cell's id: its source and its protocol."""
+    return hashlib.sha1(f"{source_id}:{stage.model_dump_json()}".encode()).hexdigest()[:10]
+
+
+def stage_dataset(stage: DetectionStage, cache_dir: Path) -> CocoConfig:
+    """The COCO-format dataset of the stage (generating the synthetic set once under ``cache_dir``)."""
+    if stage.coco is not None:
+        return stage.coco
+    from bench.transfer.synthetic import generate_coco_shapes
+
+    root = generate_coco_shapes(cache_dir / "coco_shapes", **stage.synthetic.model_dump())
+    return CocoConfig(root=root, train_split="train", val_split="val")
+
+
+def run_stage(stage: DetectionStage, source: Path | None, run_dir: Path, cache_dir: Path) -> dict[str, float]:
+    """Fine-tune and evaluate a detector from ``source`` (a pre-training ``model.pt``; None: random init).
+
+    The metrics come back prefixed ``detection.`` (``detection.bbox.AP50``, ...).
+    """
+    coco = stage_dataset(stage, cache_dir)
+    if stage.backend == "torchvision":
+        from bench.transfer.torchvision_det import detection_transfer
+
+        metrics = detection_transfer(stage.detector, source, coco, run_dir)
+    else:
+        from bench.transfer.detectron2 import convert_checkpoint, detection_config, train_detectron2
+
+        if source is None:
+            raise ConfigError("the detectron2 backend starts from a pre-trained checkpoint; give one, or use backend: torchvision")
+        weights = run_dir / "backbone.pkl"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        convert_checkpoint(source, weights)
+        classes = len(load_coco(coco).train.classes)
+        cfg = detection_config(stage.protocol, weights, output_dir=run_dir, train_split=coco.train_split,
+                               val_split=coco.val_split, num_classes=classes, ims_per_batch=stage.ims_per_batch)
+        metrics = train_detectron2(cfg, dataset_root=coco.root)
+    return {f"{PREFIX}{key}": value for key, value in metrics.items()}

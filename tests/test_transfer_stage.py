@@ -1,0 +1,110 @@
+"""A suite with a ``detection`` evaluation: dependent detection cells run after their sources, with 2 workers."""
+
+from __future__ import annotations
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+from suite_fixtures import DEFAULTS
+
+from bench.cli import main
+from bench.config.suite import expand_suite, load_suite, stage_cells
+from bench.orchestrate.queue import CELL_ATTR, DEPENDS_ATTR, default_storage_url
+
+DETECTION = {
+    "backend": "torchvision",
+    "synthetic": {"n_train": 8, "n_val": 4, "image_size": 64},
+    "detector": {"detector": "faster_rcnn", "iterations": 3, "batch_size": 2, "warmup_iterations": 1, "min_sizes": [64],
+                 "max_size": 64, "test_size": 64, "anchor_sizes": [8, 16, 32, 64, 128], "fpn_channels": 16,
+                 "proposals": 50, "rpn_batch_size": 32, "roi_batch_size": 32, "progress": False},
+}
+
+
+@pytest.fixture
+def suite_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    suite = {
+        "name": "det",
+        "defaults": {**DEFAULTS, "method": {"name": "simclr", "projector": "32-16"}, "backbone": {"name": "resnet18"},
+                     "epochs": 1, "dataset": {"name": "shapes", "n_train": 128, "n_test": 32}, "train": {"progress": False}},
+        "evaluations": {"linear": None, "knn_k": [5], "detection": DETECTION},
+        "seeds": [0, 1],
+        "storage": {"heartbeat_interval": 1, "grace_period": 3},
+    }
+    path = tmp_path / "det.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    return path
+
+
+def test_detection_cells_depend_on_their_pretraining_cells(suite_file, capsys):
+    suite = load_suite(suite_file)
+    sources = expand_suite(suite)
+    stages = stage_cells(suite, sources)
+    assert [s.depends_on for s in stages] == [c.id for c in sources]
+    assert len({s.id for s in stages} | {c.id for c in sources}) == 4
+
+    assert main(["run", str(suite_file), "--workers", "2"]) == 0
+    trials = optuna.load_study(study_name="det", storage=default_storage_url()).get_trials()
+    assert sorted(t.state for t in trials) == [TrialState.COMPLETE] * 4
+    by_cell = {t.user_attrs[CELL_ATTR]: t for t in trials}
+    for stage in stages:
+        detection, source = by_cell[stage.id], by_cell[stage.depends_on]
+        assert detection.user_attrs[DEPENDS_ATTR] == source.user_attrs[CELL_ATTR]
+        assert detection.datetime_start >= source.datetime_complete, "a detection cell started before its source finished"
+        assert detection.user_attrs["mlflow_run_id"] == source.user_attrs["mlflow_run_id"]
+    mlflow.set_tracking_uri(default_storage_url().replace("optuna.db", "mlflow.db"))
+    runs = mlflow.search_runs(experiment_names=["det"])
+    cells = runs[runs["tags.ssl_bench.role"] == "cell"]
+    assert len(cells) == 2 and cells["metrics.detection.bbox.AP50"].between(0, 1).all()
+    assert cells["metrics.knn5.top1"].between(0, 1).all()
+    capsys.readouterr()
+    assert main(["status", str(suite_file)]) == 0
+    assert "4 complete" in capsys.readouterr().out
+
+
+def test_detection_of_a_failed_source_fails_with_that_reason(suite_file):
+    data = yaml.safe_load(suite_file.read_text())
+    data["seeds"] = [0]
+    data["defaults"]["optimizer"] = {"name": "sgd", "lr": 1.0e30, "lr_scaling": "none"}
+    suite_file.write_text(yaml.safe_dump(data))
+    assert main(["run", str(suite_file), "--workers", "1"]) == 5
+    trials = optuna.load_study(study_name="det", storage=default_storage_url()).get_trials()
+    reasons = sorted(t.user_attrs["fail_reason"].split(":")[0] for t in trials)
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2
+    assert reasons[0] == "diverged" and reasons[1].startswith("source cell")
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory):
+    from bench.transfer.synthetic import generate_coco_shapes
+
+    return generate_coco_shapes(tmp_path_factory.mktemp("coco"), n_train=4, n_val=2)
+
+
+def test_transfer_refuses_a_missing_annotation_file(tmp_path, capsys):
+    assert main(["transfer", "none", "--set", f"coco.root={tmp_path}", "--out", str(tmp_path / "out")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("error:") and "instances_train2017.json" in err
+
+
+def test_transfer_refuses_a_category_mismatch(synthetic_root, tmp_path, capsys):
+    coco = f"coco={{root: {synthetic_root}, train_split: train, val_split: val, classes: [cat, dog]}}"
+    assert main(["transfer", "none", "--set", coco, "--out", str(tmp_path / "out")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("error:") and "cat" in err and "dog" in err
+
+
+def test_transfer_refuses_a_checkpoint_of_the_wrong_architecture(synthetic_root, tmp_path, capsys):
+    from bench.config import apply_overrides, resolve_run_config
+    from bench.runner import run
+
+    cfg = resolve_run_config(apply_overrides({**DEFAULTS, "epochs": 1}, ["method=vicreg", "method.projector=16-16",
+                                                                         "dataset.n_train=64", "eval.linear=null"]))
+    run(cfg, tmp_path / "small_cnn")
+    coco = f"coco={{root: {synthetic_root}, train_split: train, val_split: val}}"
+    assert main(["transfer", str(tmp_path / "small_cnn"), "--set", coco, "--out", str(tmp_path / "out")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("error:") and "small_cnn" in err
