@@ -18,11 +18,10 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import ValidationError
 from torchvision import models
 
 from bench.errors import ConfigError, DataError
-from bench.models.backbones import BackboneConfig
+from bench.transfer.source import read_pretrained
 
 Protocol = Literal["coco_r50_c4_1x", "coco_r50_c4_2x", "coco_r50_fpn_1x", "coco_r50_fpn_2x", "voc_r50_c4_24k"]
 
@@ -71,27 +70,8 @@ def _reference_resnet50() -> dict[str, torch.Size]:
 
 def _load_backbone(src: Path) -> dict[str, torch.Tensor]:
     """The backbone state_dict of an ssl-bench ``model.pt``, checked to be a 3-channel torchvision ResNet-50."""
-    if not src.is_file():
-        raise ConfigError(f"{src} does not exist: pass the model.pt that `ssl-bench train` writes in a run directory")
-    not_ours = (f"{src} is not an ssl-bench model.pt (expected a torch file holding 'backbone' and 'config', "
-                "written at the end of `ssl-bench train`): pass the model.pt of a finished run")
-    try:
-        saved = torch.load(src, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError):
-        raise ConfigError(not_ours) from None
-    if not isinstance(saved, dict) or not isinstance(saved.get("backbone"), dict) or not isinstance(saved.get("config"), dict):
-        raise ConfigError(not_ours)
-    try:
-        backbone = BackboneConfig.model_validate(saved["config"].get("backbone"))
-    except ValidationError:
-        raise ConfigError(not_ours) from None
-    if backbone.name != "resnet50":
-        raise ConfigError(f"{src} holds a {backbone.name} backbone, but detectron2's R50 protocols need a torchvision "
-                          "ResNet-50: pre-train with backbone.name=resnet50")
-    if backbone.cifar_stem:
-        raise ConfigError(f"{src} was pre-trained with backbone.cifar_stem=true (3x3 stride-1 conv1, no max-pool), "
-                          "but detectron2's ResNet stem is 7x7 stride 2 with max-pool: pre-train with backbone.cifar_stem=false")
-    state = {k.removeprefix("net."): v for k, v in saved["backbone"].items()}
+    backbone, _ = read_pretrained(src, ("resnet50",), "detectron2's R50 protocols")
+    state = {k.removeprefix("net."): v for k, v in backbone.items()}
     for name, shape in _reference_resnet50().items():
         if name not in state or state[name].shape != shape:
             got = "missing" if name not in state else f"of shape {tuple(state[name].shape)}"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
@@ -29,11 +29,11 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 
 from bench.errors import ConfigError
-from bench.models.backbones import BackboneConfig
 from bench.train.checkpoint import CHECKPOINT, atomic_save, load_checkpoint, rng_state, set_rng_state
 from bench.train.engine import Preempted, SigtermFlag, pick_device
 from bench.transfer.coco import CocoConfig, CocoDetection, load_coco
 from bench.transfer.evaluate import coco_evaluate, to_coco_results
+from bench.transfer.source import read_pretrained
 
 Arch = Literal["resnet18", "resnet34", "resnet50"]
 ARCHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50")
@@ -163,31 +163,6 @@ def build_detector(cfg: DetectionConfig, backbone_state: dict[str, torch.Tensor]
     )
 
 
-def load_pretrained(source: Path) -> tuple[dict[str, torch.Tensor], str]:
-    """The backbone state_dict and architecture of an ssl-bench ``model.pt`` (ConfigError if unusable for detection)."""
-    not_ours = (f"{source} is not an ssl-bench model.pt (expected a torch file holding 'backbone' and 'config', "
-                "written at the end of `ssl-bench train`): pass the model.pt of a finished run")
-    if not source.is_file():
-        raise ConfigError(f"{source} does not exist: pass the model.pt that `ssl-bench train` writes in a run directory")
-    try:
-        saved = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ConfigError(not_ours) from None
-    if not isinstance(saved, dict) or not isinstance(saved.get("backbone"), dict) or not isinstance(saved.get("config"), dict):
-        raise ConfigError(not_ours)
-    try:
-        backbone = BackboneConfig.model_validate(saved["config"].get("backbone"))
-    except ValidationError:
-        raise ConfigError(not_ours) from None
-    if backbone.name not in ARCHS:
-        raise ConfigError(f"{source} holds a {backbone.name} backbone, but detection needs a torchvision ResNet "
-                          f"({', '.join(ARCHS)}): pre-train with backbone.name=resnet18/34/50")
-    if backbone.cifar_stem:
-        raise ConfigError(f"{source} was pre-trained with backbone.cifar_stem=true (3x3 stride-1 conv1, no max-pool), but "
-                          "the detector's FPN needs the standard 7x7 stride-2 stem: pre-train with backbone.cifar_stem=false")
-    return saved["backbone"], backbone.name
-
-
 def _batches(data: CocoDetection, cfg: DetectionConfig, start: int) -> Iterator[tuple[int, list[int]]]:
     """(iteration, dataset indices) from ``start`` on; the order of each pass is a pure function of (seed, pass)."""
     per_pass = len(data) // cfg.batch_size
@@ -255,7 +230,7 @@ def detection_transfer(cfg: DetectionConfig, source: Path | None, coco: CocoConf
     ``run_dir/detection.json``.
     """
     device = pick_device(cfg.device)
-    state, arch = load_pretrained(source) if source is not None else (None, cfg.arch)
+    state, arch = read_pretrained(source, ARCHS, "the detector's FPN and heads") if source is not None else (None, cfg.arch)
     splits = load_coco(coco)
     torch.manual_seed(cfg.seed)
     model = build_detector(cfg, state, arch, len(splits.train.classes)).to(device)
