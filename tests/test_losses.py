@@ -18,6 +18,7 @@ from bench.methods.simsiam import SimSiamParams, simsiam_loss
 from bench.methods.supervised import SupervisedParams, supervised_loss
 from bench.methods.vicreg import VICRegParams, vicreg_loss
 from bench.models.backbones import SmallCNN
+from method_checks import forward_backward
 
 Matrix = list[list[float]]
 
@@ -238,13 +239,7 @@ def test_method_forward_backward(name: str) -> None:
     method = _build(name)
     # SSL methods get unlabelled batches; only the supervised baseline reads labels
     labels = torch.arange(8) % 10 if name == "supervised" else torch.full((8,), -1)
-    out = method(_views(labels), step=0, total_steps=10)
-    assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
-    assert all(not v.requires_grad and torch.isfinite(v) for k, v in out.items() if k != "loss")
-    out["loss"].backward()
-    grads = [p.grad for p in method.backbone.parameters()]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert sum(g.abs().sum() for g in grads) > 0
+    forward_backward(method, _views(labels))
 
 
 def test_byol_target_gets_no_gradient_and_follows_ema() -> None:

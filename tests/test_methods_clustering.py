@@ -14,6 +14,7 @@ from bench.methods.base import Method
 from bench.methods.dino import DINO, DINOParams, dino_loss, teacher_temperature
 from bench.methods.swav import SwAV, SwAVParams, sinkhorn_knopp, swav_loss
 from bench.models.backbones import SmallCNN
+from method_checks import forward_backward
 
 Matrix = list[list[float]]
 
@@ -149,13 +150,7 @@ def _build(name: str, **overrides: object) -> Method:
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_method_forward_backward_and_state(name: str, local: int) -> None:
     method = _build(name, freeze_prototypes_steps=0) if name == "swav" else _build(name)
-    out = method(_views(local=local), step=0, total_steps=10)
-    assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
-    assert all(not v.requires_grad and torch.isfinite(v) for k, v in out.items() if k != "loss")
-    out["loss"].backward()
-    grads = [p.grad for p in method.backbone.parameters()]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert sum(g.abs().sum() for g in grads) > 0
+    forward_backward(method, _views(local=local))
     method.on_step_end(step=0, total_steps=10)
     state = method.state_dict()
     fresh = _build(name)

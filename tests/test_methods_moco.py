@@ -14,6 +14,7 @@ from bench.methods import Method
 from bench.methods.mocov2 import MoCoV2, MoCoV2Params, moco_loss
 from bench.methods.mocov3 import MoCoV3, MoCoV3Params, mocov3_loss
 from bench.models.backbones import SmallCNN
+from method_checks import forward_backward
 
 Matrix = list[list[float]]
 
@@ -138,13 +139,7 @@ def _query_modules(method: Method) -> list[torch.nn.Module]:
 @pytest.mark.parametrize("kind", sorted(TINY))
 def test_method_forward_backward_and_state_dict(kind: str) -> None:
     method = _build(kind)
-    out = method(_views(), step=0, total_steps=10)
-    assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
-    assert all(not v.requires_grad and torch.isfinite(v) for k, v in out.items() if k != "loss")
-    out["loss"].backward()
-    grads = [p.grad for p in method.backbone.parameters()]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert sum(g.abs().sum() for g in grads) > 0
+    forward_backward(method, _views())
     keys = [p for m in _key_modules(method) for p in m.parameters()]
     assert all(p.grad is None and not p.requires_grad for p in keys)  # keys carry no gradient
     method.on_step_end(step=0, total_steps=10)

@@ -32,6 +32,7 @@ from bench.methods.sidae import (
 )
 from bench.methods.simsiam import simsiam_loss
 from bench.models.backbones import SmallCNN
+from method_checks import forward_backward
 
 Matrix = list[list[float]]
 
@@ -264,13 +265,7 @@ def test_method_forward_backward_and_state_dict(
 ) -> None:
     method = _build(cls, **overrides)
     views = _views(sizes)
-    out = method(views, step=0, total_steps=10)
-    assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
-    assert all(not v.requires_grad and torch.isfinite(v) for k, v in out.items() if k != "loss")
-    out["loss"].backward()
-    grads = [p.grad for p in method.backbone.parameters()]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert sum(g.abs().sum() for g in grads) > 0
+    forward_backward(method, views)
     copy = _build(cls, seed=1, **overrides)
     copy.load_state_dict(method.state_dict())
     for (name, a), (_, b) in zip(method.state_dict().items(), copy.state_dict().items()):

@@ -1,0 +1,19 @@
+"""Checks every method test shares: one training step gives a finite loss and gradients in the backbone."""
+
+import torch
+
+
+def forward_backward(method, views) -> dict[str, torch.Tensor]:
+    """Step 0 of ``method`` on ``views`` and its backward pass; returns the method's outputs.
+
+    The loss is a finite scalar, the logged values are detached and finite, and every backbone parameter gets a
+    finite gradient, not all zero.
+    """
+    out = method(views, step=0, total_steps=10)
+    assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
+    assert all(not v.requires_grad and torch.isfinite(v) for k, v in out.items() if k != "loss")
+    out["loss"].backward()
+    grads = [p.grad for p in method.backbone.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert sum(g.abs().sum() for g in grads) > 0
+    return out
