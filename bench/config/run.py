@@ -34,6 +34,7 @@ class TrainConfig(BaseModel):
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
     deterministic: bool = Field(False, description="deterministic algorithms (bitwise-reproducible CPU runs)")
     grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm")
+    sync_bn: bool = Field(False, description="several processes per cell: batch norm over the global batch (SyncBN)")
     checkpoint_every: int = Field(1, ge=0, description="checkpoint every N epochs (0: only at the end and on SIGTERM)")
     knn_every: int = Field(0, ge=0, description="online kNN monitor every K epochs (0: off)")
     knn_bank: int = Field(5000, ge=10, description="online kNN: at most this many training samples in the bank")

@@ -129,7 +129,9 @@ class LauncherConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Literal["local", "slurm", "print"] = Field("local", description="local processes, a Slurm array, or print the command")
-    workers: int | None = Field(None, ge=1, description="number of workers (null: one per visible GPU, else one)")
+    workers: int | None = Field(None, ge=1, description="number of workers (null: one per gpus_per_cell visible GPUs, else one)")
+    gpus_per_cell: int = Field(1, ge=1, description="processes (GPUs on CUDA) that train one cell together with "
+                               "torch.distributed; batch_size stays the global batch")
     slurm: SlurmConfig = Field(default_factory=SlurmConfig, description="settings of the slurm launcher")
 
 

@@ -23,6 +23,7 @@ from bench.data.views import Views
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.models.heads import mlp
+from bench.train.distributed import gather_with_grad
 
 
 class BarlowTwinsParams(MethodParams):
@@ -67,6 +68,6 @@ class BarlowTwins(Method):
 
     def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
         """Barlow Twins loss of the two crops; also logs its two unweighted terms."""
-        z1, z2 = (self.projector(self.backbone(x)) for x in views.crops[:2])
+        z1, z2 = (gather_with_grad(self.projector(self.backbone(x))) for x in views.crops[:2])  # C over the global batch
         loss, terms = barlow_twins_loss(z1, z2, self.params.lambd)
         return {"loss": loss, **terms}

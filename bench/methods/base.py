@@ -4,6 +4,12 @@ A method is an ``nn.Module`` that owns the backbone, its heads and any state (EM
 running statistics). Its loss lives beside it as a pure function of tensors. The training engine
 calls ``forward(views, step, total_steps)`` for the loss and ``on_step_end`` after each optimizer
 step; evaluation only ever uses ``backbone``.
+
+With several processes (bench.train.distributed) every rank runs ``forward`` on its share of the global
+batch and the engine averages the gradients: a loss that is a mean over samples needs nothing more; a loss
+built from batch statistics (negatives, covariances, codes) gathers the embeddings with ``gather_with_grad``
+and computes the one-process loss on them, and state updates (queues, running statistics, EMA targets)
+must come out the same on every rank.
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ from bench.data.views import Views
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.models.heads import mlp, out_dim
+from bench.train.distributed import gather_with_grad
 
 
 class CorInfoMaxParams(MethodParams):
@@ -158,7 +159,8 @@ class CorInfoMax(Method):
 
     def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
         """CorInfoMax loss of the two crops; in training mode also advances the running statistics."""
-        z1, z2 = (F.normalize(self.projector(self.backbone(x)), dim=1) for x in views.crops[:2])
+        # the global batch: covariances and running statistics as one process would compute them
+        z1, z2 = (gather_with_grad(F.normalize(self.projector(self.backbone(x)), dim=1)) for x in views.crops[:2])
         p = self.params
         loss, new_state, terms = corinfomax_loss(z1, z2, self.state, p.alpha, p.lambd, p.eps)
         if self.training:

@@ -32,6 +32,7 @@ from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
 from bench.methods.multicrop import check_global_crops, crop_pair_cross_entropy, multicrop_forward
 from bench.models.heads import parse_spec
+from bench.train.distributed import all_reduce
 
 
 class DINOParams(MethodParams):
@@ -111,7 +112,7 @@ class DINO(Method):
         student = multicrop_forward(lambda x: self.head(self.backbone(x)), views.crops)
         with torch.no_grad():  # stop-gradient: the teacher is not trained by the loss
             teacher = multicrop_forward(lambda x: self.teacher_head(self.teacher_backbone(x)), views.crops[: p.global_crops])
-        self._batch_centre = teacher.float().mean(dim=(0, 1))
+        self._batch_centre = all_reduce(teacher.to(self.centre.dtype).mean(dim=(0, 1)), "mean")  # the global batch's mean
         tau_t = teacher_temperature(step, total_steps, p.warmup_teacher_temp, p.teacher_temp, p.teacher_temp_warmup)
         loss = dino_loss(student, teacher, self.centre, p.student_temp, tau_t)
         momentum = cosine_momentum(p.momentum_base, step, total_steps)

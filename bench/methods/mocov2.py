@@ -21,6 +21,8 @@ Ambiguities resolved:
 - shuffled BN: ``bn_splits=8`` groups, as the paper's 8 GPUs; ``bn_splits=1`` turns it off.
 - projector hidden width: 2048, the ResNet-50 feature width of the paper; the official code uses the
   backbone's width, e.g. ``projector="512-128"`` for a ResNet-18.
+- several processes: every rank enqueues the keys of the global batch, so the queues stay equal; the
+  shuffled BN stays the per-process ``bn_splits`` emulation (no shuffle across processes).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
 from bench.models.heads import mlp, out_dim
+from bench.train.distributed import gather_with_grad
 
 
 class MoCoV2Params(MethodParams):
@@ -130,7 +133,7 @@ class MoCoV2(Method):
         ema_update_(self.key_backbone, self.backbone, m)
         ema_update_(self.key_projector, self.projector, m)
         if self._new_keys is not None:
-            self._enqueue(self._new_keys)
+            self._enqueue(gather_with_grad(self._new_keys))  # the global batch's keys: one queue on every rank
             self._new_keys = None
 
     def _enqueue(self, keys: torch.Tensor) -> None:

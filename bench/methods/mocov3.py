@@ -31,6 +31,7 @@ from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
 from bench.models.heads import mlp, out_dim
+from bench.train.distributed import gather_with_grad
 
 
 class MoCoV3Params(MethodParams):
@@ -92,6 +93,7 @@ class MoCoV3(Method):
         q1, q2 = (self.predictor(self.projector(self.backbone(x))) for x in views.crops[:2])
         with torch.no_grad():  # the key encoder is not trained by the loss
             k1, k2 = (self.key_projector(self.key_backbone(x)) for x in views.crops[:2])
+        q1, q2, k1, k2 = (gather_with_grad(t) for t in (q1, q2, k1, k2))  # keys of the global batch
         loss = mocov3_loss(q1, q2, k1, k2, self.params.temperature)
         m = torch.tensor(cosine_momentum(self.params.momentum, step, total_steps), device=loss.device)
         return {"loss": loss, "momentum": m}

@@ -28,6 +28,7 @@ Ambiguities resolved:
   shifts the tau schedule by one step.
 - multi-crop (more than two crops): the global crops pair crosswise with the other's target, each
   local crop with the unnormalised mean of the two global targets; alignment averaged over crops.
+- several processes: the embeddings are gathered, so the Stein score's sample set is the global batch.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
 from bench.models.heads import mlp
+from bench.train.distributed import gather_with_grad
 
 
 class MVEBParams(MethodParams):
@@ -135,6 +137,7 @@ class MVEB(Method):
         else:
             t1, t2 = online[0], online[1]
         p = self.params
+        online, t1, t2 = gather_with_grad(online, dim=1), gather_with_grad(t1), gather_with_grad(t2)  # the global batch
         loss, align = mveb_loss(online, t1, t2, p.beta, p.eta, p.min_bandwidth)
         metrics["uniformity"] = torch.tensor(uniformity(online[0].detach()), device=online.device)
         return {"loss": loss, "align": align, **metrics}

@@ -17,7 +17,8 @@ Ambiguities resolved (spec section 8):
 - MSE scale: Eq. 6 sums over D and averages over B; the code's mean over B*D: ``mse_reduction=mean``.
 - variance: eps 1e-4 inside the sqrt of the unbiased variance (Eq. 7-8); the code has no eps: ``eps`` near 0.
 - distances: d^2 clamped at 1e-4 before the sqrt as in the code (``dcor_eps``), in fp32; no /32 scaling.
-- batch statistics: per device, as in the code (no all-gather).
+- batch statistics: per process, as in the code (no all-gather); over the batch gathered from all
+  processes (the one-process loss of the global batch): ``dcor_global=true``.
 - views: z~ from crops[0] of the "simclr" recipe (crop, flip, jitter 0.8/0.8/0.8/0.2 p .8, grey p .2,
   blur p .5; the paper gives no blur probability); z from views.clean (normalise only).
 - representations on the dataset-normalised images, as in the code; per RGB channel for scattering/HOG.
@@ -43,6 +44,7 @@ from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.vicreg import variance_hinge
 from bench.models.heads import mlp
+from bench.train.distributed import gather_with_grad
 from bench.representations import (
     AUGMENTED,
     REPRESENTATIONS,
@@ -88,6 +90,8 @@ class MVMRParams(MethodParams):
     dcor_squared: bool = Field(True, description="dCor as the paper's Eq. 5 (R^2) or its square root (code)")
     dcor_eps: float = Field(1e-4, gt=0, description="squared distances are clamped at this before the sqrt")
     terms: list[Term] = Field(["l1", "l2", "l3"], min_length=1, description="loss terms in use (Table 6 ablation)")
+    dcor_global: bool = Field(False, description="several processes: dCor and variance over the gathered global batch "
+                              "(false: per process, as the paper's code)")
     cache_dtype: CacheDtype = Field("float16", description="storage type of the cached representations")
     cache: bool = Field(True, description="compute the deterministic representations once and cache them on disk; "
                         "false recomputes them from each batch's clean images (for timing the cache's gain)")
@@ -230,6 +234,9 @@ class MVMR(Method):
         z_aug = self.projector(self.backbone(views.crops[0]))
         p = self.params
         reps = self._representations(views, step) if self._uses_reps() else {}
+        if p.dcor_global:
+            z, z_aug = gather_with_grad(z), gather_with_grad(z_aug)
+            reps = {name: gather_with_grad(rep) for name, rep in reps.items()}
         loss, logs = mvmr_loss(
             z, z_aug, reps, p.betas(), lambd=p.lambd, mu=p.mu, alpha=p.alpha, gamma=p.gamma, eps=p.eps,
             mse_reduction=p.mse_reduction, l3_mode=p.l3_mode, dcor_squared=p.dcor_squared, dcor_eps=p.dcor_eps, terms=p.terms,

@@ -26,6 +26,7 @@ from bench.data.views import Views
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.models.heads import mlp
+from bench.train.distributed import gather_with_grad
 
 
 class SimCLRParams(MethodParams):
@@ -70,6 +71,7 @@ class SimCLR(Method):
     def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
         """NT-Xent loss of the two crops; also logs the mean cosine similarity of positive pairs."""
         z1, z2 = self.projector(self.backbone(torch.cat(views.crops[:2]))).chunk(2)
+        z1, z2 = gather_with_grad(z1), gather_with_grad(z2)  # negatives from the global batch
         loss = simclr_loss(z1, z2, self.params.temperature)
         positive_cos = F.cosine_similarity(z1.detach(), z2.detach(), dim=1).mean()
         return {"loss": loss, "positive_cos": positive_cos}

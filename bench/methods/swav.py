@@ -16,6 +16,8 @@ Ambiguities resolved:
   it joins the Sinkhorn input once full (the official code also waits until epoch 15).
 - optimizer: LARS over all parameters (the official LARC adapts biases and BN too), lr 0.6 at batch
   256, wd 1e-6: ``exclude_bias_bn=True`` for the usual exclusion.
+- several processes: the Sinkhorn sums run over the global batch (all-reduced, as the official code);
+  the queue is per process, so ``queue_length`` counts one process's stored embeddings (official too).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.multicrop import check_global_crops, crop_pair_cross_entropy, multicrop_forward
 from bench.models.heads import mlp, out_dim
+from bench.train.distributed import all_reduce, world_size
 
 
 class SwAVParams(MethodParams):
@@ -48,12 +51,16 @@ class SwAVParams(MethodParams):
 
 @fp32_loss
 def sinkhorn_knopp(scores: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
-    """Codes (N, K) from prototype scores (N, K): each sample's code sums to 1, each prototype gets N / K."""
-    q = torch.exp((scores - scores.max()) / epsilon).T  # Q = exp(C^T Z / eps), K x N (the max shift cancels)
-    q = q / q.sum()
-    k, n = q.shape
+    """Codes (N, K) from prototype scores (N, K): each sample's code sums to 1, each prototype gets N / K.
+
+    With several processes the N samples are those of all ranks (each passes its own rows, all the same
+    number): the sums over samples are all-reduced, and each rank gets its rows' codes.
+    """
+    q = torch.exp((scores - all_reduce(scores.max(), "max")) / epsilon).T  # Q = exp(C^T Z / eps), K x N (the max shift cancels)
+    q = q / all_reduce(q.sum())
+    k, n = q.shape[0], q.shape[1] * world_size()
     for _ in range(iterations):
-        q = q / q.sum(dim=1, keepdim=True) / k  # Diag(u): Q 1_N = 1/K 1_K
+        q = q / all_reduce(q.sum(dim=1, keepdim=True)) / k  # Diag(u): Q 1_N = 1/K 1_K
         q = q / q.sum(dim=0, keepdim=True) / n  # Diag(v): Q^T 1_K = 1/N 1_N
     return (q * n).T  # each column (sample) rescaled to sum to 1
 

@@ -27,6 +27,7 @@ from bench.data.views import Views
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.models.heads import mlp
+from bench.train.distributed import gather_with_grad
 
 
 class VICRegParams(MethodParams):
@@ -93,7 +94,7 @@ class VICReg(Method):
 
     def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
         """VICReg loss of the two crops; also logs its three unweighted terms."""
-        z1, z2 = (self.projector(self.backbone(x)) for x in views.crops[:2])
+        z1, z2 = (gather_with_grad(self.projector(self.backbone(x))) for x in views.crops[:2])  # statistics of the global batch
         p = self.params
         loss, terms = vicreg_loss(z1, z2, p.sim_coeff, p.std_coeff, p.cov_coeff, p.gamma, p.eps)
         return {"loss": loss, **terms}

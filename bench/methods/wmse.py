@@ -17,6 +17,8 @@ Ambiguities resolved:
   ``optimizer.lr=3e-3``.
 - the projector runs once on the features of all views together, so its BN statistics pool the
   views, as in the official code; no option.
+- several processes per cell: each whitens the slices of its own share of the batch, as the
+  official code does per GPU; no option.
 - number of views d: every crop of the recipe ("cifar" gives W-MSE 2; a recipe with four views
   gives W-MSE 4); choose it with ``augment``.
 """
@@ -103,8 +105,8 @@ class WMSE(Method):
         n = views.crops[0].shape[0]
         if n % p.w_size != 0:
             raise ConfigError(
-                f"wmse: the batch of {n} images is not a multiple of method.w_size {p.w_size}; "
-                f"set batch_size to a multiple of {p.w_size} or change method.w_size"
+                f"wmse: the batch of {n} images (per process) is not a multiple of method.w_size {p.w_size}; "
+                f"set batch_size to a multiple of {p.w_size} x the processes per cell, or change method.w_size"
             )
         features = torch.cat([self.backbone(x) for x in views.crops])
         v = self.projector(features).view(len(views.crops), n, -1)

@@ -22,6 +22,7 @@ from rich.live import Live
 
 from bench.config.run import resolve_run_config
 from bench.config.suite import Cell, Suite
+from bench.errors import ConfigError
 from bench.orchestrate.queue import (
     ACTIVE,
     AXES_ATTR,
@@ -78,14 +79,17 @@ def print_launch(prepared: Prepared, console: Console) -> None:
     print(command)
 
 
-def local_workers(requested: int | None) -> tuple[int, list[str | None]]:
-    """How many local workers and the CUDA device each gets (one per visible GPU, else CPU processes)."""
+def local_workers(requested: int | None, gpus_per_cell: int = 1) -> tuple[int, list[str | None]]:
+    """How many local workers and the CUDA devices each gets (``gpus_per_cell`` visible GPUs each, else CPU processes)."""
     gpus = torch.cuda.device_count()
     if gpus:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         ids = visible.split(",") if visible else [str(i) for i in range(gpus)]
-        n = min(requested or len(ids), len(ids))
-        return n, ids[:n]
+        groups = [",".join(ids[i : i + gpus_per_cell]) for i in range(0, len(ids) - gpus_per_cell + 1, gpus_per_cell)]
+        if not groups:
+            raise ConfigError(f"launcher.gpus_per_cell={gpus_per_cell} but only {len(ids)} GPU(s) are visible; lower gpus_per_cell")
+        n = min(requested or len(groups), len(groups))
+        return n, groups[:n]
     n = requested or 1
     return n, [None] * n
 
@@ -97,7 +101,7 @@ def launch_local(prepared: Prepared, suite: Suite, cells: list[Cell], workers: i
     if exhausted and not prepared.study.get_trials(deepcopy=False, states=ACTIVE):
         console.print(f"suite {suite.name}: no cell is waiting or running; nothing to do")
         return
-    n, devices = local_workers(workers)
+    n, devices = local_workers(workers, suite.launcher.gpus_per_cell)
     logs.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // n)
     procs = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import socket
@@ -58,7 +59,8 @@ from bench.orchestrate.search import (
 from bench.runner import METRICS, run
 from bench.tracking.mlflow_runs import SuiteTracker
 from bench.transfer.stage import run_stage
-from bench.train.engine import MODEL, Preempted
+from bench.train.distributed import rank_zero_of
+from bench.train.engine import MODEL, Preempted, pick_device, train
 
 RETRIED = ("preempted", "exception")
 POLL_S = 2.0
@@ -188,13 +190,22 @@ def _run_pretraining(ctx: Context, live: optuna.Trial, trial: FrozenTrial) -> tu
                 raise optuna.TrialPruned()
 
     def work() -> tuple[dict[str, float], dict]:
-        report = finished_report(run_dir, config) or run(config, run_dir, console=Console(quiet=True), on_epoch=on_epoch)
+        report = finished_report(run_dir, config) or run_cell(config, run_dir, on_epoch, ctx.suite.launcher.gpus_per_cell)
         return report["metrics"], report
 
     outcome = _guarded(work, run_dir, config)
     status = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(outcome.state, "failed")
     ctx.tracker.finish_cell(run_id, status=status, metrics=outcome.metrics, report=outcome.report, reason=outcome.reason)
     return cell_id, outcome
+
+
+def run_cell(config: RunConfig, run_dir: Path, on_epoch: Callable[[dict], None], gpus: int) -> dict:
+    """Train and evaluate a cell; with ``gpus`` > 1 this process is rank 0 of that many training processes."""
+    group = contextlib.nullcontext()
+    if gpus > 1:
+        group = rank_zero_of(gpus, pick_device(config.train.device).type, functools.partial(train, config, run_dir))
+    with group:
+        return run(config, run_dir, console=Console(quiet=True), on_epoch=on_epoch)
 
 
 def _run_detection(ctx: Context, live: optuna.Trial, trial: FrozenTrial) -> tuple[str, Outcome]:

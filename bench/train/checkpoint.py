@@ -50,8 +50,10 @@ def _python_state_to_lists(state: tuple) -> list:
     return [version, list(internal), gauss]
 
 
-def load_checkpoint(run_dir: Path, device: torch.device) -> dict[str, Any] | None:
+def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+    """The run's checkpoint on the CPU, or None: RNG states must stay CPU byte tensors, and
+    ``load_state_dict`` copies weights and optimizer state onto their parameters' device."""
     path = run_dir / CHECKPOINT
     if not path.exists():
         return None
-    return torch.load(path, map_location=device, weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -30,6 +30,17 @@ from bench.eval.knn import knn_eval
 from bench.methods import Method, method_class
 from bench.models.backbones import build_backbone
 from bench.train.checkpoint import CHECKPOINT, atomic_save, load_checkpoint, rng_state, set_rng_state
+from bench.train.distributed import (
+    all_reduce,
+    any_rank,
+    average_gradients,
+    convert_sync_batch_norm,
+    gather_with_grad,
+    is_main,
+    rank,
+    rank_share,
+    world_size,
+)
 from bench.train.optim import build_optimizer
 from bench.train.schedule import lr_factor
 
@@ -114,10 +125,22 @@ def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None,
     (the last good checkpoint is kept) and Preempted after writing a checkpoint on SIGTERM.
     ``on_epoch`` receives each epoch's history record once its checkpoint is written (trackers log it,
     a search pruner may raise from it).
+
+    Inside a process group (bench.train.distributed) every rank calls this: each trains on its contiguous
+    share of every global batch with its own view generator, gradients are averaged over the ranks, the
+    stop decisions (non-finite loss, SIGTERM) are agreed, and only rank 0 writes files and calls ``on_epoch``.
     """
     device = configure_torch(cfg)
+    world = world_size()
+    if cfg.batch_size % world:
+        raise ConfigError(f"batch_size={cfg.batch_size} does not split evenly over the {world} processes of the cell "
+                          f"(launcher.gpus_per_cell); use a multiple of {world}")
     splits = splits or load_dataset(cfg.dataset)
-    method = build_method(cfg, splits).to(device)
+    method = build_method(cfg, splits)
+    synced = world > 1 and cfg.train.sync_bn
+    if synced:
+        method = convert_sync_batch_norm(method)
+    method = method.to(device)
     if device.type == "cuda" and cfg.train.channels_last:
         method = method.to(memory_format=torch.channels_last)
     if cfg.train.compile:
@@ -137,7 +160,7 @@ def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None,
 
     result = TrainResult(method, splits, device)
     start_epoch, start_batch, gen_state = 0, 0, None
-    ckpt = load_checkpoint(run_dir, device)
+    ckpt = load_checkpoint(run_dir)
     if ckpt is not None:
         if config_id(resolve_run_config(ckpt["config"])) != config_id(cfg):
             raise ConfigError(f"{run_dir} holds a checkpoint of a different config; choose another run directory "
@@ -147,17 +170,27 @@ def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None,
         set_rng_state(ckpt["rng"])
         start_epoch, start_batch = ckpt["epoch"], ckpt["batch"]
         result.resumed_from = start_epoch + start_batch / steps_per_epoch
-        gen_state = ckpt["generator"] if start_batch > 0 else None  # mid-epoch: continue that epoch's stream
+        if start_batch > 0:  # mid-epoch: continue that epoch's stream on every rank
+            states = [ckpt["generator"], *ckpt.get("peer_generators", [])]
+            if len(states) != world:
+                raise ConfigError(f"{run_dir} holds a mid-epoch checkpoint of {len(states)} process(es); resume it with "
+                                  f"launcher.gpus_per_cell={len(states)}")
+            gen_state = states[rank()]
         result.history = list(ckpt["history"])
         result.seconds = ckpt["seconds"]
 
     def save(epoch: int, batch: int, generator: torch.Generator) -> None:
+        gathered = gather_with_grad(generator.get_state().to(device)[None]).cpu()  # every rank's view stream
+        states = [state.clone() for state in gathered]  # own storage: set_state crashes on a view with an offset
+        if not is_main():
+            return
         atomic_save(
             {
                 "model": method.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "rng": rng_state(),
-                "generator": generator.get_state(),
+                "generator": states[0],
+                "peer_generators": states[1:],
                 "epoch": epoch,
                 "batch": batch,
                 "history": result.history,
@@ -168,7 +201,7 @@ def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None,
         )
 
     console = console or Console(stderr=True)
-    show = cfg.train.progress and console.is_terminal
+    show = cfg.train.progress and console.is_terminal and is_main()
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not show, transient=False,
@@ -177,16 +210,19 @@ def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None,
     with progress, SigtermFlag() as sigterm:
         task = progress.add_task(f"{cfg.method.name}", total=total_steps, completed=start_epoch * steps_per_epoch + start_batch, info="")
         for epoch in range(start_epoch, cfg.epochs):
-            generator = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + epoch)
+            generator = torch.Generator(device=device).manual_seed((cfg.seed * 7919 + epoch) * world + rank())
             if gen_state is not None:
                 generator.set_state(gen_state)
                 gen_state = None
             order = epoch_permutation(len(pretrain), cfg.seed, epoch)
+            if world > 1:
+                order = rank_share(order, cfg.batch_size)
             loss_sum = torch.zeros((), device=device)
             logs_sum: dict[str, torch.Tensor] = {}
             first_bad = torch.full((), -1, dtype=torch.long, device=device)
             t0, seen = time.perf_counter(), 0
-            batches = iter_batches(pretrain, cfg.batch_size, device, order=order, drop_last=True, start=start_batch,
+            stop = False  # SIGTERM, agreed by all ranks
+            batches = iter_batches(pretrain, cfg.batch_size // world, device, order=order, drop_last=True, start=start_batch,
                                    workers=cfg.train.workers)
             for b, (images, labels, index) in enumerate(batches, start=start_batch):
                 step = epoch * steps_per_epoch + b
@@ -201,6 +237,8 @@ def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None,
                 loss = out["loss"]
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if world > 1:
+                    average_gradients(method)
                 if cfg.train.grad_clip:
                     torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.train.grad_clip)
                 optimizer.step()
@@ -212,15 +250,20 @@ def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None,
                 for k, v in out.items():
                     if k != "loss":
                         logs_sum[k] = logs_sum.get(k, 0) + v.detach().float()
-                seen += images.shape[0]
-                if (b + 1) % cfg.train.log_every == 0 or b + 1 == steps_per_epoch:
+                seen += images.shape[0] * world
+                check = (b + 1) % cfg.train.log_every == 0 or b + 1 == steps_per_epoch
+                if check:
+                    first_bad = all_reduce(first_bad, "max")
                     _check_finite(first_bad, steps_per_epoch)
                     progress.update(task, completed=step + 1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {loss.item():.4f}")
-                if sigterm.raised and b + 1 < steps_per_epoch:
+                if check or world == 1:  # ranks agree at the checks only, the host waits there anyway
+                    stop = any_rank(sigterm.raised, device)
+                if stop and b + 1 < steps_per_epoch:
                     result.seconds += time.perf_counter() - t0
                     save(epoch, b + 1, generator)
                     raise Preempted(f"SIGTERM at epoch {epoch + 1} step {step + 1}; checkpoint written to {run_dir}")
             _check_finite(first_bad, steps_per_epoch)
+            loss_sum, logs_sum = all_reduce(loss_sum, "mean"), {k: all_reduce(v, "mean") for k, v in logs_sum.items()}
             elapsed = time.perf_counter() - t0
             result.seconds += elapsed
             n_batches = steps_per_epoch - start_batch
@@ -231,20 +274,25 @@ def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None,
                 "images_per_s": seen / elapsed,
                 **{k: float(v) / n_batches for k, v in logs_sum.items()},
             }
-            if cfg.train.knn_every and (epoch + 1) % cfg.train.knn_every == 0:
+            if is_main() and cfg.train.knn_every and (epoch + 1) % cfg.train.knn_every == 0:
                 record.update(online_knn(method, splits, device, cfg))
                 method.train()
             result.history.append(record)
             start_batch = 0
             last = epoch + 1 == cfg.epochs
-            if last or sigterm.raised or (cfg.train.checkpoint_every and (epoch + 1) % cfg.train.checkpoint_every == 0):
+            stop = any_rank(sigterm.raised, device)
+            if last or stop or (cfg.train.checkpoint_every and (epoch + 1) % cfg.train.checkpoint_every == 0):
                 save(epoch + 1, 0, generator)
-            if sigterm.raised and not last:
+            if stop and not last:
                 raise Preempted(f"SIGTERM at the end of epoch {epoch + 1}; checkpoint written to {run_dir}")
             if on_epoch is not None:
                 on_epoch(record)
-    atomic_save({"model": method.state_dict(), "backbone": method.backbone.state_dict(),
-                 "config": cfg.model_dump(mode="json"), "history": result.history}, run_dir / MODEL)
+    if is_main():
+        atomic_save({"model": method.state_dict(), "backbone": method.backbone.state_dict(),
+                     "config": cfg.model_dump(mode="json"), "history": result.history}, run_dir / MODEL)
+    if synced:  # rank 0 evaluates alone: hand back plain batch norm with the trained state
+        result.method = build_method(cfg, splits).to(device)
+        result.method.load_state_dict(method.state_dict())
     return result
 
 

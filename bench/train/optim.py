@@ -2,7 +2,8 @@
 
 Biases and normalisation parameters (any parameter with ndim <= 1) can be excluded from weight
 decay and from LARS adaptation. The learning rate is given at a reference batch size and scaled by
-an explicit, logged rule (linear or square root), never silently.
+an explicit, logged rule (linear or square root), never silently; the batch is the global one, summed
+over the processes of a distributed run.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ class OptimizerConfig(BaseModel):
 
     name: Literal["sgd", "lars", "adam", "adamw"] = "adamw"
     lr: float = Field(1e-3, gt=0, description="base learning rate at reference_batch")
-    lr_scaling: Literal["none", "linear", "sqrt"] = Field("none", description="lr = base * rule(batch / reference_batch)")
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field(
+        "none", description="lr = base * rule(batch / reference_batch), batch the global batch over all processes"
+    )
     reference_batch: int = Field(256, ge=1)
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -29,6 +32,7 @@ class OptimizerConfig(BaseModel):
     lars_eta: float = Field(0.001, gt=0, description="LARS trust coefficient")
 
     def scaled_lr(self, batch_size: int) -> float:
+        """The peak lr for the global ``batch_size`` (summed over all processes of a distributed run)."""
         ratio = batch_size / self.reference_batch
         factor = {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[self.lr_scaling]
         return self.lr * factor
@@ -80,6 +84,7 @@ def param_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig, batch_size: int) -> torch.optim.Optimizer:
+    """The optimizer of ``model``'s trainable parameters at the lr scaled for the global ``batch_size``."""
     lr = cfg.scaled_lr(batch_size)
     groups = param_groups(model, cfg)
     if cfg.name == "lars":

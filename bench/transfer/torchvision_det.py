@@ -238,7 +238,7 @@ def detection_transfer(cfg: DetectionConfig, source: Path | None, coco: CocoConf
     optimizer = torch.optim.SGD(params, lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     identity = {"config": cfg.model_dump(mode="json"), "source": None if source is None else str(source), "arch": arch}
     start, seconds, history = 0, 0.0, []
-    ckpt = load_checkpoint(run_dir, device)
+    ckpt = load_checkpoint(run_dir)
     if ckpt is not None:
         if ckpt["identity"] != identity:
             raise ConfigError(f"{run_dir} holds a detection checkpoint of another config or source; choose another run "
