@@ -56,6 +56,24 @@ class EvalConfig(BaseModel):
     label_fractions: list[float] = Field(default_factory=list, description="linear probe on class-balanced label subsets")
     finetune: FinetuneConfig | None = Field(None, description="full fine-tuning protocol (off by default)")
     diagnostics: bool = True
+    datasets: list[DatasetConfig] = Field(
+        default_factory=list,
+        description="more labeled sets the frozen backbone is evaluated on (kNN, linear probe, label fractions), "
+        "each metric prefixed with the set's name, e.g. cifar10.linear.top1 after pre-training on STL-10",
+    )
+
+    @field_validator("datasets")
+    @classmethod
+    def _distinct_datasets(cls, v: list[DatasetConfig]) -> list[DatasetConfig]:
+        for extra in v:
+            try:
+                dataset_spec(extra.name)
+            except ConfigError as err:
+                raise ValueError(str(err)) from None
+        names = [extra.name for extra in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"datasets {names} lists a name twice; each set's metrics are prefixed with its name")
+        return v
 
     @field_validator("label_fractions")
     @classmethod

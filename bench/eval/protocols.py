@@ -1,7 +1,8 @@
 """The evaluations of one run, in the order a paper reports them.
 
 Features are extracted once and every frozen-feature protocol (kNN, linear probe, label fractions,
-diagnostics) reuses them; fine-tuning alone trains the backbone (a copy of it).
+diagnostics) reuses them; fine-tuning alone trains the backbone (a copy of it). Each further labeled set
+of ``eval.datasets`` gets the frozen-feature protocols too, its metrics prefixed with its name.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from torch import nn
 
 from bench.config.run import EvalConfig
 from bench.data.base import ImageSet
-from bench.data.registry import DatasetSplits
+from bench.data.registry import DatasetConfig, DatasetSplits, load_dataset
+from bench.errors import ConfigError
 from bench.eval.diagnostics import diagnose
 from bench.eval.features import extract_features, normalize_images
 from bench.eval.finetune import finetune
@@ -30,7 +32,26 @@ def evaluate_backbone(backbone: nn.Module, splits: DatasetSplits, cfg: EvalConfi
         metrics.update({f"diag.{k}": float(v) for k, v in diagnose(test_f).items()})
     if cfg.finetune is not None:
         metrics.update(finetune(backbone, train, splits.test, splits.train.num_classes, cfg.finetune, device))
+    for extra in cfg.datasets:
+        other = evaluate_on_dataset(backbone, extra, splits.train.channels, cfg, device, seed)
+        metrics.update({f"{extra.name}.{key}": value for key, value in other.items()})
     return metrics
+
+
+def evaluate_on_dataset(
+    backbone: nn.Module, dataset: DatasetConfig, channels: int, cfg: EvalConfig, device: torch.device, seed: int
+) -> dict[str, float]:
+    """kNN, linear probe and label fractions of the frozen backbone on another labeled set (its train -> test).
+
+    ``channels`` is what the backbone was trained on; a set with other channels (grey vs RGB) is refused.
+    """
+    splits = load_dataset(dataset)
+    if splits.train.channels != channels:
+        raise ConfigError(f"eval.datasets: {dataset.name} has {splits.train.channels}-channel images but the backbone "
+                          f"was pre-trained on {channels}-channel ones; evaluate on a set with {channels} channel(s)")
+    train_f, train_y = extract_features(backbone, splits.train.labeled(), device)
+    test_f, test_y = extract_features(backbone, splits.test, device)
+    return evaluate_features(train_f, train_y, test_f, test_y, splits.train.num_classes, cfg, seed)
 
 
 def evaluate_features(
