@@ -64,7 +64,7 @@ MALFORMED: list[tuple[str, str]] = [
     ("name: t\ndefaults: {method: simclr}\nseeds: [1, 1]", "seeds: the value 1 appears twice"),
     ("name: t\ndefaults: {method: simclr}\nstorage: {url: 'postgres:/x'}", "storage.url: Value error, not a database URL"),
     ("name: t\ndefaults: {method: simclr}\nstorage: {url: 'ftp://host/db'}", "storage.url: Value error, not a database URL"),
-    ("name: t\ndefaults: {method: simclr}\nstorage: {url: optuna}", "e.g. sqlite:///results/optuna.db or postgresql://user:password@host:5432/db"),
+    ("name: t\ndefaults: {method: simclr}\nstorage: {url: optuna}", "e.g. sqlite:///results/optuna.db or postgresql+psycopg2://user:password@host:5432/db"),
     ("name: t\ndefaults: {method: simclr}\nstorage: {heartbeat_interval: 60, grace_period: 30}",
      "storage: Value error, grace_period (30 s) must exceed heartbeat_interval (60 s)"),
     ("name: t\ndefaults: {method: simclr}\ntracking: {mlflow_uri: 'ftp://host/mlruns'}",

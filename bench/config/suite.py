@@ -96,7 +96,7 @@ class StorageConfig(BaseModel):
             backend = None
         if backend not in STORAGE_BACKENDS:
             raise ValueError("not a database URL of sqlite, postgresql or mysql; e.g. sqlite:///results/optuna.db "
-                             "or postgresql://user:password@host:5432/db")
+                             "or postgresql+psycopg2://user:password@host:5432/db")
         return v
 
     @model_validator(mode="after")
