@@ -3,18 +3,28 @@
 The throwaway cluster lives in a fresh directory, listens on a unix socket in that directory and on 127.0.0.1
 with a free port, trusts every local connection and is deleted on exit. PostgreSQL refuses to run as root, so
 under root the server binaries run as the `postgres` system user (the Debian package creates it).
+
+Run as a script (CI does, see .ci/run), it serves such a cluster until stopped:
+`python tests/postgres_server.py DIR` prints the URL once the server answers, and stops and deletes the
+cluster on SIGTERM or SIGINT.
 """
 
+import argparse
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import sqlalchemy
 
 ENV_VAR = "SSL_BENCH_TEST_POSTGRES"
 DATABASE = "ssl_bench"
@@ -52,6 +62,21 @@ def postgres_url(base: Path) -> Iterator[str]:
         yield url
 
 
+@contextmanager
+def fresh_database(server_url: str, prefix: str) -> Iterator[str]:
+    """Create an empty database `<prefix>_<random>` on the server of `server_url`, yield its URL, drop it."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    engine = sqlalchemy.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+        yield sqlalchemy.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
+
+
 def find_postgres_bin() -> Path:
     """The directory with initdb, pg_ctl and createdb: initdb's on PATH, else the newest /usr/lib/postgresql/*/bin."""
     on_path = shutil.which("initdb")
@@ -74,7 +99,7 @@ def postgres_server(base: Path) -> Iterator[str]:
     bin_dir = find_postgres_bin()
     account = _server_account()
     root = Path(tempfile.mkdtemp(prefix="pg-", dir=_cluster_parent(base, account)))
-    data, log, port = root / "data", root / "postgres.log", _free_port()
+    data, log, port = root / "data", root / "postgres.log", free_port()
     try:
         root.chmod(0o755)
         account.take(root)
@@ -116,7 +141,7 @@ class _Account:
             if not check or done.returncode == 0:
                 return done.returncode
             problem = f"failed (exit {done.returncode}): {(done.stderr or done.stdout).strip()}"
-        detail = f"\nserver log {log} ends with:\n{_tail(log)}" if log else ""
+        detail = f"\nserver log {log} ends with:\n{log_tail(log)}" if log else ""
         raise PostgresUnavailable(f"`{' '.join(command)}` {problem}{detail}")
 
 
@@ -156,7 +181,7 @@ def _configure(conf: Path, socket_dir: Path, port: int) -> None:
                 "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -171,8 +196,40 @@ def _version(bin_dir: Path) -> tuple[int, ...]:
         return ()
 
 
-def _tail(log: Path, lines: int = 15) -> str:
+def log_tail(log: Path, lines: int = 15) -> str:
     """The last lines of a log file, or a note that it is missing."""
     if not log.is_file():
         return "(no log written)"
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def serve(service: AbstractContextManager[str]) -> None:
+    """Enter `service`, print its URL once it answers, and leave it (cleaning up) on SIGTERM or SIGINT."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit)
+    with service as url:
+        print(url, flush=True)
+        while True:
+            signal.pause()
+
+
+def _exit(signum: int, frame: object) -> None:
+    """A stop signal: leave through `SystemExit`, so `with` blocks clean up."""
+    raise SystemExit(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`postgres_server.py DIR`: serve a throwaway cluster under DIR until SIGTERM or SIGINT (see the module doc)."""
+    parser = argparse.ArgumentParser(description="Serve a throwaway PostgreSQL cluster; print its URL once it answers.")
+    parser.add_argument("dir", type=Path, help="where the cluster directory goes (/tmp when a socket path would not fit)")
+    args = parser.parse_args(argv)
+    try:
+        serve(postgres_server(args.dir))
+    except PostgresUnavailable as error:
+        print(f"error: {error.reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
