@@ -162,9 +162,12 @@ def cmd_transfer(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_perf(args: argparse.Namespace, console: Console) -> int:
-    from bench.perf import perf
+    from bench.perf import PerfOptions, perf, scenario_table
 
-    perf(quick=args.quick, out_dir=args.out, console=console)
+    if args.list:
+        console.print(scenario_table())
+        return 0
+    perf(PerfOptions(quick=args.quick, scenarios=args.scenario, max_batch=args.max_batch), out_dir=args.out, console=console)
     return 0
 
 
@@ -260,8 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-cells", type=int, help="stop after this many cells")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("perf", help="measure the data path, training throughput and evaluation speed")
-    p.add_argument("--quick", action="store_true", help="small sizes (minutes on a CPU)")
+    p = sub.add_parser("perf", help="benchmark training scenarios against the classic pipeline and the compute bound, and evaluation speed")
+    p.add_argument("--quick", action="store_true", help="the CPU-sized scenarios and evaluation sizes (minutes on a CPU)")
+    p.add_argument("--scenario", action="append", default=[], metavar="NAME",
+                   help="measure only this scenario (repeatable; skips the evaluation sections); see --list")
+    p.add_argument("--list", action="store_true", help="list the scenarios and their targets, then exit")
+    p.add_argument("--max-batch", action="store_true", help="CUDA only: also search each scenario's largest batch that fits")
     p.add_argument("--out", type=Path, default=Path("results/perf"))
     p.set_defaults(func=cmd_perf)
 
