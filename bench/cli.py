@@ -100,7 +100,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 def cmd_worker(args: argparse.Namespace, console: Console) -> int:
     from bench.orchestrate.worker import work
 
-    summary = work(args.storage, args.study, console=console, max_cells=args.max_cells)
+    summary = work(args.storage, args.study, console=console, max_cells=args.max_cells, mlflow_uri=args.mlflow_uri)
     console.print(f"worker done: {len(summary.complete)} complete, {len(summary.failed)} failed, {len(summary.pruned)} pruned")
     return 0
 
@@ -261,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", required=True, help="Optuna storage URL of the suite's study")
     p.add_argument("--study", required=True, help="study name (the suite's name)")
     p.add_argument("--max-cells", type=int, help="stop after this many cells")
+    p.add_argument("--mlflow-uri", help="MLflow tracking URI as this machine reaches it (default: the one run recorded)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("perf", help="benchmark training scenarios against the classic pipeline and the compute bound, and evaluation speed")

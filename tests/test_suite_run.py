@@ -27,9 +27,11 @@ from bench.orchestrate.queue import (
     EPOCH_ATTR,
     REASON_ATTR,
     default_storage_url,
+    open_storage,
 )
 from bench.orchestrate.slurm import launch_slurm
 from bench.orchestrate.worker import work
+from bench.tracking.mlflow_runs import SuiteTracker
 
 TINY = {
     "defaults": {**DEFAULTS, "train": {"progress": False}},
@@ -186,6 +188,19 @@ def test_worker_runs_cells_in_process(results, tmp_path):
     assert summary.complete == [expand_suite(load_suite(path))[0].id] and not summary.failed
 
 
+def test_worker_logs_to_the_mlflow_uri_it_is_given(results, tmp_path):
+    """A worker that reaches the tracking store at another address than ``run`` did (here: the store moved)."""
+    (tmp_path / "here").mkdir()
+    path = write_suite(tmp_path / "m.yaml", "moved", matrix={"method": ["vicreg"]}, seeds=[4],
+                       tracking={"mlflow_uri": f"sqlite:///{tmp_path / 'here' / 'mlflow.db'}"})
+    assert main(["run", str(path), "--launcher", "print"]) == 0
+    (tmp_path / "here").rename(tmp_path / "there")
+    moved = f"sqlite:///{tmp_path / 'there' / 'mlflow.db'}"
+    assert main(["worker", "--storage", default_storage_url(), "--study", "moved", "--mlflow-uri", moved]) == 0
+    runs = SuiteTracker(moved, "moved").cell_runs()
+    assert list(runs["status"]) == ["FINISHED"] and not (tmp_path / "here" / "mlflow.db").exists()
+
+
 def test_slurm_launcher_through_submitits_local_executor(results, tmp_path):
     path = write_suite(tmp_path / "slurm.yaml", "slurm", seeds=[0])
     suite = load_suite(path)
@@ -220,6 +235,10 @@ def test_two_workers_share_a_postgresql_queue(results, tmp_path, postgres):
     assert len(study.get_trials()) == 20
     logs = [p.read_text() for p in (results / "logs" / name).glob("worker-*.log")]
     assert len(logs) == 2 and all("started" in log for log in logs), "both workers took cells"
+    # a bare postgresql:// URL (psycopg 3 under SQLAlchemy 2.1, not installed here) reaches the same queue
+    bare = "postgresql://" + postgres.split("://", 1)[1]
+    assert main(["status", str(path), "--storage", bare]) == 0
+    assert name in optuna.study.get_all_study_names(open_storage(bare))
 
 
 @pytest.mark.parametrize("text,expected", MALFORMED)

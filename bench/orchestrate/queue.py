@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.util
 import threading
 import warnings
 from collections.abc import Iterator
@@ -52,9 +53,17 @@ def default_storage_url(results: Path = Path("results")) -> str:
 def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None,
                  retries: int = 0) -> RDBStorage:
     """An RDB storage with heartbeats and the retry-on-stale callback (``retries`` re-enqueues per cell)."""
+    url = with_installed_driver(url)
     engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                       heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=retries) if heartbeat_interval else None)
+
+
+def with_installed_driver(url: str) -> str:
+    """A bare ``postgresql://`` URL with the psycopg2 driver when psycopg 3 (SQLAlchemy 2.1's default) is missing."""
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
 
 
 def suite_storage(suite: Suite, url: str) -> RDBStorage:

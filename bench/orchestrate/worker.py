@@ -86,7 +86,7 @@ class Outcome:
 class Context:
     """Everything a worker reads once from the study: suite, storage with heartbeats, tracker."""
 
-    def __init__(self, storage_url: str, study_name: str):
+    def __init__(self, storage_url: str, study_name: str, mlflow_uri: str | None = None):
         plain = open_storage(storage_url)
         attrs = optuna.load_study(study_name=study_name, storage=plain).user_attrs
         if SUITE_ATTR not in attrs:
@@ -99,16 +99,20 @@ class Context:
                                        sampler=build_sampler(search) if search else None,
                                        pruner=build_pruner(search) if search else optuna.pruners.NopPruner())
         tracking = attrs[TRACKING_ATTR]
-        self.tracker = SuiteTracker(tracking["uri"], tracking["experiment"])
+        self.tracker = SuiteTracker(mlflow_uri or tracking["uri"], tracking["experiment"])
         self.parent_run = tracking["parent_run_id"]
         self.runs_dir = Path(self.suite.storage.runs_dir)
         self.base = expand_suite(self.suite)[0].config if search else None
 
 
-def work(storage_url: str, study_name: str, *, console: Console | None = None, max_cells: int | None = None) -> WorkerSummary:
-    """Run cells until none is waiting and none is still running elsewhere (or ``max_cells`` ran)."""
+def work(storage_url: str, study_name: str, *, console: Console | None = None, max_cells: int | None = None,
+         mlflow_uri: str | None = None) -> WorkerSummary:
+    """Run cells until none is waiting and none is still running elsewhere (or ``max_cells`` ran).
+
+    ``mlflow_uri`` replaces the tracking URI that ``run`` recorded, for a machine that reaches the same
+    MLflow server at another address."""
     console = console or Console(stderr=True)
-    ctx = Context(storage_url, study_name)
+    ctx = Context(storage_url, study_name, mlflow_uri)
     summary = WorkerSummary()
     name = f"{socket.gethostname()}:{os.getpid()}"
     while max_cells is None or len(summary.complete) + len(summary.failed) + len(summary.pruned) < max_cells:
