@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -49,8 +50,26 @@ def linear_probe(
     mean, std = (train_f.mean(dim=0), train_f.std(dim=0).clamp_min(1e-6)) if cfg.standardize else (0.0, 1.0)
     x = (train_f - mean) / std
 
+    head = train_linear_head(lambda idx: x[idx], train_y, x.shape[1], num_classes, cfg)
+
+    correct = torch.zeros(2, dtype=torch.long, device=device)
+    with torch.no_grad():
+        for start in range(0, test_f.shape[0], chunk):
+            logits = head((test_f[start : start + chunk].float() - mean) / std)
+            correct += topk_correct(logits, test_y[start : start + chunk], (1, 5))
+    return accuracy_metrics("linear", correct, test_f.shape[0], num_classes)
+
+
+def train_linear_head(batch_features: Callable[[torch.Tensor], torch.Tensor], labels: torch.Tensor, in_dim: int,
+                      num_classes: int, cfg: LinearConfig) -> nn.Linear:
+    """Train ``nn.Linear`` on ``batch_features(idx)``, the features of the samples ``idx`` of each batch.
+
+    The head is initialised N(0, 0.01) with zero bias, the epochs are shuffled by a CPU generator seeded
+    with ``cfg.seed`` and the lr decays on a cosine over all steps, so training is deterministic.
+    """
+    device = labels.device
     g = torch.Generator().manual_seed(cfg.seed)
-    head = nn.Linear(x.shape[1], num_classes)
+    head = nn.Linear(in_dim, num_classes)
     with torch.no_grad():
         head.weight.copy_(torch.randn(head.weight.shape, generator=g) * 0.01)
         head.bias.zero_()
@@ -59,8 +78,7 @@ def linear_probe(
         opt = torch.optim.SGD(head.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     else:
         opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    n = x.shape[0]
+    n = labels.shape[0]
     batch_size = min(cfg.batch_size, n)
     steps_per_epoch = math.ceil(n / batch_size)
     total = cfg.epochs * steps_per_epoch
@@ -69,15 +87,9 @@ def linear_probe(
         order = torch.randperm(n, generator=g).to(device)
         for b in range(steps_per_epoch):
             idx = order[b * batch_size : (b + 1) * batch_size]
-            loss = F.cross_entropy(head(x[idx]), train_y[idx])
+            loss = F.cross_entropy(head(batch_features(idx)), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-
-    correct = torch.zeros(2, dtype=torch.long, device=device)
-    with torch.no_grad():
-        for start in range(0, test_f.shape[0], chunk):
-            logits = head((test_f[start : start + chunk].float() - mean) / std)
-            correct += topk_correct(logits, test_y[start : start + chunk], (1, 5))
-    return accuracy_metrics("linear", correct, test_f.shape[0], num_classes)
+    return head

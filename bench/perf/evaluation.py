@@ -10,7 +10,6 @@ train on the same features.
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from collections.abc import Callable
@@ -18,7 +17,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
@@ -28,7 +26,7 @@ from bench.data.registry import DatasetConfig, load_dataset
 from bench.data.views import ViewMaker, ViewSpec
 from bench.eval.features import accuracy_metrics, extract_features, topk_correct
 from bench.eval.knn import knn_eval
-from bench.eval.linear import LinearConfig, linear_probe
+from bench.eval.linear import LinearConfig, linear_probe, train_linear_head
 from bench.models.backbones import BackboneConfig
 from bench.train.engine import train
 
@@ -86,34 +84,14 @@ def full_network_probe(backbone: nn.Module, train_split: ImageSet, test_split: I
     backbone.eval()
     train_f, train_y = extract_features(backbone, train_split, device)
     mean, std = (train_f.mean(dim=0), train_f.std(dim=0).clamp_min(1e-6)) if cfg.standardize else (0.0, 1.0)
-    g = torch.Generator().manual_seed(cfg.seed)
-    head = nn.Linear(train_f.shape[1], num_classes)
-    with torch.no_grad():
-        head.weight.copy_(torch.randn(head.weight.shape, generator=g) * 0.01)
-        head.bias.zero_()
-    head = head.to(device)
-    if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(head.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    n = len(train_split)
-    batch_size = min(cfg.batch_size, n)
-    steps_per_epoch = math.ceil(n / batch_size)
-    total = cfg.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / total)))
     images = train_split.images.to(device)
     maker = ViewMaker([augment], train_split.mean, train_split.std, train_split.image_size, clean=False)
     view_gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    for _ in range(cfg.epochs):
-        order = torch.randperm(n, generator=g).to(device)
-        for b in range(steps_per_epoch):
-            idx = order[b * batch_size : (b + 1) * batch_size]
-            features = _embed(backbone, maker(images[idx], train_y[idx], idx, view_gen).crops[0])
-            loss = F.cross_entropy(head((features - mean) / std), train_y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+
+    def batch_features(idx: torch.Tensor) -> torch.Tensor:
+        return (_embed(backbone, maker(images[idx], train_y[idx], idx, view_gen).crops[0]) - mean) / std
+
+    head = train_linear_head(batch_features, train_y, train_f.shape[1], num_classes, cfg)
     test_f, test_y = extract_features(backbone, test_split, device)
     with torch.no_grad():
         correct = topk_correct(head((test_f - mean) / std), test_y, (1, 5))
