@@ -214,6 +214,30 @@ def test_dino_teacher_gets_no_gradient_and_centre_follows_ema() -> None:
     assert not all(torch.equal(t, s) for t, s in zip(method.teacher_head.parameters(), method.head.parameters()))
 
 
+def test_dino_head_options_batch_norm_learned_norms_and_frozen_last_layer() -> None:
+    plain, with_bn = _build("dino"), _build("dino", head_bn=True)
+    assert isinstance(plain, DINO) and isinstance(with_bn, DINO)
+    kinds = [type(m).__name__ for m in with_bn.head.mlp]
+    assert kinds == ["Linear", "BatchNorm1d", "GELU", "Linear", "BatchNorm1d", "GELU", "Linear"]
+    assert [type(m).__name__ for m in plain.head.mlp] == ["Linear", "GELU", "Linear", "GELU", "Linear"]
+    # fixed norms: logits are cosines; learned norms g scale each output's row
+    x = torch.randn(5, plain.backbone.out_dim)
+    assert plain.head(x).abs().max() <= 1 + 1e-6 and plain.head.last_g is None
+    learned = _build("dino", norm_last_layer=False)
+    assert isinstance(learned, DINO) and learned.head.last_g is not None
+    with torch.no_grad():
+        learned.head.last_g.fill_(3.0)
+    torch.testing.assert_close(learned.head(x), 3.0 * plain.head(x))
+    # frozen for the first 20 % of the steps: no gradient reaches the last layer (v and g), the rest trains
+    method = _build("dino", freeze_last_layer=0.2, norm_last_layer=False)
+    assert isinstance(method, DINO)
+    method(_views(), step=1, total_steps=10)["loss"].backward()
+    assert method.head.last.weight.grad is None and method.head.last_g.grad is None
+    assert method.head.mlp[0].weight.grad.abs().sum() > 0
+    method(_views(), step=2, total_steps=10)["loss"].backward()
+    assert method.head.last.weight.grad.abs().sum() > 0 and method.head.last_g.grad.abs().sum() > 0
+
+
 def test_paper_defaults_and_optimizers() -> None:
     swav = SwAVParams()
     assert (swav.projector, swav.num_prototypes, swav.temperature, swav.epsilon, swav.sinkhorn_iterations) == (
@@ -223,6 +247,7 @@ def test_paper_defaults_and_optimizers() -> None:
     assert (dino.projector, dino.out_dim, dino.momentum_base, dino.student_temp, dino.center_momentum) == (
         "2048-2048-256", 65536, 0.996, 0.1, 0.9)
     assert (dino.teacher_temp, dino.warmup_teacher_temp, dino.teacher_temp_warmup) == (0.04, 0.04, 0.0)
+    assert (dino.head_bn, dino.norm_last_layer, dino.freeze_last_layer) == (False, True, 0.0)
     assert SwAV.recipe == DINO.recipe == "multicrop"
     assert SwAV.optimizer == {"name": "lars", "lr": 0.6, "lr_scaling": "linear", "weight_decay": 1e-6, "momentum": 0.9, "exclude_bias_bn": False}
     assert DINO.optimizer == {"name": "sgd", "lr": 0.03, "lr_scaling": "linear", "weight_decay": 1e-4, "momentum": 0.9, "exclude_bias_bn": True}

@@ -14,7 +14,10 @@ Ambiguities resolved:
   to 0.07 over 30 epochs: ``teacher_temp=0.07, teacher_temp_warmup=...`` (a fraction of the steps).
 - optimizer: the official ResNet-50 recipe, SGD lr 0.03 at batch 256, wd 1e-4, no decay on biases and
   norms; the paper's LARS reading is ``name=lars, lr=0.3, weight_decay=1e-6`` in the suite.
-- the official code also freezes the last layer for the first epoch; this is not reproduced.
+- last layer: trained from step 0 with its row norms fixed to 1; the official code freezes it for its
+  first epoch (``freeze_last_layer``, a fraction of the steps: 0.01 is 1 of 100 epochs) and can learn
+  the norms (``norm_last_layer=false``).
+- head: no BatchNorm, the official ResNet-50 default; its ``use_bn_in_head`` is ``head_bn=true``.
 """
 
 from __future__ import annotations
@@ -46,23 +49,32 @@ class DINOParams(MethodParams):
     warmup_teacher_temp: float = Field(0.04, gt=0, description="tau_t at step 0, raised linearly to teacher_temp")
     teacher_temp_warmup: float = Field(0.0, ge=0, le=1, description="fraction of the steps the tau_t warm-up lasts")
     center_momentum: float = Field(0.9, ge=0, le=1, description="m of the EMA of the teacher-output centre")
+    head_bn: bool = Field(False, description="BatchNorm after each hidden layer of the head (official use_bn_in_head)")
+    norm_last_layer: bool = Field(True, description="fix the norm g of the last layer's rows to 1; false learns g")
+    freeze_last_layer: float = Field(0.0, ge=0, le=1, description="fraction of the steps the last layer is not trained")
 
 
 class DINOHead(nn.Module):
-    """Linear layers of ``spec`` with GELU between, L2 normalisation, then a bias-free weight-normalised layer (g = 1)."""
+    """Linear layers of ``spec`` with (BatchNorm and) GELU between, L2 normalisation, then a bias-free
+    weight-normalised layer (g = 1, or learned); ``freeze_last`` stops the gradient into that layer."""
 
-    def __init__(self, in_dim: int, spec: str, out_dim: int):
+    def __init__(self, in_dim: int, spec: str, out_dim: int, batch_norm: bool = False, norm_last_layer: bool = True):
         super().__init__()
         layers: list[nn.Module] = []
         for width in parse_spec(spec):
-            layers += [nn.Linear(in_dim, width), nn.GELU()]
+            layers += [nn.Linear(in_dim, width), *([nn.BatchNorm1d(width)] if batch_norm else []), nn.GELU()]
             in_dim = width
-        self.mlp = nn.Sequential(*layers[:-1])
+        self.mlp = nn.Sequential(*layers[:-(2 if batch_norm else 1)])
         self.last = nn.Linear(in_dim, out_dim, bias=False)
+        self.last_g = None if norm_last_layer else nn.Parameter(torch.ones(out_dim, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, freeze_last: bool = False) -> torch.Tensor:
         x = F.normalize(self.mlp(x), dim=-1)
-        return F.linear(x, F.normalize(self.last.weight, dim=1))  # weight norm: w_k = v_k / ||v_k||
+        v, g = self.last.weight, self.last_g
+        if freeze_last:
+            v, g = v.detach(), None if g is None else g.detach()
+        w = F.normalize(v, dim=1)  # weight norm: w_k = g_k v_k / ||v_k||
+        return F.linear(x, w if g is None else g * w)
 
 
 def teacher_temperature(step: int, total_steps: int, warmup_temp: float, temp: float, warmup_fraction: float) -> float:
@@ -99,7 +111,7 @@ class DINO(Method):
 
     def __init__(self, backbone: nn.Module, params: DINOParams, *, num_classes: int, image_shape: tuple[int, int, int]):
         super().__init__(backbone, params, num_classes=num_classes, image_shape=image_shape)
-        self.head = DINOHead(backbone.out_dim, params.projector, params.out_dim)
+        self.head = DINOHead(backbone.out_dim, params.projector, params.out_dim, params.head_bn, params.norm_last_layer)
         self.teacher_backbone = frozen_copy(backbone)
         self.teacher_head = frozen_copy(self.head)
         self.register_buffer("centre", torch.zeros(params.out_dim))
@@ -109,7 +121,8 @@ class DINO(Method):
         """Student on all crops, teacher on the global crops; also logs tau_t and the EMA momentum."""
         p = self.params
         check_global_crops("dino", len(views.crops), p.global_crops)
-        student = multicrop_forward(lambda x: self.head(self.backbone(x)), views.crops)
+        freeze_last = step < p.freeze_last_layer * total_steps
+        student = multicrop_forward(lambda x: self.head(self.backbone(x), freeze_last), views.crops)
         with torch.no_grad():  # stop-gradient: the teacher is not trained by the loss
             teacher = multicrop_forward(lambda x: self.teacher_head(self.teacher_backbone(x)), views.crops[: p.global_crops])
         self._batch_centre = all_reduce(teacher.to(self.centre.dtype).mean(dim=(0, 1)), "mean")  # the global batch's mean
