@@ -10,8 +10,8 @@ from pathlib import Path
 from rich.console import Console
 
 from bench.config.run import RunConfig, config_id
-from bench.data.registry import DatasetSplits
-from bench.eval.protocols import evaluate_backbone
+from bench.data.registry import DatasetSplits, load_dataset
+from bench.eval.protocols import evaluate_backbone, load_eval_datasets
 from bench.train.engine import train
 
 METRICS = "metrics.json"
@@ -23,9 +23,13 @@ def default_run_dir(cfg: RunConfig, root: Path = Path("results/runs")) -> Path:
 
 def run(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None, console: Console | None = None,
         on_epoch: Callable[[dict], None] | None = None) -> dict:
-    """Train (resuming if a checkpoint exists), evaluate, and return ``{metrics, history, ...}``."""
+    """Train (resuming if a checkpoint exists), evaluate, and return ``{metrics, history, ...}``.
+
+    Every dataset is loaded first, so a missing file fails the run before training."""
+    splits = splits or load_dataset(cfg.dataset)
+    extra = load_eval_datasets(cfg.eval.datasets, splits.train.channels)
     result = train(cfg, run_dir, splits=splits, console=console, on_epoch=on_epoch)
-    metrics = evaluate_backbone(result.method.backbone, result.splits, cfg.eval, result.device, cfg.seed)
+    metrics = evaluate_backbone(result.method.backbone, result.splits, cfg.eval, result.device, cfg.seed, extra)
     last = result.history[-1]
     metrics.update({"train.loss": last["loss"], "train.images_per_s": last["images_per_s"], "train.seconds": result.seconds})
     report = {"status": "complete", "config_id": config_id(cfg), "metrics": metrics, "history": result.history,

@@ -22,12 +22,13 @@ from bench.cli import main
 from bench.config.run import EvalConfig, resolve_run_config
 from bench.config.suite import Cell, expand_suite, load_suite, stage_cells
 from bench.data.registry import DatasetConfig, load_dataset
-from bench.errors import ConfigError
+from bench.errors import ConfigError, DataError
 from bench.eval.features import extract_features
 from bench.eval.knn import knn_eval
 from bench.eval.protocols import evaluate_backbone
 from bench.methods import all_methods
 from bench.models.backbones import BackboneConfig, build_backbone
+from bench.runner import run
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
 METHODS = 16  # every registered method (bench/methods), the supervised baseline and the DAE included
@@ -214,3 +215,16 @@ def test_eval_datasets_refuse_other_channels_repeated_names_and_unknown_sets():
         resolve_run_config({"method": "simclr", "eval": {"datasets": [{"name": "shapes"}, {"name": "shapes", "seed": 1}]}})
     with pytest.raises(ConfigError, match="eval.datasets: .*unknown dataset 'cifar11'"):
         resolve_run_config({"method": "simclr", "eval": {"datasets": [{"name": "cifar11"}]}})
+
+
+@pytest.mark.parametrize("extra,error", [
+    ({"name": "cifar10", "root": "missing/cifar10"}, DataError),
+    ({"name": "digits"}, ConfigError),  # grey images for an RGB backbone
+])
+def test_a_bad_eval_dataset_fails_the_run_before_training(tmp_path, extra, error):
+    cfg = resolve_run_config({"method": "simclr", "dataset": {"name": "shapes", "n_train": 64, "n_test": 32},
+                              "backbone": {"name": "small_cnn", "width": 4}, "epochs": 1, "batch_size": 32,
+                              "train": {"progress": False}, "eval": {"datasets": [extra]}})
+    with pytest.raises(error, match="cifar10|digits"):
+        run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

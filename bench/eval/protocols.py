@@ -22,8 +22,13 @@ from bench.eval.knn import knn_eval
 from bench.eval.linear import linear_probe
 
 
-def evaluate_backbone(backbone: nn.Module, splits: DatasetSplits, cfg: EvalConfig, device: torch.device, seed: int) -> dict[str, float]:
-    """Every evaluation listed in ``cfg`` for a trained (or random-init) backbone."""
+def evaluate_backbone(backbone: nn.Module, splits: DatasetSplits, cfg: EvalConfig, device: torch.device, seed: int,
+                      extra: dict[str, DatasetSplits] | None = None) -> dict[str, float]:
+    """Every evaluation listed in ``cfg`` for a trained (or random-init) backbone.
+
+    ``extra`` holds the sets of ``cfg.datasets`` already loaded (see :func:`load_eval_datasets`); they are
+    loaded here otherwise.
+    """
     train = splits.train.labeled()
     train_f, train_y = extract_features(backbone, train, device)
     test_f, test_y = extract_features(backbone, splits.test, device)
@@ -32,23 +37,30 @@ def evaluate_backbone(backbone: nn.Module, splits: DatasetSplits, cfg: EvalConfi
         metrics.update({f"diag.{k}": float(v) for k, v in diagnose(test_f).items()})
     if cfg.finetune is not None:
         metrics.update(finetune(backbone, train, splits.test, splits.train.num_classes, cfg.finetune, device))
-    for extra in cfg.datasets:
-        other = evaluate_on_dataset(backbone, extra, splits.train.channels, cfg, device, seed)
-        metrics.update({f"{extra.name}.{key}": value for key, value in other.items()})
+    if extra is None:
+        extra = load_eval_datasets(cfg.datasets, splits.train.channels)
+    for name, other in extra.items():
+        metrics.update({f"{name}.{key}": value for key, value in evaluate_on_dataset(backbone, other, cfg, device, seed).items()})
     return metrics
 
 
-def evaluate_on_dataset(
-    backbone: nn.Module, dataset: DatasetConfig, channels: int, cfg: EvalConfig, device: torch.device, seed: int
-) -> dict[str, float]:
-    """kNN, linear probe and label fractions of the frozen backbone on another labeled set (its train -> test).
+def load_eval_datasets(datasets: list[DatasetConfig], channels: int) -> dict[str, DatasetSplits]:
+    """The further labeled sets by name, checked against the ``channels`` the backbone trains on.
 
-    ``channels`` is what the backbone was trained on; a set with other channels (grey vs RGB) is refused.
+    Called before pre-training, so a missing file or a grey set for an RGB backbone fails before hours of it.
     """
-    splits = load_dataset(dataset)
-    if splits.train.channels != channels:
-        raise ConfigError(f"eval.datasets: {dataset.name} has {splits.train.channels}-channel images but the backbone "
-                          f"was pre-trained on {channels}-channel ones; evaluate on a set with {channels} channel(s)")
+    loaded = {}
+    for dataset in datasets:
+        splits = load_dataset(dataset)
+        if splits.train.channels != channels:
+            raise ConfigError(f"eval.datasets: {dataset.name} has {splits.train.channels}-channel images but the backbone "
+                              f"was pre-trained on {channels}-channel ones; evaluate on a set with {channels} channel(s)")
+        loaded[dataset.name] = splits
+    return loaded
+
+
+def evaluate_on_dataset(backbone: nn.Module, splits: DatasetSplits, cfg: EvalConfig, device: torch.device, seed: int) -> dict[str, float]:
+    """kNN, linear probe and label fractions of the frozen backbone on another labeled set (its train -> test)."""
     train_f, train_y = extract_features(backbone, splits.train.labeled(), device)
     test_f, test_y = extract_features(backbone, splits.test, device)
     return evaluate_features(train_f, train_y, test_f, test_y, splits.train.num_classes, cfg, seed)
