@@ -365,6 +365,13 @@ def test_metric_lookup_and_paper_column():
     assert find_reference("sidae", "cifar10", Lookup("linear", "top1", "1%", None)).value == 51.67
     assert find_reference("simclr", "cifar10", metric_lookup("linear.top1"), epochs=None).source == "solo-learn README, CIFAR-10 table"
     assert find_reference("simclr", "cifar10", metric_lookup("linear.top1"), backbone="resnet50") is None
+    # transfer (eval.datasets): pre-trained on STL-10, linear probe on CIFAR-10
+    assert metric_lookup("cifar10.linear.top1") == Lookup("linear", "top1", None, None, "cifar10")
+    assert metric_lookup("cifar10.knn20.top1") == Lookup("knn", "top1", None, 20, "cifar10")
+    assert metric_lookup("cifar10.diag.effective_rank") is None and metric_lookup("a.b.linear.top1") is None
+    assert find_reference("sidae", "stl10", metric_lookup("cifar10.linear.top1")).value == 66.20
+    assert find_reference("sidae", "stl10", metric_lookup("linear.top1")).value == 61.18
+    assert find_reference("sidae", "cifar10", metric_lookup("linear.top1")).value == 64.75  # not the transfer entry
 
     rows = [{"cell_id": f"c{i}", "status": "complete", "method": m, "dataset": d, "linear.top1": v, "knn200.top1": v}
             for i, (m, d, v) in enumerate([("corinfomax", "cifar10", 0.9), ("simclr", "cifar10", 0.8), ("simclr", "shapes", 0.5)])]

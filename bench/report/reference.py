@@ -31,6 +31,8 @@ PUBLISHED = Path(__file__).with_name("published.yaml")
 PROBE_METRIC = re.compile(r"(?P<protocol>linear|finetune)(?:_(?P<pct>[\d.]+)pct)?\.(?P<metric>top\d+)")
 #: ``knn20.top1``
 KNN_METRIC = re.compile(r"knn(?P<k>\d+)\.(?P<metric>top\d+)")
+#: ``cifar10.linear.top1``: a protocol on another labelled set than the pre-training one (``eval.datasets``)
+OTHER_SET = re.compile(r"(?P<dataset>[a-z][a-z0-9_]*)\.(?P<rest>(?:linear|finetune|knn).*)")
 
 
 class Reference(BaseModel):
@@ -85,6 +87,7 @@ class Lookup(NamedTuple):
     metric: str
     labels: str | None
     k: int | None
+    evaluated_on: str | None = None  #: the labelled set of ``eval.datasets``; None: the pre-training set
 
 
 @functools.cache
@@ -98,7 +101,10 @@ def published(path: Path = PUBLISHED) -> tuple[Reference, ...]:
 
 def metric_lookup(metric: str) -> Lookup | None:
     """The protocol of an ssl-bench metric: ``linear.top1`` -> linear probe, ``linear_1pct.top1`` -> with 1% of the
-    labels, ``knn20.top1`` -> kNN with k = 20, ``finetune.top1`` -> fine-tuning; None for any other metric."""
+    labels, ``knn20.top1`` -> kNN with k = 20, ``finetune.top1`` -> fine-tuning, ``cifar10.linear.top1`` -> the
+    linear probe on CIFAR-10 after pre-training elsewhere; None for any other metric."""
+    if (other := OTHER_SET.fullmatch(metric)) and (lookup := metric_lookup(other["rest"])) and lookup.evaluated_on is None:
+        return lookup._replace(evaluated_on=other["dataset"])
     if match := PROBE_METRIC.fullmatch(metric):
         labels = f"{match['pct']}%" if match["pct"] else None
         return Lookup(match["protocol"], match["metric"], labels, None)
@@ -109,9 +115,11 @@ def metric_lookup(metric: str) -> Lookup | None:
 
 def find_reference(method: str, dataset: str, lookup: Lookup, *, backbone: str | None = None,
                    epochs: int | None = None) -> Reference | None:
-    """The preferred published number of ``method`` pre-trained and evaluated on ``dataset`` under ``lookup``."""
-    return next((r for r in published() if r.method == method and r.dataset == dataset and r.pretrain is None
-                 and (r.protocol, r.metric, r.labels, r.k) == lookup
+    """The preferred published number of ``method`` pre-trained on ``dataset`` and evaluated under ``lookup``
+    (on ``dataset`` itself, or on ``lookup.evaluated_on``)."""
+    evaluated_on, pretrain = (lookup.evaluated_on, dataset) if lookup.evaluated_on else (dataset, None)
+    return next((r for r in published() if r.method == method and r.dataset == evaluated_on and r.pretrain == pretrain
+                 and (r.protocol, r.metric, r.labels, r.k) == lookup[:4]
                  and backbone in (None, r.backbone) and epochs in (None, r.epochs)), None)
 
 
