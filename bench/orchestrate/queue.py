@@ -25,6 +25,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from bench.config.suite import Cell, Suite
+from bench.stores import sqlite_file
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # heartbeats and stale-trial retries are marked experimental in Optuna; they are what this queue is built on
@@ -74,10 +75,11 @@ def suite_storage(suite: Suite, url: str) -> RDBStorage:
 @contextlib.contextmanager
 def queue_lock(url: str) -> Iterator[None]:
     """Serialise claims on an SQLite file (PostgreSQL locks the trial row itself)."""
-    if not url.startswith("sqlite:///"):
+    store = sqlite_file(url)
+    if store is None:
         yield
         return
-    path = Path(url.removeprefix("sqlite:///") + ".lock")
+    path = store.with_name(store.name + ".lock")
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

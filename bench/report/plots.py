@@ -13,7 +13,6 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote
 
 import optuna
 import pandas as pd
@@ -29,6 +28,7 @@ from bench.errors import ConfigError
 from bench.orchestrate.launch import load_study, storage_url
 from bench.report.runs import STATUSES, flatten_config, resolve_key, suite_runs
 from bench.report.table import EMPTY, label_text, pivot
+from bench.stores import sqlite_file
 from bench.tracking.mlflow_runs import retry_locked, tracking_uri
 
 #: the columns of ``suite_runs`` that describe a cell rather than its config or its metrics
@@ -258,7 +258,7 @@ def suite_plots(suite: Suite, out_dir: Path, *, uri: str | None = None, storage:
 def suite_study(suite: Suite, storage: str | None = None) -> optuna.Study:
     """The suite's Optuna study in ``storage`` (default: the suite's, else ``results/optuna.db``)."""
     url = storage_url(suite, storage)
-    if url.startswith("sqlite:///") and not Path(unquote(url.removeprefix("sqlite:///").split("?")[0])).is_file():
+    if (store := sqlite_file(url)) is not None and not store.is_file():
         raise ConfigError(f"no Optuna storage at {url}: run the suite first (ssl-bench run SUITE), or give the storage "
                           "it ran with (--storage or the suite's storage.url)")
     study = load_study(suite, url)

@@ -16,7 +16,6 @@ import math
 import tempfile
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 import pandas as pd
 import yaml
@@ -27,6 +26,7 @@ from bench.config.overrides import flatten
 from bench.config.suite import Suite, expand_suite
 from bench.errors import ConfigError
 from bench.methods import all_methods
+from bench.stores import sqlite_file
 from bench.tracking.mlflow_runs import FAIL_REASON, ROLE, STATUS, SUITE, retry_locked, tracking_uri
 
 #: the status of a cell (see ``run_status``)
@@ -88,8 +88,8 @@ def hashable(value: Any) -> Any:
 
 def tracking_client(uri: str) -> MlflowClient:
     """A client of the store at ``uri``; a missing SQLite store is an error (MLflow would create an empty one)."""
-    if uri.startswith("sqlite:///"):
-        store = Path(unquote(uri.removeprefix("sqlite:///").split("?")[0]))
+    store = sqlite_file(uri)
+    if store is not None:
         if not store.is_file():
             raise ConfigError(f"no MLflow store at {store}: run the suite first (ssl-bench run SUITE), or give the "
                               "tracking URI it ran with (--tracking, $MLFLOW_TRACKING_URI or tracking.mlflow_uri)")

@@ -50,6 +50,7 @@ import bench
 from bench.config.overrides import flatten
 from bench.config.run import RunConfig
 from bench.errors import ConfigError
+from bench.stores import sqlite_file
 from bench.train.engine import pick_device
 
 Status = Literal["complete", "failed", "pruned"]
@@ -247,11 +248,8 @@ class SuiteTracker:
 def _artifact_location(uri: str, experiment: str) -> str | None:
     """``<store folder>/mlartifacts/<experiment>`` as a file URI for a local store; None (server default) else."""
     parsed = urlparse(uri)
-    if parsed.scheme == "sqlite":
-        store = Path(unquote(uri.removeprefix("sqlite:///").split("?")[0]))
-    elif parsed.scheme == "file":
-        store = Path(unquote(parsed.path))
-    else:
+    store = Path(unquote(parsed.path)) if parsed.scheme == "file" else sqlite_file(uri)
+    if store is None:
         return None
     return (store.resolve().parent / "mlartifacts" / experiment).as_uri()
 
