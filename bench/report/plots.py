@@ -33,8 +33,9 @@ from bench.tracking.mlflow_runs import retry_locked, tracking_uri
 
 #: the columns of ``suite_runs`` that describe a cell rather than its config or its metrics
 CELL_COLUMNS = ("cell_id", "run_id", "status", "fail_reason")
-#: final metrics that describe training or the features, not an evaluation protocol
-NOT_PROTOCOLS = ("diag.", "train.")
+#: final metrics that describe training or the features, not an evaluation protocol, also under a prefix
+#: such as a stage's (``detection.train.seconds``)
+NOT_PROTOCOLS = ("diag", "train")
 #: a numeric axis whose largest value is this many times its smallest is drawn on a log scale
 LOG_RATIO = 10
 #: the width over which the points of one category are spread, so their error bars do not overlap
@@ -71,7 +72,12 @@ def metric_columns(suite: Suite, df: pd.DataFrame) -> list[str]:
 
 def protocol_metrics(suite: Suite, df: pd.DataFrame) -> list[str]:
     """The metrics of evaluation protocols (kNN, linear, label fractions, fine-tuning, detection) that some run has."""
-    return sorted(c for c in metric_columns(suite, df) if not c.startswith(NOT_PROTOCOLS))
+    return sorted(c for c in metric_columns(suite, df) if is_protocol(c))
+
+
+def is_protocol(metric: str) -> bool:
+    """Whether a final metric measures an evaluation protocol: no part of its dotted prefix is in NOT_PROTOCOLS."""
+    return not set(metric.split(".")[:-1]) & set(NOT_PROTOCOLS)
 
 
 def headline_metrics(suite: Suite, df: pd.DataFrame) -> list[str]:
