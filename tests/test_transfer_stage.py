@@ -11,7 +11,7 @@ from suite_fixtures import DEFAULTS
 
 from bench.cli import main
 from bench.config.suite import expand_suite, load_suite, stage_cells
-from bench.orchestrate.queue import CELL_ATTR, DEPENDS_ATTR, default_storage_url
+from bench.orchestrate.queue import CELL_ATTR, DEPENDS_ATTR, REASON_ATTR, claim_waiting, default_storage_url, open_storage
 
 DETECTION = {
     "backend": "torchvision",
@@ -75,6 +75,21 @@ def test_detection_of_a_failed_source_fails_with_that_reason(suite_file):
     reasons = sorted(t.user_attrs["fail_reason"].split(":")[0] for t in trials)
     assert [t.state for t in trials] == [TrialState.FAIL] * 2
     assert reasons[0] == "diverged" and reasons[1].startswith("source cell")
+
+
+@pytest.mark.parametrize("reason,retries,waits", [
+    ("preempted: SIGTERM at epoch 1", 2, True),  # about to be re-enqueued: the dependent waits for the retry
+    (None, 2, True),  # a dead worker's trial, failed by the heartbeat check
+    ("preempted: SIGTERM at epoch 1", 0, False),  # no retries: failed for good
+    ("diverged: epoch 1 step 2", 2, False),  # not a retried reason
+])
+def test_a_dependent_waits_while_its_failed_source_is_about_to_be_retried(tmp_path, reason, retries, waits):
+    storage = open_storage(f"sqlite:///{tmp_path / 'q.db'}", heartbeat_interval=60, grace_period=120, retries=retries)
+    study = optuna.create_study(study_name="dep", storage=storage)
+    study.add_trial(optuna.create_trial(state=TrialState.FAIL, user_attrs={CELL_ATTR: "src", **({REASON_ATTR: reason} if reason else {})}))
+    study.add_trial(optuna.create_trial(state=TrialState.WAITING, user_attrs={CELL_ATTR: "det", DEPENDS_ATTR: "src"}))
+    assert claim_waiting(study, storage, retries) is None
+    assert study.get_trials()[1].state == (TrialState.WAITING if waits else TrialState.FAIL)
 
 
 @pytest.fixture(scope="module")

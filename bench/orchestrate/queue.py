@@ -113,24 +113,32 @@ def enqueue_cells(study: optuna.Study, cells: list[Cell], *, retry_failed: bool 
     return added
 
 
+#: failure reasons that are worth another try (the others would fail the same way again)
+RETRIED = ("preempted", "exception")
+
+
 def fail_stale(study: optuna.Study) -> None:
     """Fail the RUNNING trials whose worker stopped sending heartbeats (the callback re-enqueues them)."""
     optuna.storages.fail_stale_trials(study)
 
 
-def claim_waiting(study: optuna.Study, storage: RDBStorage) -> FrozenTrial | None:
+def claim_waiting(study: optuna.Study, storage: RDBStorage, retries: int = 0) -> FrozenTrial | None:
     """Atomically move one WAITING trial to RUNNING and return it (None when none is ready).
 
-    A detection cell is ready once its source is complete; when its source failed or was pruned for good it
-    fails too, with that reason.
+    A detection cell is ready once its source is complete; when its source failed or was pruned for good (not
+    about to be re-enqueued by one of its ``retries``) it fails too, with that reason.
     """
     study_id = storage.get_study_id_from_name(study.study_name)
-    trials = storage.get_all_trials(study_id, deepcopy=False)
-    latest = {t.user_attrs.get(CELL_ATTR): t for t in trials}
-    for trial in (t for t in trials if t.state == TrialState.WAITING):
+    waiting = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,))
+    latest: dict[str, FrozenTrial] = {}
+    if any(DEPENDS_ATTR in t.user_attrs for t in waiting):  # only then the other trials matter
+        latest = {t.user_attrs.get(CELL_ATTR): t for t in storage.get_all_trials(study_id, deepcopy=False)}
+    if storage.get_heartbeat_stale_trial_callback() is None:
+        retries = 0
+    for trial in waiting:
         source = latest.get(trial.user_attrs.get(DEPENDS_ATTR))
         if DEPENDS_ATTR in trial.user_attrs and (source is None or source.state != TrialState.COMPLETE):
-            if source is not None and source.state in (TrialState.FAIL, TrialState.PRUNED):
+            if source is not None and source.state in (TrialState.FAIL, TrialState.PRUNED) and not _will_retry(source, retries):
                 _fail_dependent(storage, trial, source)
             continue
         try:
@@ -139,6 +147,16 @@ def claim_waiting(study: optuna.Study, storage: RDBStorage) -> FrozenTrial | Non
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
     return None
+
+
+def _will_retry(trial: FrozenTrial, retries: int) -> bool:
+    """Whether a finished trial is re-enqueued: a retried reason (or a dead worker's, none) and retries left.
+
+    Between a retried failure and its new WAITING trial the failed trial is the cell's latest; its dependents wait.
+    """
+    reason = trial.user_attrs.get(REASON_ATTR)
+    retried = trial.state == TrialState.FAIL and (reason is None or reason.startswith(RETRIED))
+    return retried and len(RetryHeartbeatStaleTrialCallback.retry_history(trial)) < retries
 
 
 def _fail_dependent(storage: RDBStorage, trial: FrozenTrial, source: FrozenTrial) -> None:

@@ -38,6 +38,7 @@ from bench.orchestrate.queue import (
     EPOCH_ATTR,
     METRICS_ATTR,
     REASON_ATTR,
+    RETRIED,
     RUN_ATTR,
     STATE_NAMES,
     SUITE_ATTR,
@@ -62,7 +63,6 @@ from bench.transfer.stage import run_stage
 from bench.train.distributed import rank_zero_of
 from bench.train.engine import MODEL, Preempted, pick_device, train
 
-RETRIED = ("preempted", "exception")
 POLL_S = 2.0
 
 
@@ -139,7 +139,7 @@ def _next_trial(ctx: Context) -> FrozenTrial | None:
     """A waiting cell (a retry first), or for a search a newly sampled trial while the budget lasts."""
     with queue_lock(ctx.url):
         fail_stale(ctx.study)
-        trial = claim_waiting(ctx.study, ctx.storage)
+        trial = claim_waiting(ctx.study, ctx.storage, ctx.suite.storage.retries)
         if trial is None and ctx.suite.search and not search_exhausted(ctx.study, ctx.suite.search):
             asked = ctx.study.ask()
             trial = ctx.storage.get_trial(asked._trial_id)
