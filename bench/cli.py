@@ -37,6 +37,7 @@ def _load_yaml(path: Path) -> dict:
 def cmd_train(args: argparse.Namespace, console: Console) -> int:
     from bench.config import apply_overrides, resolve_run_config
     from bench.runner import default_run_dir, run
+    from bench.train.checkpoint import CHECKPOINT
 
     data = _load_yaml(args.config) if args.config else {}
     sets = list(args.set)
@@ -47,7 +48,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
     cfg = resolve_run_config(apply_overrides(data, sets))
     run_dir = args.out or default_run_dir(cfg)
     if args.fresh:
-        (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+        (run_dir / CHECKPOINT).unlink(missing_ok=True)
     console.print(f"[bold]{cfg.method.name}[/] on [bold]{cfg.dataset.name}[/]: {cfg.epochs} epochs, batch {cfg.batch_size} -> {run_dir}")
     report = run(cfg, run_dir, console=console)
     table = Table("metric", "value", title=f"{cfg.method.name} on {cfg.dataset.name}")
@@ -142,7 +143,8 @@ def cmd_transfer(args: argparse.Namespace, console: Console) -> int:
     from pydantic import ValidationError
 
     from bench.config import apply_overrides
-    from bench.config.run import format_validation_error
+    from bench.config.run import TrainConfig, format_validation_error
+    from bench.train.engine import MODEL
     from bench.transfer.stage import DetectionStage, run_stage
 
     data = apply_overrides(_load_yaml(args.config) if args.config else {}, args.set)
@@ -152,8 +154,8 @@ def cmd_transfer(args: argparse.Namespace, console: Console) -> int:
         raise ConfigError(format_validation_error(err)) from None
     source = None if args.source == "none" else Path(args.source)
     if source is not None and source.is_dir():
-        source = source / "model.pt"
-    metrics = run_stage(stage, source, args.out, Path("results/cache"))
+        source = source / MODEL
+    metrics = run_stage(stage, source, args.out, TrainConfig().cache_dir)
     table = Table("metric", "value", title=f"detection transfer from {args.source}")
     for key, value in metrics.items():
         table.add_row(key, f"{value:.4f}")

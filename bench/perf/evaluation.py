@@ -22,7 +22,7 @@ from torch import nn
 
 from bench.config.run import resolve_run_config
 from bench.data.base import ImageSet
-from bench.data.registry import DatasetConfig, load_dataset
+from bench.data.registry import load_dataset
 from bench.data.views import ViewMaker, ViewSpec
 from bench.eval.features import accuracy_metrics, extract_features, topk_correct
 from bench.eval.knn import knn_eval
@@ -133,12 +133,12 @@ def knn_seconds(n_train: int, n_test: int, dim: int, classes: int, device: torch
 
 def measure_evaluation(sizes: EvalSizes, device: torch.device, scratch: Path) -> dict[str, float]:
     """Pre-train the probed backbone briefly, then time both linear protocols, kNN and feature extraction."""
-    splits = load_dataset(DatasetConfig(name="shapes", n_train=sizes.n_train, n_test=sizes.n_test))
     cfg = resolve_run_config({
         "method": {"name": "supervised"}, "dataset": {"name": "shapes", "n_train": sizes.n_train, "n_test": sizes.n_test},
         "backbone": sizes.backbone.model_dump(), "batch_size": 256, "epochs": sizes.pretrain_epochs,
         "train": {"device": device.type, "checkpoint_every": 0, "progress": False},
     })
+    splits = load_dataset(cfg.dataset)
     backbone = train(cfg, scratch / "eval-pretrain", splits=splits).method.backbone
     train_split, test_split = splits.train.to(device), splits.test.to(device)  # resident, as the engine keeps its data
     figures = compare_linear_protocols(backbone, train_split, test_split, train_split.num_classes, LinearConfig(epochs=sizes.probe_epochs), device)

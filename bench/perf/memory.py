@@ -9,9 +9,8 @@ import torch
 
 from bench.data.base import ImageSet
 from bench.data.registry import DatasetSplits
-from bench.perf.references import release
+from bench.perf.references import release, train_fresh
 from bench.perf.scenarios import Scenario
-from bench.train.engine import train
 
 MAX_BATCH = 2**17
 
@@ -55,8 +54,7 @@ def _train_on_noise(scenario: Scenario, batch: int, device: torch.device, run_di
     shape = (2 * batch, 3, scenario.image_size, scenario.image_size)
     images = torch.randint(0, 256, shape, dtype=torch.uint8, device=device)
     split = ImageSet("noise", images, torch.zeros(shape[0], dtype=torch.long, device=device), ["noise"], (0.5,) * 3, (0.25,) * 3)
-    (run_dir / "checkpoint.pt").unlink(missing_ok=True)
-    train(cfg, run_dir, splits=DatasetSplits(pretrain=split, train=split, test=split))
+    train_fresh(cfg, run_dir, DatasetSplits(pretrain=split, train=split, test=split))
 
 
 def max_batch(scenario: Scenario, device: torch.device, scratch: Path) -> int:

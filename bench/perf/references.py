@@ -28,7 +28,8 @@ from bench.data.base import ImageSet
 from bench.data.registry import DatasetSplits, load_dataset
 from bench.data.views import Views, build_recipe, torchvision_pipeline
 from bench.perf.scenarios import Scenario
-from bench.train.engine import autocast, build_method, configure_torch, train
+from bench.train.checkpoint import CHECKPOINT
+from bench.train.engine import TrainResult, autocast, build_method, configure_torch, train
 from bench.train.optim import build_optimizer
 
 GIB = 2**30
@@ -49,10 +50,15 @@ class PilViews(Dataset):
         return [t(self.images[i]) for t in self.transforms], self.labels[i], i
 
 
+def train_fresh(cfg: RunConfig, run_dir: Path, splits: DatasetSplits | None = None) -> TrainResult:
+    """``train`` from step 0: a checkpoint a former measurement left in ``run_dir`` is removed first."""
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)
+    return train(cfg, run_dir, splits=splits)
+
+
 def engine_images_per_s(cfg: RunConfig, splits: DatasetSplits, run_dir: Path) -> float:
     """Median images/s of the engine's timed epochs (the first epoch is the warm-up)."""
-    (run_dir / "checkpoint.pt").unlink(missing_ok=True)
-    history = train(cfg, run_dir, splits=splits).history
+    history = train_fresh(cfg, run_dir, splits).history
     return statistics.median(record["images_per_s"] for record in history[1:])
 
 

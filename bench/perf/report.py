@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import re
 import socket
-import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -13,6 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from rich.console import Console
 from rich.table import Table
 
+from bench import runner
 from bench.perf.scenarios import SCENARIOS
 
 NEEDS_CUDA = "unmeasured: needs CUDA"
@@ -110,20 +109,10 @@ def print_report(results: dict, console: Console) -> None:
     console.print(results["note"])
 
 
-def git_commit() -> str:
-    """The commit of the checkout ssl-bench runs from ("unknown" outside a git checkout)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
-
-
 def write_json(results: dict, out_dir: Path) -> Path:
     """Write ``results`` to ``out_dir/<UTC timestamp>-<host>.json`` and return the path."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "host"
     path = out_dir / f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-{host}.json"
-    path.write_text(json.dumps(results, indent=2))
+    runner.write_json(results, path)
     return path
 

@@ -18,7 +18,8 @@ from bench.perf.evaluation import FULL_EVAL, QUICK_EVAL, measure_evaluation
 from bench.perf.memory import max_batch
 from bench.perf.mvmr import mvmr_cache
 from bench.perf.references import measure_scenario
-from bench.perf.report import check_targets, git_commit, note, print_report, write_json
+from bench.perf.report import check_targets, note, print_report, write_json
+from bench.tracking.mlflow_runs import git_commit
 from bench.perf.scenarios import SCENARIOS, select_scenarios
 from bench.train.engine import pick_device
 

@@ -157,7 +157,7 @@ class SuiteTracker:
             "ssl_bench.seed": str(config.seed),
             "ssl_bench.host": socket.gethostname(),
             "ssl_bench.device": _device_name(config),
-            "mlflow.source.git.commit": _git_commit(),
+            "mlflow.source.git.commit": git_commit(),
             "optuna.study": str(trial["study"]),
             "optuna.trial_number": str(trial["number"]),
             "optuna.trial_id": str(trial["id"]),
@@ -274,7 +274,7 @@ def _device_name(config: RunConfig) -> str:
 
 
 @functools.cache
-def _git_commit() -> str:
+def git_commit() -> str:
     """The commit checked out in the repository holding the bench package, or "unknown" outside git."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(bench.__file__).parent, capture_output=True,

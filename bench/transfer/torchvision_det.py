@@ -9,9 +9,7 @@ backend's; this one builds FPN detectors only.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +26,9 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 
+from bench.data.loader import epoch_permutation
 from bench.errors import ConfigError
+from bench.runner import write_json
 from bench.train.checkpoint import CHECKPOINT, atomic_save, load_checkpoint, rng_state, set_rng_state
 from bench.train.engine import Preempted, SigtermFlag, pick_device
 from bench.transfer.coco import CocoConfig, CocoDetection, load_coco
@@ -169,9 +169,11 @@ def _batches(data: CocoDetection, cfg: DetectionConfig, start: int) -> Iterator[
     if per_pass == 0:
         raise ConfigError(f"detection batch_size={cfg.batch_size} is larger than the {len(data)} annotated training "
                           f"images of {data.annotation_file}; lower batch_size")
+    order, order_pass = None, -1
     for iteration in range(start, cfg.total_iterations):
         pass_, position = divmod(iteration, per_pass)
-        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed * 7919 + pass_))
+        if pass_ != order_pass:  # one shuffle per pass, not per iteration
+            order, order_pass = epoch_permutation(len(data), cfg.seed, pass_), pass_
         yield iteration, order[position * cfg.batch_size:(position + 1) * cfg.batch_size].tolist()
 
 
@@ -286,8 +288,5 @@ def detection_transfer(cfg: DetectionConfig, source: Path | None, coco: CocoConf
                 raise Preempted(f"SIGTERM at detection iteration {done}; checkpoint written to {run_dir / CHECKPOINT}")
     metrics = evaluate_detector(model, splits.val, cfg, device)
     metrics.update({"train.iterations": float(total), "train.seconds": seconds})
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".{RESULTS}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2))
-    os.replace(tmp, run_dir / RESULTS)
+    write_json(metrics, run_dir / RESULTS)
     return metrics
