@@ -12,7 +12,7 @@ from rich.console import Console
 from bench.config.run import RunConfig, config_id
 from bench.data.registry import DatasetSplits, load_dataset
 from bench.eval.protocols import evaluate_backbone, load_eval_datasets
-from bench.train.engine import train
+from bench.train.engine import cell_scope, train
 
 METRICS = "metrics.json"
 
@@ -28,12 +28,13 @@ def run(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None, c
     Every dataset is loaded first, so a missing file fails the run before training."""
     splits = splits or load_dataset(cfg.dataset)
     extra = load_eval_datasets(cfg.eval.datasets, splits.train.channels)
-    result = train(cfg, run_dir, splits=splits, console=console, on_epoch=on_epoch)
-    metrics = evaluate_backbone(result.method.backbone, result.splits, cfg.eval, result.device, cfg.seed, extra)
+    with cell_scope(cfg) as settings:
+        result = train(cfg, run_dir, splits=splits, console=console, on_epoch=on_epoch)
+        metrics = evaluate_backbone(result.method.backbone, result.splits, cfg.eval, result.device, cfg.seed, extra)
     last = result.history[-1]
     metrics.update({"train.loss": last["loss"], "train.images_per_s": last["images_per_s"], "train.seconds": result.seconds})
     report = {"status": "complete", "config_id": config_id(cfg), "metrics": metrics, "history": result.history,
-              "resumed_from_epoch": result.resumed_from, "config": cfg.model_dump(mode="json")}
+              "resumed_from_epoch": result.resumed_from, "torch": settings.as_record(), "config": cfg.model_dump(mode="json")}
     write_json(report, run_dir / METRICS)
     return report
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
+import torch
 import yaml
 from optuna.trial import TrialState
 from postgres_server import PostgresUnavailable, postgres_url
@@ -20,6 +21,7 @@ from suite_fixtures import DEFAULTS
 from test_suite_config import MALFORMED
 
 from bench.cli import EXIT_CELLS_FAILED, main
+from bench.core.torch_state import TorchSettings
 from bench.config.suite import expand_suite, load_suite
 from bench.orchestrate.launch import prepare
 from bench.orchestrate.queue import (
@@ -186,6 +188,24 @@ def test_worker_runs_cells_in_process(results, tmp_path):
     assert main(["run", str(path), "--launcher", "print"]) == 0
     summary = work(default_storage_url(), "inproc")
     assert summary.complete == [expand_suite(load_suite(path))[0].id] and not summary.failed
+
+
+def test_a_deterministic_cell_leaves_no_setting_behind_in_its_worker(results, tmp_path):
+    """One worker process runs a deterministic cell, then a fast one: the second runs under torch's defaults."""
+    before = TorchSettings.current()
+    path = write_suite(tmp_path / "d.yaml", "scoped", matrix={"method": ["vicreg"], "train.deterministic": [True, False]},
+                       seeds=[0], launcher={"workers": 1})
+    assert main(["run", str(path), "--launcher", "print"]) == 0
+    summary = work(default_storage_url(), "scoped", max_cells=1)
+    first = json.loads((results / "cells" / summary.complete[0] / "metrics.json").read_text())
+    assert first["config"]["train"]["deterministic"] and first["torch"]["deterministic"]
+    assert not first["torch"]["cudnn_benchmark"]
+    assert not torch.are_deterministic_algorithms_enabled()  # restored between the cells
+    summary = work(default_storage_url(), "scoped")
+    second = json.loads((results / "cells" / summary.complete[0] / "metrics.json").read_text())
+    assert not second["config"]["train"]["deterministic"]
+    assert not second["torch"]["deterministic"] and second["torch"]["cudnn_benchmark"] and second["torch"]["matmul_tf32"]
+    assert TorchSettings.current() == before
 
 
 def test_worker_logs_to_the_mlflow_uri_it_is_given(results, tmp_path):

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from bench.config.run import RunConfig, config_id, resolve_run_config
+from bench.core.torch_state import torch_scope
 from bench.data.loader import epoch_permutation, iter_batches
 from bench.data.registry import DatasetSplits, load_dataset
 from bench.data.views import ViewMaker, build_recipe
@@ -69,25 +70,19 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def configure_torch(cfg: RunConfig) -> torch.device:
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return pick_device(cfg.train.device)
+def cell_scope(cfg: RunConfig):
+    """The cell's torch settings (threads, determinism) and seeded generators, restored when the cell ends."""
+    return torch_scope(threads=cfg.train.threads, deterministic=cfg.train.deterministic, seed=cfg.seed)
 
 
 def build_method(cfg: RunConfig, splits: DatasetSplits) -> Method:
-    torch.manual_seed(cfg.seed)
+    """The method at its initialisation for ``cfg.seed``; the global generator is left as it was."""
     channels, size = splits.pretrain.channels, splits.pretrain.image_size
-    backbone = build_backbone(cfg.backbone, channels)
-    cls = method_class(cfg.method.name)
-    return cls(backbone, cfg.method, num_classes=splits.train.num_classes, image_shape=(channels, size, size))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        backbone = build_backbone(cfg.backbone, channels)
+        cls = method_class(cfg.method.name)
+        return cls(backbone, cfg.method, num_classes=splits.train.num_classes, image_shape=(channels, size, size))
 
 
 def autocast(cfg: RunConfig, device: torch.device):
@@ -129,8 +124,15 @@ def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None,
     Inside a process group (bench.train.distributed) every rank calls this: each trains on its contiguous
     share of every global batch with its own view generator, gradients are averaged over the ranks, the
     stop decisions (non-finite loss, SIGTERM) are agreed, and only rank 0 writes files and calls ``on_epoch``.
+    Torch's global settings are the cell's (:func:`cell_scope`) while it trains and restored afterwards.
     """
-    device = configure_torch(cfg)
+    with cell_scope(cfg):
+        return _train(cfg, run_dir, splits=splits, console=console, on_epoch=on_epoch)
+
+
+def _train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None, console: Console | None,
+           on_epoch: Callable[[dict], None] | None) -> TrainResult:
+    device = pick_device(cfg.train.device)
     world = world_size()
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size={cfg.batch_size} does not split evenly over the {world} processes of the cell "
