@@ -21,7 +21,7 @@ from bench.config import resolve_run_config
 from bench.data.decode import decode_images, read_bytes
 from bench.data.folder import FolderSet
 from bench.data.folder_crops import Interpolation, view_boxes
-from bench.data.loader import iter_batches
+from bench.data.loader import _decode_packed, _FolderBatches, iter_batches
 from bench.data.views import HostViews, ViewMaker, ViewSpec, build_recipe
 from bench.errors import DataError
 from bench.train.engine import train
@@ -200,3 +200,14 @@ def test_cuda_decode_matches_cpu_decode(marked_folder, tmp_path):
     assert gpu_views.clean.device.type == "cuda"
     for gpu, cpu in zip([*gpu_views.crops, gpu_views.clean], [*cpu_views.crops, cpu_views.clean]):
         assert gpu.shape == cpu.shape and (gpu.cpu().float() - cpu.float()).abs().mean() < 3
+
+
+def test_bytes_left_for_the_device_decode_to_the_workers_batch(marked_folder):
+    """The host half of the nvJPEG path (workers pack the bytes, the main process decodes and cuts), run on the CPU."""
+    plan = ViewMaker(build_recipe("simclr"), marked_folder.mean, marked_folder.std, SIZE, clean=True).plan(0, 0)
+    index = [2, 0, 3]
+    in_workers, labels, idx = _FolderBatches(marked_folder, plan, decode=True).__getitems__(index)
+    packed, _, same_idx = _FolderBatches(marked_folder, plan, decode=False).__getitems__(index)
+    assert packed[0].ndim == 1 and packed[1].tolist() == [p.stat().st_size for p in (marked_folder.files[i] for i in index)]
+    later = _decode_packed(marked_folder, packed, same_idx, CPU, plan)
+    assert all(torch.equal(a, b) for a, b in zip([*in_workers.crops, in_workers.clean], [*later.crops, later.clean]))

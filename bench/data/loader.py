@@ -69,10 +69,18 @@ def iter_batches(
         persistent_workers=False,
     )
     for images, labels, idx in loader:
-        if on_device:  # the workers read the bytes; decode the batch on the device and cut it there
-            index = idx.tolist()
-            images = split.assemble(decode_images(images, device, [split.files[i] for i in index]), index, views)
+        if on_device:
+            images = _decode_packed(split, images, idx, device, views)
         yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True), idx.to(device)
+
+
+def _decode_packed(split: FolderSet, packed: tuple[torch.Tensor, torch.Tensor], idx: torch.Tensor, device: torch.device,
+                   views: ViewPlan | None) -> torch.Tensor | HostViews:
+    """A batch the workers left as bytes (see ``_FolderBatches``), decoded on ``device`` and cut there."""
+    data, lengths = packed
+    index = idx.tolist()
+    images = decode_images(list(data.split(lengths.tolist())), device, [split.files[i] for i in index])
+    return split.assemble(images, index, views)
 
 
 class _FolderBatches(Dataset):
@@ -84,11 +92,15 @@ class _FolderBatches(Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitems__(self, index: list[int]) -> tuple[torch.Tensor | HostViews | list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        """The batch's images (or, with ``decode`` off, the files' bytes), labels and indices."""
+    def __getitems__(self, index: list[int]) -> tuple[torch.Tensor | HostViews | tuple[torch.Tensor, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """The batch's images, labels and indices; with ``decode`` off, the files' bytes instead of the images,
+        packed into one tensor with each file's length (one shared-memory block per batch, not one per file)."""
         files = [self.split.files[i] for i in index]
         data = [read_bytes(path) for path in files]
-        images = self.split.assemble(decode_images(data, CPU, files), index, self.views) if self.decode else data
+        if self.decode:
+            images = self.split.assemble(decode_images(data, CPU, files), index, self.views)
+        else:
+            images = (torch.cat(data), torch.tensor([len(d) for d in data]))
         return images, self.split.labels[index], torch.tensor(index)
 
 
