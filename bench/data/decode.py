@@ -31,6 +31,15 @@ def read_bytes(path: Path) -> torch.Tensor:
         raise DataError(f"cannot read image {path} ({err}); replace or delete that file") from err
 
 
+def read_rgb(path: Path) -> Image.Image:
+    """Open an image file as RGB as stored (no EXIF orientation); an unreadable file raises a DataError naming it."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read image {path} ({err}); replace or delete that file") from err
+
+
 def is_jpeg(data: torch.Tensor) -> bool:
     return bytes(data[:3].tolist()) == JPEG_MAGIC
 
@@ -59,7 +68,7 @@ def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
         image = image.flip(-1)
     elif orientation == 4:
         image = image.flip(-2)
-    return image.contiguous()
+    return image
 
 
 def decode_pil(data: torch.Tensor, name: object) -> torch.Tensor:
@@ -69,7 +78,7 @@ def decode_pil(data: torch.Tensor, name: object) -> torch.Tensor:
             rgb = ImageOps.exif_transpose(image).convert("RGB")
     except (OSError, ValueError, SyntaxError) as err:
         raise DataError(f"cannot read image {name} ({err}); replace or delete that file") from err
-    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
 
 
 def _decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
@@ -82,7 +91,7 @@ def decode_images(data: Sequence[torch.Tensor], device: torch.device, names: Seq
     """Decode encoded images (uint8 1-D CPU tensors) into uint8 RGB (3, H, W) tensors on ``device``.
 
     JPEGs are decoded as one batch by torchvision (libjpeg-turbo on CPU, nvJPEG on CUDA); a batch the decoder
-    refuses (CMYK, a damaged file) is retried image by image, and whatever it still refuses, like every
+    refuses (a damaged file, a colour space nvJPEG lacks) is retried image by image, and whatever it still refuses, like every
     non-JPEG file, is decoded by PIL on the host. ``names`` (one per image) name a file that cannot be read.
     """
     out: list[torch.Tensor | None] = [None] * len(data)
