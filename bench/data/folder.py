@@ -8,26 +8,30 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
+from bench.data.decode import decode_images, read_bytes
 from bench.data.disk import check_pretrain_split, require_files, require_root
+from bench.data.folder_crops import EVAL_CROP, Decode, Interpolation, cut_views, eval_image
+from bench.data.views import HostViews, ViewPlan
 from bench.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
 DEFAULT_IMAGE_SIZE = 224
+CPU = torch.device("cpu")
 
 
 @dataclass
 class FolderSet(Dataset):
-    """A split streamed from image files: item ``i`` is (uint8 (3, S, S), label, i).
+    """A split streamed from image files ``files[i]`` with labels ``labels[i]``.
 
-    Each image is converted to RGB, its shorter side resized to ``image_size`` (bilinear, antialiased)
-    and the centre ``image_size`` x ``image_size`` square cropped.
+    Item ``i`` is (the whole decoded image, uint8 RGB (3, H, W) with EXIF orientation applied, label, i).
+    Batches (``assemble``) are fixed-size: evaluation images (the shorter side resized to
+    ``round(image_size / eval_crop)``, the centre ``image_size`` square cut) or the training views of a
+    ``ViewPlan``, each cut from the whole image. A subset is ``dataclasses.replace`` with the chosen files and labels.
     """
 
     name: str
@@ -37,6 +41,9 @@ class FolderSet(Dataset):
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     image_size: int = DEFAULT_IMAGE_SIZE
+    eval_crop: float = EVAL_CROP
+    interpolation: Interpolation = Interpolation.bilinear
+    decode: Decode = Decode.auto
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -48,8 +55,20 @@ class FolderSet(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        image = torch.from_numpy(center_square(read_rgb(self.files[i]), self.image_size))
-        return image.permute(2, 0, 1).contiguous(), int(self.labels[i]), i
+        [image] = decode_images([read_bytes(self.files[i])], CPU, [self.files[i]])
+        return image, int(self.labels[i]), i
+
+    def assemble(self, images: list[torch.Tensor], index: list[int], plan: ViewPlan | None) -> torch.Tensor | HostViews:
+        """A batch of whole decoded images (any device) ``index``: evaluation images (B, 3, S, S), or ``plan``'s views."""
+        if plan is None:
+            return torch.stack([self.eval_image(image) for image in images])
+        views = [cut_views(image, i, plan, self.interpolation) for image, i in zip(images, index)]
+        clean = torch.stack([self.eval_image(image) for image in images]) if plan.clean else None
+        return HostViews([torch.stack(view) for view in zip(*views)], clean)
+
+    def eval_image(self, image: torch.Tensor) -> torch.Tensor:
+        """The evaluation (and clean) image of one whole decoded image: uint8 (3, image_size, image_size)."""
+        return eval_image(image, self.image_size, self.eval_crop, self.interpolation)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -66,25 +85,6 @@ class FolderSet(Dataset):
     def labeled(self) -> "FolderSet":
         """Every sample of a folder carries a label."""
         return self
-
-
-def read_rgb(path: Path) -> Image.Image:
-    """Open an image file as RGB; an unreadable file raises a DataError naming it."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot read image {path} ({err}); replace or delete that file") from err
-
-
-def center_square(image: Image.Image, size: int) -> np.ndarray:
-    """Resize the shorter side to ``size`` (bilinear, antialiased) and crop the centre; (size, size, 3) uint8."""
-    width, height = image.size
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return np.array(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
 # Imported here, after FolderSet, because the registry imports FolderSet from this module.
@@ -118,8 +118,11 @@ def load_imagefolder(cfg: DatasetConfig) -> DatasetSplits:
     def split(samples: Samples, name: str) -> FolderSet:
         files, labels = samples
         meta = {"root": str(cfg.root), "layout": layout, "split": name}
-        image_size = cfg.image_size or DEFAULT_IMAGE_SIZE
-        return FolderSet("imagefolder", files, torch.tensor(labels, dtype=torch.long), classes, image_size=image_size, meta=meta)
+        return FolderSet(
+            "imagefolder", files, torch.tensor(labels, dtype=torch.long), classes, image_size=cfg.image_size or DEFAULT_IMAGE_SIZE,
+            # Tiny ImageNet's 64 px squares are evaluated whole (resized to image_size), not centre-cropped
+            eval_crop=1.0 if layout == "tiny-imagenet" else EVAL_CROP, interpolation=cfg.interpolation, decode=cfg.decode, meta=meta,
+        )
 
     train_set = split(train, "train")
     return DatasetSplits(pretrain=train_set, train=train_set, test=split(val, "val"))

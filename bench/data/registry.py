@@ -13,6 +13,7 @@ from typing import Callable, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 from bench.data.base import ImageSet
+from bench.data.folder_crops import Decode, Interpolation
 from bench.errors import ConfigError
 
 
@@ -29,6 +30,11 @@ class DatasetConfig(BaseModel):
     n_test: int | None = Field(None, ge=10, description="synthetic sets: number of test images")
     seed: int = Field(0, description="synthetic sets: generator seed")
     classes_file: Path | None = Field(None, description="imagefolder: text file of class folder names to keep (ImageNet-100)")
+    interpolation: Interpolation = Field(
+        Interpolation.bilinear, description="imagefolder: resampling of the training crops and the evaluation resize (antialiased); "
+        "bicubic as DINOv2 / MAE")
+    decode: Decode = Field(Decode.auto, description="imagefolder: auto decodes JPEGs with nvJPEG when training on CUDA, "
+                           "cpu always in the DataLoader workers")
 
 
 @dataclass

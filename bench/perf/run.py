@@ -17,6 +17,7 @@ from rich.table import Table
 from bench.core.torch_state import threads_scope
 from bench.errors import ConfigError
 from bench.perf.evaluation import FULL_EVAL, QUICK_EVAL, measure_evaluation
+from bench.perf.folder import FULL_FOLDER, QUICK_FOLDER, measure_folder_decode
 from bench.perf.memory import max_batch
 from bench.perf.mvmr import mvmr_cache
 from bench.perf.references import measure_scenario
@@ -89,6 +90,8 @@ def perf(options: PerfOptions, out_dir: Path, console: Console) -> dict:
                 results["evaluation"] = measure_evaluation(QUICK_EVAL if options.quick else FULL_EVAL, device, scratch)
                 console.print("MV-MR with cached against recomputed representations ...")
                 results["mvmr"] = mvmr_cache(device, scratch, options.quick)
+                console.print("ImageFolder decode: our folder path against the PIL DataLoader ...")
+                results["folder"] = measure_folder_decode(QUICK_FOLDER if options.quick else FULL_FOLDER, device, scratch)
     results["seconds"] = time.perf_counter() - start
     results["targets"] = check_targets(results)
     results["note"] = note(results)

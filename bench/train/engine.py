@@ -225,7 +225,7 @@ def _train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None, conso
             t0, seen = time.perf_counter(), 0
             stop = False  # SIGTERM, agreed by all ranks
             batches = iter_batches(pretrain, cfg.batch_size // world, device, order=order, drop_last=True, start=start_batch,
-                                   workers=cfg.train.workers)
+                                   workers=cfg.train.workers, views=maker.plan(cfg.seed, epoch))
             for b, (images, labels, index) in enumerate(batches, start=start_batch):
                 step = epoch * steps_per_epoch + b
                 factor = lr_factor(cfg.schedule, step, total_steps, steps_per_epoch)
@@ -252,7 +252,7 @@ def _train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None, conso
                 for k, v in out.items():
                     if k != "loss":
                         logs_sum[k] = logs_sum.get(k, 0) + v.detach().float()
-                seen += images.shape[0] * world
+                seen += labels.shape[0] * world
                 check = (b + 1) % cfg.train.log_every == 0 or b + 1 == steps_per_epoch
                 if check:
                     first_bad = all_reduce(first_bad, "max")

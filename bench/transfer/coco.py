@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import Dataset
 
 from bench.data.disk import require_root
-from bench.data.folder import read_rgb
+from bench.data.decode import read_rgb
 from bench.errors import DataError
 
 COCO_2017_SPLITS = ("train2017", "val2017")
