@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from bench.core.cost import timed
 from bench.eval.features import accuracy_metrics, check_labels, topk_correct
 
 
@@ -29,6 +30,7 @@ class LinearConfig(BaseModel):
     seed: int = 0
 
 
+@timed("linear")
 def linear_probe(
     train_f: torch.Tensor,
     train_y: torch.Tensor,

@@ -33,9 +33,9 @@ from bench.tracking.mlflow_runs import retry_locked, tracking_uri
 
 #: the columns of ``suite_runs`` that describe a cell rather than its config or its metrics
 CELL_COLUMNS = ("cell_id", "run_id", "status", "fail_reason")
-#: final metrics that describe training or the features, not an evaluation protocol, also under a prefix
-#: such as a stage's (``detection.train.seconds``)
-NOT_PROTOCOLS = ("diag", "train")
+#: final metrics that describe training, the features, the cell's cost or a validation-split selection, not an
+#: evaluation protocol, also under a prefix such as a stage's (``detection.train.seconds``)
+NOT_PROTOCOLS = ("diag", "train", "cost", "val")
 #: a numeric axis whose largest value is this many times its smallest is drawn on a log scale
 LOG_RATIO = 10
 #: the width over which the points of one category are spread, so their error bars do not overlap

@@ -25,6 +25,7 @@ from rich.console import Console
 
 from bench.config.suite import load_suite
 from bench.errors import ConfigError
+from bench.report.provenance import environment_warnings
 from bench.report.reference import paper_column
 from bench.report.runs import STATUSES, resolve_key, suite_runs
 from bench.tracking.mlflow_runs import tracking_uri
@@ -240,6 +241,8 @@ def cmd_table(args: argparse.Namespace, console: Console) -> int:
     suite = load_suite(args.suite, args.set)
     df = suite_runs(suite, uri=tracking_uri(args.tracking) if args.tracking else None)
     table = pivot(df, args.rows, args.cols, args.metric, baseline=args.baseline)
+    for line in environment_warnings(df):
+        Console(stderr=True).print(f"warning: {line}", style="yellow", markup=False, highlight=False)
     if args.paper:
         table = paper_column(table)
     suffix = args.out.suffix.lstrip(".") if args.out else ""
