@@ -135,7 +135,7 @@ def search_cells(study: optuna.Study) -> list[Cell]:
     """The cells a search has sampled so far (each trial's latest attempt)."""
     seen: dict[str, Cell] = {}
     for t in study.get_trials(deepcopy=False):
-        if CONFIG_ATTR in t.user_attrs:
+        if AXES_ATTR in t.user_attrs:  # the last of the three a worker sets: the trial is complete enough to show
             seen[t.user_attrs[CELL_ATTR]] = Cell(t.user_attrs[CELL_ATTR], resolve_run_config(t.user_attrs[CONFIG_ATTR]),
                                                  t.user_attrs[AXES_ATTR])
     return list(seen.values())
