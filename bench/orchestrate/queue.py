@@ -16,7 +16,9 @@ import importlib.util
 import threading
 import warnings
 from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from bench.config.as_run import RunHistory, SuiteRun, by_first_run, next_record, suite_key
 from bench.config.suite import Cell, Suite
 from bench.stores import sqlite_file
 
@@ -34,6 +37,8 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 #: study user attributes
 SUITE_ATTR = "ssl_bench.suite"
 TRACKING_ATTR = "ssl_bench.tracking"
+#: ``<prefix><suite key>``: one variant that ``run`` queued, its ``SuiteRun`` record and ``suite`` (the YAML)
+SUITE_RUN_PREFIX = "ssl_bench.suite_run."
 #: trial user attributes
 CELL_ATTR, CONFIG_ATTR, AXES_ATTR = "cell_id", "config", "axes"
 RUN_ATTR, REASON_ATTR, EPOCH_ATTR, METRICS_ATTR = "mlflow_run_id", "fail_reason", "epoch", "metrics"
@@ -88,13 +93,32 @@ def queue_lock(url: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def create_study(suite: Suite, storage: RDBStorage, tracking: dict[str, str]) -> optuna.Study:
-    """Create (or load) the suite's study and record the suite and its tracking target on it."""
+def create_study(suite: Suite, storage: RDBStorage, tracking: dict[str, str], sets: Sequence[str],
+                 now: datetime) -> optuna.Study:
+    """Create (or load) the suite's study, record the suite and its tracking target on it, and record this variant
+    of the suite (queued at ``now`` with ``sets``) among the suite's runs (``study_history``)."""
     direction = suite.search.direction if suite.search else "maximize"
     study = optuna.create_study(study_name=suite.name, storage=storage, direction=direction, load_if_exists=True)
-    study.set_user_attr(SUITE_ATTR, suite.to_yaml())
+    text = suite.to_yaml()
+    study.set_user_attr(SUITE_ATTR, text)
     study.set_user_attr(TRACKING_ATTR, tracking)
+    attr = SUITE_RUN_PREFIX + suite_key(text)
+    previous = study.user_attrs.get(attr)
+    record = next_record(None if previous is None else _suite_run(previous), text, sets, now)
+    study.set_user_attr(attr, {**record.model_dump(mode="json"), "suite": text})
     return study
+
+
+def study_history(study: optuna.Study | None, where: str) -> RunHistory:
+    """The variants of the suite recorded on its study (none for a study that ``run`` never made, or None)."""
+    attrs = study.user_attrs if study is not None else {}
+    found = {key.removeprefix(SUITE_RUN_PREFIX): value for key, value in attrs.items() if key.startswith(SUITE_RUN_PREFIX)}
+    return RunHistory(by_first_run([_suite_run(value) for value in found.values()]), f"the Optuna storage {where}",
+                      lambda run: found[run.key]["suite"])
+
+
+def _suite_run(attr: dict[str, Any]) -> SuiteRun:
+    return SuiteRun.model_validate({k: v for k, v in attr.items() if k != "suite"})
 
 
 def enqueue_cells(study: optuna.Study, cells: list[Cell], *, retry_failed: bool = False) -> list[Cell]:
