@@ -1,7 +1,8 @@
 """Statistics across seeds: mean, sample std, a 95 % t-interval and n per group; t-tests against a baseline.
 
 ``summarize`` gives a group's ``Summary``: the interval is ``mean ± t(0.975, n−1) · s/√n`` (the t-distribution
-with n − 1 degrees of freedom; ``scipy.stats.t.interval``), none below two values. ``compare_arms`` tests one
+with n − 1 degrees of freedom; ``scipy.stats.t.interval``), none below two values; equal values give the point
+``[mean, mean]`` (where ``t.interval`` answers NaN for a zero scale). ``compare_arms`` tests one
 group against the baseline's with a two-sided t-test: paired by seed (``scipy.stats.ttest_rel``) when the
 arms pair, else Welch's (``scipy.stats.ttest_ind(equal_var=False)``). ``adjust`` gives the Benjamini–Hochberg
 q-values of a table's tests (``scipy.stats.false_discovery_control``).
