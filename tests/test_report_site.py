@@ -25,7 +25,6 @@ from bench.config.suite import expand_suite, load_suite, suite_from_yaml
 from bench.errors import ConfigError
 from bench.report.labels import EMPTY
 from bench.report.leaderboard import build_leaderboard, cmd_leaderboard
-from bench.report.metric_key import parse_metric
 from bench.report.plots import suite_plots
 from bench.tracking.mlflow_runs import SuiteTracker
 
@@ -90,14 +89,6 @@ def _errorbars(figure) -> dict[str, list[tuple[float, float, float]]]:
         drawn[container.get_label()] = [(x, y, (top[1] - bottom[1]) / 2)
                                         for (x, y), (bottom, top) in zip(line.get_xydata(), bars.get_segments())]
     return drawn
-
-
-def test_protocol_metrics_leave_out_training_and_feature_figures_under_any_prefix():
-    def is_protocol(metric: str) -> bool:
-        return parse_metric(metric).is_evaluation
-
-    assert all(map(is_protocol, ["linear.top1", "knn20.top1", "linear_1pct.top1", "cifar10.linear.top1", "detection.bbox.AP"]))
-    assert not any(map(is_protocol, ["diag.effective_rank", "train.seconds", "detection.train.seconds", "detection.train.iterations"]))
 
 
 def test_ablation_plots_equal_the_runs(ablation, stores, cell_runs, tmp_path):

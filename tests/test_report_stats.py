@@ -80,7 +80,8 @@ def test_metric_keys_name_split_dataset_protocol_and_name():
     box = parse_metric("detection.bbox.AP50")
     assert (box.family, box.protocol, box.name, box.is_accuracy, box.is_lead) == (Family.DETECTION, "detection.bbox", "AP50", False, False)
     assert parse_metric("detection.segm.AP").is_lead
-    for key in ("diag.effective_rank", "train.seconds", "detection.train.seconds", "cifar10.diag.effective_rank", "train.loss"):
+    for key in ("diag.effective_rank", "train.seconds", "detection.train.seconds", "detection.train.iterations",
+                "cifar10.diag.effective_rank", "train.loss"):
         assert not parse_metric(key).is_evaluation, key
     assert parse_metric("train.loss").lower_is_better and not knn.lower_is_better
     odd = parse_metric("a.b.linear.top1")
