@@ -23,6 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from bench.config.suite import Suite, load_suite, suite_from_yaml
 from bench.errors import ConfigError
 
+#: the key under which a store holds one variant's record: ``<prefix><suite key>`` (a study user attribute, a
+#: tag of the MLflow parent run)
+RECORD_PREFIX = "ssl_bench.suite_run."
+
 
 class SuiteRun(BaseModel):
     """One variant of a suite that ``run`` queued."""

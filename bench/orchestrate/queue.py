@@ -15,8 +15,7 @@ import fcntl
 import importlib.util
 import threading
 import warnings
-from collections.abc import Iterator
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,7 +25,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from bench.config.as_run import RunHistory, SuiteRun, by_first_run, next_record, suite_key
+from bench.config.as_run import RECORD_PREFIX, RunHistory, SuiteRun, by_first_run, next_record, suite_key
 from bench.config.suite import Cell, Suite
 from bench.stores import sqlite_file
 
@@ -37,8 +36,6 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 #: study user attributes
 SUITE_ATTR = "ssl_bench.suite"
 TRACKING_ATTR = "ssl_bench.tracking"
-#: ``<prefix><suite key>``: one variant that ``run`` queued, its ``SuiteRun`` record and ``suite`` (the YAML)
-SUITE_RUN_PREFIX = "ssl_bench.suite_run."
 #: trial user attributes
 CELL_ATTR, CONFIG_ATTR, AXES_ATTR = "cell_id", "config", "axes"
 RUN_ATTR, REASON_ATTR, EPOCH_ATTR, METRICS_ATTR = "mlflow_run_id", "fail_reason", "epoch", "metrics"
@@ -102,7 +99,7 @@ def create_study(suite: Suite, storage: RDBStorage, tracking: dict[str, str], se
     text = suite.to_yaml()
     study.set_user_attr(SUITE_ATTR, text)
     study.set_user_attr(TRACKING_ATTR, tracking)
-    attr = SUITE_RUN_PREFIX + suite_key(text)
+    attr = RECORD_PREFIX + suite_key(text)  # the record and the suite's YAML (``suite``)
     previous = study.user_attrs.get(attr)
     record = next_record(None if previous is None else _suite_run(previous), text, sets, now)
     study.set_user_attr(attr, {**record.model_dump(mode="json"), "suite": text})
@@ -112,7 +109,7 @@ def create_study(suite: Suite, storage: RDBStorage, tracking: dict[str, str], se
 def study_history(study: optuna.Study | None, where: str) -> RunHistory:
     """The variants of the suite recorded on its study (none for a study that ``run`` never made, or None)."""
     attrs = study.user_attrs if study is not None else {}
-    found = {key.removeprefix(SUITE_RUN_PREFIX): value for key, value in attrs.items() if key.startswith(SUITE_RUN_PREFIX)}
+    found = {key.removeprefix(RECORD_PREFIX): value for key, value in attrs.items() if key.startswith(RECORD_PREFIX)}
     return RunHistory(by_first_run([_suite_run(value) for value in found.values()]), f"the Optuna storage {where}",
                       lambda run: found[run.key]["suite"])
 

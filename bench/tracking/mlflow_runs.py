@@ -52,7 +52,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
 import bench
-from bench.config.as_run import RunHistory, SuiteRun, by_first_run, next_record, suite_key
+from bench.config.as_run import RECORD_PREFIX, RunHistory, SuiteRun, by_first_run, next_record, suite_key
 from bench.config.overrides import flatten
 from bench.config.run import RunConfig
 from bench.errors import ConfigError
@@ -65,8 +65,8 @@ Status = Literal["complete", "failed", "pruned"]
 RUN_STATUS: dict[str, str] = {"complete": "FINISHED", "failed": "FAILED", "pruned": "KILLED"}
 
 ROLE, SUITE, STATUS, FAIL_REASON = "ssl_bench.role", "ssl_bench.suite", "ssl_bench.status", "ssl_bench.fail_reason"
-#: parent tag ``<prefix><suite key>``: one variant of the suite that ``run`` queued; its YAML in ``SUITE_RUNS_DIR``
-SUITE_RUN_PREFIX, SUITE_RUNS_DIR = "ssl_bench.suite_run.", "suite_runs"
+#: the parent's artifact folder of the YAML of each variant of the suite that ``run`` queued
+SUITE_RUNS_DIR = "suite_runs"
 
 #: the columns ``mlflow.search_runs`` puts before ``metrics.*``, ``params.*`` and ``tags.*``
 RUN_COLUMNS = ["run_id", "experiment_id", "status", "artifact_uri", "start_time", "end_time"]
@@ -150,9 +150,9 @@ class SuiteTracker:
     def record_run(self, parent_id: str, suite_yaml: str, sets: Sequence[str], now: datetime) -> SuiteRun:
         """Record on the parent run that this variant of the suite (``sets`` applied) was queued at ``now``."""
         key = suite_key(suite_yaml)
-        previous = retry_locked(self.client.get_run, parent_id).data.tags.get(SUITE_RUN_PREFIX + key)
+        previous = retry_locked(self.client.get_run, parent_id).data.tags.get(RECORD_PREFIX + key)
         record = next_record(None if previous is None else SuiteRun.model_validate_json(previous), suite_yaml, sets, now)
-        retry_locked(self.client.set_tag, parent_id, SUITE_RUN_PREFIX + key, record.model_dump_json())
+        retry_locked(self.client.set_tag, parent_id, RECORD_PREFIX + key, record.model_dump_json())
         retry_locked(self.client.log_text, parent_id, suite_yaml, f"{SUITE_RUNS_DIR}/{key}.yaml")
         return record
 
@@ -267,7 +267,7 @@ def recorded_runs(client: MlflowClient, experiment_id: str, suite_name: str) -> 
     query = f"tags.`{ROLE}` = 'parent' and tags.`{SUITE}` = '{suite_name}'"
     parents = retry_locked(client.search_runs, [experiment_id], query, max_results=1)
     tags = parents[0].data.tags if parents else {}
-    runs = [SuiteRun.model_validate_json(value) for key, value in tags.items() if key.startswith(SUITE_RUN_PREFIX)]
+    runs = [SuiteRun.model_validate_json(value) for key, value in tags.items() if key.startswith(RECORD_PREFIX)]
 
     def suite_text(run: SuiteRun) -> str:
         with tempfile.TemporaryDirectory() as tmp:
