@@ -24,7 +24,8 @@ from mlflow import MlflowClient
 from rich.console import Console
 
 import bench
-from bench.config.suite import SearchConfig, Suite, load_suite
+from bench.config.search import SearchConfig
+from bench.config.suite import Suite, load_suite
 from bench.errors import ConfigError
 from bench.report.plots import Plot, fill_missing, headline_metrics, protocol_metrics, suite_axes, suite_plots, varying
 from bench.report.runs import STATUSES, suite_runs
