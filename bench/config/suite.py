@@ -1,7 +1,8 @@
 """A suite: one YAML file that expands into cells (fully resolved run configs), with its launch settings.
 
-``load_suite`` validates a suite file completely (structure, every cell, the search space) and raises one
-ConfigError listing every problem by its YAML key path. ``expand_suite`` gives the cells in a fixed order:
+``load_suite`` validates a suite file completely (structure, every cell, the search space, and the ``Checks``
+it is given: the preflight's models and data files) and raises one ConfigError listing every problem by its YAML
+key path. ``expand_suite`` gives the cells in a fixed order:
 the matrix product (zip entries are one axis each), each cell multiplied by its method's ablations, then
 by the seeds. A cell's id is the hash of its resolved config, so the same run in two suites is one cell.
 """
