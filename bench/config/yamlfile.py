@@ -47,8 +47,8 @@ class ConfigDumper(yaml.SafeDumper):
     """The safe dumper, quoting text that ConfigLoader would read as a number (``'1e-3'``)."""
 
 
-for _cls in (ConfigLoader, ConfigDumper):
-    _cls.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789"))
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789"))
+ConfigDumper.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789"))
 
 
 def dump_yaml(data: Any, **options: Any) -> str:

@@ -44,14 +44,14 @@ class _CellChecks:
 
     def problems(self, config: RunConfig) -> list[str]:
         lines = self._dataset("dataset", config.dataset)
-        channels = image_shape(config.dataset)[0]
+        shape = image_shape(config.dataset)
         for i, extra in enumerate(config.eval.datasets):
             lines += self._dataset(f"eval.datasets.{i}", extra)
-            if image_shape(extra)[0] != channels:
+            if image_shape(extra)[0] != shape[0]:
                 lines.append(f"eval.datasets.{i}.name: {extra.name} has {image_shape(extra)[0]}-channel images but the "
-                             f"backbone is pre-trained on {channels}-channel {config.dataset.name} images; evaluate on a "
-                             f"set with {channels} channel(s)")
-        return lines + self._models(config.method, config.backbone, image_shape(config.dataset))
+                             f"backbone is pre-trained on {shape[0]}-channel {config.dataset.name} images; evaluate on a "
+                             f"set with {shape[0]} channel(s)")
+        return lines + self._models(config.method, config.backbone, shape)
 
     def _dataset(self, key: str, dataset: DatasetConfig) -> list[str]:
         identity = dataset.model_dump_json()
