@@ -12,7 +12,6 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -24,12 +23,11 @@ EXIT_CELLS_FAILED = 5
 
 
 def _load_yaml(path: Path) -> dict:
-    if not path.exists():
+    from bench.config.yamlfile import read_yaml
+
+    if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
     return data
@@ -59,11 +57,15 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _suite(args: argparse.Namespace):
-    """The suite and all its cells: pre-training cells, then the detection cells that depend on them."""
-    from bench.config.suite import expand_suite, load_suite, stage_cells
+def _suite(args: argparse.Namespace, *, preflight: bool = False):
+    """The suite and all its cells: pre-training cells, then the detection cells that depend on them.
 
-    suite = load_suite(args.suite, args.set)
+    With ``preflight`` the suite's models are built and its data files looked for too (bench/orchestrate/preflight.py).
+    """
+    from bench.config.suite import expand_suite, load_suite, stage_cells
+    from bench.orchestrate.preflight import suite_checks
+
+    suite = load_suite(args.suite, args.set, suite_checks() if preflight else None)
     cells = expand_suite(suite)
     return suite, cells + stage_cells(suite, cells)
 
@@ -71,7 +73,7 @@ def _suite(args: argparse.Namespace):
 def cmd_validate(args: argparse.Namespace, console: Console) -> int:
     from bench.orchestrate.view import cells_table
 
-    suite, cells = _suite(args)
+    suite, cells = _suite(args, preflight=True)
     console.print(cells_table(cells, f"suite {suite.name}: {len(cells)} cells"))
     if suite.search:
         console.print(f"search: {len(suite.search.space)} parameters, {suite.search.sampler} sampler, "
@@ -83,7 +85,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from bench.orchestrate.launch import run_suite, storage_url
     from bench.orchestrate.view import cells_table, failure_lines, states_table
 
-    suite, cells = _suite(args)
+    suite, cells = _suite(args, preflight=True)
     if args.require_search and not suite.search:
         raise ConfigError(f"{args.suite}: `ssl-bench search` needs a search block; use `ssl-bench run` for a matrix suite")
     if args.dry_run:

@@ -28,7 +28,8 @@ from mlflow import MlflowClient
 from rich.console import Console
 
 import bench
-from bench.config.suite import SearchConfig, Suite
+from bench.config.search import SearchConfig
+from bench.config.suite import Suite
 from bench.errors import ConfigError
 from bench.report.labels import EMPTY, format_value, is_baseline, label_text, method_label
 from bench.report.metric_key import Family, MetricKey, parse_metric
