@@ -8,14 +8,14 @@ files registers the check it starts with (the files it needs exist), which the p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Annotated, Callable, Union
 
 from pydantic import Field
 
 from bench.data.base import ImageSet
 from bench.data.folder_crops import Decode, Interpolation
 from bench.errors import ConfigError
-from bench.schema import ConfigModel, PathField
+from bench.schema import FROM_YAML, ConfigModel, PathField
 
 
 class DatasetConfig(ConfigModel):
@@ -29,10 +29,10 @@ class DatasetConfig(ConfigModel):
     n_test: int | None = Field(None, ge=10, description="synthetic sets: number of test images")
     seed: int = Field(0, description="synthetic sets: generator seed")
     classes_file: PathField | None = Field(None, description="imagefolder: text file of class folder names to keep (ImageNet-100)")
-    interpolation: Interpolation = Field(
+    interpolation: Annotated[Interpolation, FROM_YAML] = Field(
         Interpolation.bilinear, description="imagefolder: resampling of the training crops and the evaluation resize (antialiased); "
         "bicubic as DINOv2 / MAE")
-    decode: Decode = Field(Decode.auto, description="imagefolder: auto decodes JPEGs with nvJPEG when training on CUDA, "
+    decode: Annotated[Decode, FROM_YAML] = Field(Decode.auto, description="imagefolder: auto decodes JPEGs with nvJPEG when training on CUDA, "
                            "cpu always in the DataLoader workers")
 
 

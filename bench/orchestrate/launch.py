@@ -139,10 +139,13 @@ def current_states(study: optuna.Study, cells: list[Cell], suite: Suite) -> list
 
 
 def search_cells(study: optuna.Study) -> list[Cell]:
-    """The cells a search has sampled so far (each trial's latest attempt)."""
+    """The cells a search has sampled so far (each trial's latest attempt).
+
+    A worker writes a sampled trial's attributes one at a time (cell, config, then axes), so a trial is a
+    cell here once its axes, the last of them, are written."""
     seen: dict[str, Cell] = {}
     for t in study.get_trials(deepcopy=False):
-        if CONFIG_ATTR in t.user_attrs:
+        if AXES_ATTR in t.user_attrs:
             seen[t.user_attrs[CELL_ATTR]] = Cell(t.user_attrs[CELL_ATTR], resolve_run_config(t.user_attrs[CONFIG_ATTR]),
                                                  t.user_attrs[AXES_ATTR])
     return list(seen.values())
