@@ -18,18 +18,22 @@ import yaml
 from optuna.trial import TrialState
 from postgres_server import PostgresUnavailable, postgres_url
 from suite_fixtures import DEFAULTS
-from test_suite_config import MALFORMED
 
 from bench.cli import EXIT_CELLS_FAILED, main
 from bench.core.torch_state import TorchSettings
 from bench.config.suite import expand_suite, load_suite
+from bench.data.cifar import CIFAR10_FILES
 from bench.orchestrate.launch import prepare
 from bench.orchestrate.queue import (
     CELL_ATTR,
     EPOCH_ATTR,
     REASON_ATTR,
+    SUITE_ATTR,
+    create_study,
     default_storage_url,
+    enqueue_cells,
     open_storage,
+    suite_storage,
 )
 from bench.orchestrate.slurm import launch_slurm
 from bench.orchestrate.worker import work
@@ -261,11 +265,33 @@ def test_two_workers_share_a_postgresql_queue(results, tmp_path, postgres):
     assert name in optuna.study.get_all_study_names(open_storage(bare))
 
 
-@pytest.mark.parametrize("text,expected", MALFORMED)
-def test_malformed_suite_is_refused_by_run_before_anything_is_written(text, expected, results, tmp_path, capsys):
-    path = tmp_path / "bad.yaml"
-    path.write_text(text)
-    assert main(["run", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert expected in " ".join(err.split()) and err.startswith("error:")
-    assert not results.exists()
+@pytest.mark.parametrize("method, expected", [
+    ({}, "defaults.dataset.root: {data}/cifar-10-batches-py lacks data_batch_1"),  # the data is not on this machine
+    ({"projector": "16-abc"}, "defaults.method.projector: Value error, not a head spec"),  # a study of an older ssl-bench
+    ({"temperature": float("inf")}, "defaults.method.temperature: Input should be a finite number"),
+])
+def test_worker_refuses_the_stored_suite_before_claiming_a_cell(method, expected, tmp_path, monkeypatch, capsys):
+    """``run`` validated the suite on its machine; a worker checks it again on its own, claiming nothing when it fails."""
+    data = tmp_path / "data" / CIFAR10_FILES.folder
+    data.mkdir(parents=True)
+    for name in (*CIFAR10_FILES.train, CIFAR10_FILES.test, CIFAR10_FILES.meta):
+        (data / name).touch()
+    dataset = {"name": "cifar10", "root": str(data.parent)}
+    path = write_suite(tmp_path / "w.yaml", "w", matrix={}, ablations={}, defaults=TINY["defaults"] | {"method": "simclr", "dataset": dataset})
+    suite = load_suite(path)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = create_study(suite, suite_storage(suite, url), {"uri": "sqlite:///unused.db", "experiment": "w", "parent_run_id": "-"})
+    enqueue_cells(study, expand_suite(suite))
+    if method:  # the study holds a suite that this version refuses
+        stored = yaml.safe_load(suite.to_yaml())
+        stored["defaults"]["method"] = {"name": "simclr", **method}
+        study.set_user_attr(SUITE_ATTR, yaml.safe_dump(stored))
+    else:  # the files were on the machine that ran the suite, not on this one
+        (data / "data_batch_1").unlink()
+    work_dir = tmp_path / "work"
+    work_dir.mkdir()
+    monkeypatch.chdir(work_dir)
+    assert main(["worker", "--storage", url, "--study", "w"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("error: the suite of study 'w': invalid suite") and expected.format(data=data.parent) in err
+    assert {t.state for t in study.get_trials()} == {TrialState.WAITING} and not any(work_dir.iterdir())

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic import Field, SerializeAsAny, ValidationError, field_validator
 
 from bench.config.overrides import normalize_sections
 from bench.data.registry import DatasetConfig, dataset_spec
@@ -18,14 +18,13 @@ from bench.eval.finetune import FinetuneConfig
 from bench.eval.linear import LinearConfig
 from bench.methods import MethodParams, method_class
 from bench.models.backbones import BackboneConfig
+from bench.schema import ConfigModel, PathField
 from bench.train.optim import OptimizerConfig
 from bench.train.schedule import ScheduleConfig
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(ConfigModel):
     """Engine settings: precision, checkpoints, monitors. They do not change what is learned."""
-
-    model_config = ConfigDict(extra="forbid")
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
@@ -41,13 +40,11 @@ class TrainConfig(BaseModel):
     log_every: int = Field(20, ge=1, description="fetch metrics from the device every N steps")
     progress: bool = Field(True, description="rich progress bar when attached to a terminal")
     workers: int = Field(4, ge=0, description="DataLoader workers for streamed (image folder) datasets")
-    cache_dir: Path = Field(Path("results/cache"), description="per-dataset caches (e.g. MV-MR's representations)")
+    cache_dir: PathField = Field(Path("results/cache"), description="per-dataset caches (e.g. MV-MR's representations)")
 
 
-class EvalConfig(BaseModel):
+class EvalConfig(ConfigModel):
     """Evaluations run after pre-training, on the frozen (or fine-tuned) backbone."""
-
-    model_config = ConfigDict(extra="forbid")
 
     knn: bool = True
     knn_k: list[int] = Field(default_factory=lambda: [20, 200])
@@ -83,9 +80,7 @@ class EvalConfig(BaseModel):
         return v
 
 
-class RunConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class RunConfig(ConfigModel):
     method: SerializeAsAny[MethodParams]
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
@@ -115,30 +110,40 @@ def resolve_run_config(data: dict[str, Any]) -> RunConfig:
     """Validate a (partial) run config, filling the method's paper defaults.
 
     The method section picks the hyper-parameter model; the optimizer and the view recipe default to
-    the method's own and any given field overrides them. Errors become one ConfigError naming the key.
+    the method's own and any given field overrides them. Errors become one ConfigError naming the key of each.
     """
     data = normalize_sections(copy.deepcopy(data))
     method = data.get("method")
     if not isinstance(method, dict) or "name" not in method:
         raise ConfigError("method: missing; set it, e.g. method=simclr")
     cls = method_class(method["name"])
+    lines = []
     try:
         data["method"] = cls.Params.model_validate(method)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, prefix="method")) from None
+        lines = problem_lines(err, prefix="method")
+        data["method"] = cls.Params.model_validate({"name": method["name"]})  # the paper's, to find the other problems too
     optimizer = data.get("optimizer") or {}
     if not isinstance(optimizer, dict):
         raise ConfigError("optimizer: expected a section such as {name: lars, lr: 0.3}")
     data["optimizer"] = {**cls.optimizer, **optimizer}
     data.setdefault("augment", cls.recipe)
     try:
-        return RunConfig.model_validate(data)
+        config = RunConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err)) from None
+        lines += problem_lines(err)
+    if lines:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
+    return config
 
 
 def format_validation_error(err: ValidationError, prefix: str = "") -> str:
     """One line per problem, each naming the dotted key path."""
+    return "invalid config:\n  " + "\n  ".join(problem_lines(err, prefix))
+
+
+def problem_lines(err: ValidationError, prefix: str = "") -> list[str]:
+    """The problems of ``err``, one line each, led by its dotted key path (under ``prefix``)."""
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(e["loc"]))
@@ -148,7 +153,7 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
             lines.append(f"{loc}: required key is missing")
         else:
             lines.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
-    return "invalid config:\n  " + "\n  ".join(lines)
+    return lines
 
 
 #: engine settings that never change what a run learns; left out of its identity

@@ -99,19 +99,40 @@ FOLDER_SOURCE = (
 )
 
 
+TINY_WNIDS, TINY_ANNOTATIONS = "wnids.txt", "val/val_annotations.txt"
+
+
+def _layout(cfg: DatasetConfig) -> tuple[Path, str]:
+    """The dataset folder and its layout, 'tiny-imagenet' or 'imagenet'; the files that layout starts from (and
+    the classes file) are checked to exist, none is read."""
+    check_pretrain_split("imagefolder", cfg.pretrain_split, ("train",))
+    require_root(cfg.root, "train/<class>/ and val/<class>/ image folders (ImageNet layout) or Tiny ImageNet's wnids.txt, train/, val/", FOLDER_SOURCE)
+    if cfg.classes_file is not None and not cfg.classes_file.is_file():
+        raise DataError(
+            f"classes file {cfg.classes_file} does not exist; set dataset.classes_file to a text file with one class folder name per line"
+        )
+    tiny = cfg.root / TINY_IMAGENET
+    directory = tiny if tiny.is_dir() else cfg.root
+    if (directory / TINY_WNIDS).is_file():
+        require_files(directory, [TINY_WNIDS, TINY_ANNOTATIONS], FOLDER_SOURCE)
+        return directory, "tiny-imagenet"
+    if not ((directory / "train").is_dir() and (directory / "val").is_dir()):
+        raise DataError(f"{directory} has neither train/ and val/ folders nor wnids.txt; {FOLDER_SOURCE}")
+    return directory, "imagenet"
+
+
 @register_dataset(
     "imagefolder",
     needs_root=True,
     summary="ImageNet / ImageNet-100 (train/ and val/ class folders) or Tiny ImageNet, streamed from disk",
+    channels=3,
+    size=DEFAULT_IMAGE_SIZE,
+    check=_layout,
 )
 def load_imagefolder(cfg: DatasetConfig) -> DatasetSplits:
     """Train and val FolderSets of an ImageNet-style or Tiny ImageNet folder (layout detected)."""
-    check_pretrain_split("imagefolder", cfg.pretrain_split, ("train",))
-    require_root(cfg.root, "train/<class>/ and val/<class>/ image folders (ImageNet layout) or Tiny ImageNet's wnids.txt, train/, val/", FOLDER_SOURCE)
-    tiny = cfg.root / TINY_IMAGENET
-    directory = tiny if tiny.is_dir() else cfg.root
+    directory, layout = _layout(cfg)
     wanted = _read_classes_file(cfg.classes_file) if cfg.classes_file is not None else None
-    layout = "tiny-imagenet" if (directory / "wnids.txt").is_file() else "imagenet"
     read = _tiny_imagenet if layout == "tiny-imagenet" else _imagenet
     classes, train, val = read(directory, wanted)
 
@@ -129,10 +150,6 @@ def load_imagefolder(cfg: DatasetConfig) -> DatasetSplits:
 
 
 def _read_classes_file(path: Path) -> list[str]:
-    if not path.is_file():
-        raise DataError(
-            f"classes file {path} does not exist; set dataset.classes_file to a text file with one class folder name per line"
-        )
     classes = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not classes:
         raise DataError(f"classes file {path} is empty; write one class folder name per line")
@@ -162,8 +179,6 @@ def _class_folders(folders: list[Path]) -> Samples:
 
 def _imagenet(directory: Path, wanted: list[str] | None) -> tuple[list[str], Samples, Samples]:
     """Classes and samples of ``train/<class>/`` and ``val/<class>/`` (classes: sorted folders, or ``wanted``)."""
-    if not ((directory / "train").is_dir() and (directory / "val").is_dir()):
-        raise DataError(f"{directory} has neither train/ and val/ folders nor wnids.txt; {FOLDER_SOURCE}")
     classes = wanted or sorted(p.name for p in (directory / "train").iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"{directory / 'train'} holds no class folders; {FOLDER_SOURCE}")
@@ -174,12 +189,11 @@ def _imagenet(directory: Path, wanted: list[str] | None) -> tuple[list[str], Sam
 
 def _tiny_imagenet(directory: Path, wanted: list[str] | None) -> tuple[list[str], Samples, Samples]:
     """Classes and samples of Tiny ImageNet: ``train/<wnid>/images/``, ``val/images/`` + ``val_annotations.txt``."""
-    annotations = directory / "val" / "val_annotations.txt"
-    require_files(directory, ["wnids.txt", "val/val_annotations.txt"], FOLDER_SOURCE)
-    wnids = sorted(line.strip() for line in (directory / "wnids.txt").read_text().splitlines() if line.strip())
+    annotations = directory / TINY_ANNOTATIONS
+    wnids = sorted(line.strip() for line in (directory / TINY_WNIDS).read_text().splitlines() if line.strip())
     unknown = [c for c in wanted or [] if c not in wnids]
     if unknown:
-        raise DataError(f"classes {', '.join(unknown)} of the classes file are not in {directory / 'wnids.txt'}")
+        raise DataError(f"classes {', '.join(unknown)} of the classes file are not in {directory / TINY_WNIDS}")
     classes = wanted or wnids
     train = _class_folders([directory / "train" / c / "images" for c in classes])
     index = {wnid: label for label, wnid in enumerate(classes)}

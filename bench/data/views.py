@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import torch
 import torchvision.transforms as T
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bench.data.augment import (
     color_jitter,
@@ -24,6 +24,7 @@ from bench.data.augment import (
     solarize,
 )
 from bench.errors import ConfigError
+from bench.schema import FROM_YAML, ConfigModel
 
 
 @dataclass
@@ -43,25 +44,25 @@ class Views:
 Probability = Annotated[float, Field(ge=0, le=1)]
 
 
-class ViewSpec(BaseModel):
+class ViewSpec(ConfigModel):
     """One augmented view: random resized crop, flip, colour jitter, grayscale, blur, solarization.
 
     Each photometric op is applied to a sample with its own probability; a spec with scale (1, 1),
     ratio (1, 1) and every probability 0 is the identity.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     size: int | None = Field(None, ge=1, description="output side in pixels; None: size_fraction x the dataset's image size")
     size_fraction: float = Field(1.0, gt=0, le=1, description="output side relative to the image size, when size is None")
-    scale: tuple[float, float] = Field((0.08, 1.0), description="range of the crop's area fraction")
-    ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="range of the crop's aspect ratio (w / h)")
+    scale: Annotated[tuple[float, float], FROM_YAML] = Field((0.08, 1.0), description="range of the crop's area fraction")
+    ratio: Annotated[tuple[float, float], FROM_YAML] = Field((3 / 4, 4 / 3), description="range of the crop's aspect ratio (w / h)")
     flip_p: Probability = 0.5
-    jitter: tuple[float, float, float, float] = Field((0.4, 0.4, 0.2, 0.1), description="brightness, contrast, saturation, hue strengths")
+    jitter: Annotated[tuple[float, float, float, float], FROM_YAML] = Field((0.4, 0.4, 0.2, 0.1), description="brightness, contrast, saturation, hue strengths")
     jitter_p: Probability = 0.8
     gray_p: Probability = 0.2
     blur_p: Probability = 0.0
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_sigma: Annotated[tuple[float, float], FROM_YAML] = (0.1, 2.0)
     blur_kernel: int | None = Field(None, description="odd kernel side; None: about 10% of the crop size (odd, >= 3)")
     solarize_p: Probability = 0.0
 

@@ -8,17 +8,16 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
 from bench.core.cost import timed
 from bench.eval.features import accuracy_metrics, check_labels, topk_correct
+from bench.schema import ConfigModel
 
 
-class LinearConfig(BaseModel):
+class LinearConfig(ConfigModel):
     """Linear-probe hyper-parameters (defaults: 100 epochs, SGD momentum 0.9, no weight decay, cosine)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(256, ge=1)

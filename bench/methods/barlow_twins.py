@@ -22,13 +22,13 @@ from torch import nn
 from bench.data.views import Views
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
-from bench.models.heads import mlp
+from bench.models.heads import HeadSpec, mlp
 from bench.train.distributed import gather_with_grad
 
 
 class BarlowTwinsParams(MethodParams):
     name: Literal["barlow_twins"] = "barlow_twins"
-    projector: str = Field("8192-8192-8192", description="projector widths (hidden BN, plain output)")
+    projector: HeadSpec = Field("8192-8192-8192", description="projector widths (hidden BN, plain output)")
     lambd: float = Field(0.0051, ge=0, description="weight lambda of the off-diagonal (redundancy reduction) term")
 
 

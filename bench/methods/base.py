@@ -20,21 +20,20 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from bench.data.views import Views
+from bench.models.heads import HeadSpec
+from bench.schema import ConfigModel
 
 T = TypeVar("T")
 
 
-class MethodParams(BaseModel):
+class MethodParams(ConfigModel):
     """Typed hyper-parameters of a method; each subclass holds the paper's defaults."""
 
-    model_config = ConfigDict(extra="forbid")
-
     name: str
-    projector: str = ""
+    projector: HeadSpec = ""
 
 
 class Method(nn.Module):

@@ -52,13 +52,13 @@ from torch import nn
 from bench.data.views import Views
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
-from bench.models.heads import mlp, out_dim
+from bench.models.heads import HeadSpec, mlp, out_dim
 from bench.train.distributed import gather_with_grad
 
 
 class CorInfoMaxParams(MethodParams):
     name: Literal["corinfomax"] = "corinfomax"
-    projector: str = Field(
+    projector: HeadSpec = Field(
         "4096-4096-128", description="projector widths (Linear-ReLU hidden layers, last Linear without bias)"
     )
     projector_bn: bool = Field(False, description="BN after each hidden Linear (the thesis' ImageNet-1K projector)")

@@ -30,14 +30,14 @@ from bench.errors import ConfigError
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
-from bench.models.heads import mlp, out_dim
+from bench.models.heads import HeadSpec, mlp, out_dim
 from bench.train.distributed import gather_with_grad
 
 
 class MoCoV3Params(MethodParams):
     name: Literal["mocov3"] = "mocov3"
-    projector: str = Field("4096-4096-256", description="projector widths (BN on every layer, the last without affine)")
-    predictor: str = Field("4096-256", description="predictor widths (hidden BN); must end at the projector width")
+    projector: HeadSpec = Field("4096-4096-256", description="projector widths (BN on every layer, the last without affine)")
+    predictor: HeadSpec = Field("4096-256", description="predictor widths (hidden BN); must end at the projector width")
     predictor_last_bn: bool = Field(False, description="BN on the predictor output (the paper's text)")
     temperature: float = Field(1.0, gt=0, description="tau of the contrastive loss (official ResNet-50 value)")
     momentum: float = Field(0.99, ge=0, le=1, description="m at step 0 (ResNet), raised to 1 by a cosine schedule")

@@ -45,13 +45,13 @@ from bench.eval.diagnostics import uniformity
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
-from bench.models.heads import mlp
+from bench.models.heads import HeadSpec, mlp
 from bench.train.distributed import gather_with_grad
 
 
 class MVEBParams(MethodParams):
     name: Literal["mveb"] = "mveb"
-    projector: str = Field("2048-2048-2048", description="projector widths (hidden BN + ReLU, last Linear with bias)")
+    projector: HeadSpec = Field("2048-2048-2048", description="projector widths (hidden BN + ReLU, last Linear with bias)")
     beta: float = Field(0.01, ge=0, description="beta, weight of the entropy term (Eq. 11)")
     target: Literal["momentum", "shared"] = Field(
         "momentum", description="target branch: EMA copy (no gradient) or the online network itself (with gradient)"

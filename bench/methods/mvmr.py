@@ -43,7 +43,7 @@ from bench.data.views import Views
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.vicreg import variance_hinge
-from bench.models.heads import mlp
+from bench.models.heads import HeadSpec, mlp
 from bench.train.distributed import gather_with_grad
 from bench.representations import (
     AUGMENTED,
@@ -68,7 +68,7 @@ Term = Literal["l1", "l2", "l3"]
 
 class MVMRParams(MethodParams):
     name: Literal["mvmr"] = "mvmr"
-    projector: str = Field("8192-8192-8192", description="projector widths (Linear without bias, BN+ReLU hidden, plain last)")
+    projector: HeadSpec = Field("8192-8192-8192", description="projector widths (Linear without bias, BN+ReLU hidden, plain last)")
     representations: list[RepName] = Field(
         ["raw", "scattering", "augmented", "hog", "lsd"], description="the z*_k of L3 (the paper's five by default)"
     )

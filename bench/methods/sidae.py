@@ -40,7 +40,7 @@ from bench.errors import ConfigError
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.simsiam import SimSiam, SimSiamParams, simsiam_loss
-from bench.models.heads import mlp, out_dim
+from bench.models.heads import HeadSpec, mlp, out_dim
 
 #: decoder channels from the 1 x 1 map to the last hidden transposed convolution
 DECODER_CHANNELS = (512, 256, 128, 64, 32)
@@ -65,7 +65,7 @@ class SidAEParams(SimSiamParams):
 
 class DAEParams(MethodParams):
     name: Literal["dae"] = "dae"
-    projector: str = Field("2048-2048-2048", description="projection MLP widths (BN on every layer, output included)")
+    projector: HeadSpec = Field("2048-2048-2048", description="projection MLP widths (BN on every layer, output included)")
     projector_last_bn_affine: bool = Field(False, description="affine parameters on the projector's output BN")
     target: ReconstructionTarget = Field("clean", description=_TARGET_DESCRIPTION)
 

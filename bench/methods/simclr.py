@@ -25,13 +25,13 @@ from torch import nn
 from bench.data.views import Views
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
-from bench.models.heads import mlp
+from bench.models.heads import HeadSpec, mlp
 from bench.train.distributed import gather_with_grad
 
 
 class SimCLRParams(MethodParams):
     name: Literal["simclr"] = "simclr"
-    projector: str = Field("2048-128", description="projection MLP g widths (hidden BN, plain output)")
+    projector: HeadSpec = Field("2048-128", description="projection MLP g widths (hidden BN, plain output)")
     projector_last_bn: bool = Field(False, description="BN on the projector output (official code variant)")
     temperature: float = Field(0.1, gt=0, description="NT-Xent temperature tau (paper, ImageNet)")
 

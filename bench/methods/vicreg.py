@@ -26,13 +26,13 @@ from torch import nn
 from bench.data.views import Views
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
-from bench.models.heads import mlp
+from bench.models.heads import HeadSpec, mlp
 from bench.train.distributed import gather_with_grad
 
 
 class VICRegParams(MethodParams):
     name: Literal["vicreg"] = "vicreg"
-    projector: str = Field("8192-8192-8192", description="expander widths (hidden BN, plain output)")
+    projector: HeadSpec = Field("8192-8192-8192", description="expander widths (hidden BN, plain output)")
     sim_coeff: float = Field(25.0, ge=0, description="lambda, weight of the invariance term")
     std_coeff: float = Field(25.0, ge=0, description="mu, weight of the variance term")
     cov_coeff: float = Field(1.0, ge=0, description="nu, weight of the covariance term")

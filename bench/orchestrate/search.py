@@ -11,7 +11,7 @@ from typing import Any
 
 import optuna
 
-from bench.config.suite import SearchConfig
+from bench.config.search import SearchConfig
 
 DEFAULT_METRIC = "knn20.top1"
 

@@ -50,6 +50,7 @@ from bench.orchestrate.queue import (
     queue_lock,
     suite_storage,
 )
+from bench.orchestrate.preflight import suite_checks
 from bench.orchestrate.search import (
     build_pruner,
     build_sampler,
@@ -92,7 +93,8 @@ class Context:
         if SUITE_ATTR not in attrs:
             raise UserError(f"study '{study_name}' in {storage_url} was not created by ssl-bench run; run the suite first")
         self.url = storage_url
-        self.suite: Suite = suite_from_yaml(attrs[SUITE_ATTR])
+        # the data files may be missing on this machine: refused before any cell is claimed or anything is written
+        self.suite: Suite = suite_from_yaml(attrs[SUITE_ATTR], source=f"the suite of study '{study_name}'", checks=suite_checks())
         self.storage = suite_storage(self.suite, storage_url)
         search = self.suite.search
         self.study = optuna.load_study(study_name=study_name, storage=self.storage,

@@ -16,11 +16,10 @@ from mlflow.exceptions import MlflowException
 from rich.console import Console
 from rich.table import Table
 
-from bench.config.suite import load_suite
 from bench.errors import ConfigError
+from bench.report.labels import EMPTY, format_value
 from bench.report.provenance import fingerprint_differences
-from bench.report.runs import CELL_TAG, experiment_id, final_metrics, run_status, tracking_client
-from bench.report.table import EMPTY, format_value
+from bench.report.runs import CELL_TAG, experiment_id, final_metrics, run_status, shown_report_suite, tracking_client
 from bench.tracking.mlflow_runs import ROLE, retry_locked, tracking_uri
 
 #: config keys shown even where the runs agree
@@ -56,7 +55,9 @@ def compare(runs: list[str], *, uri: str, experiment: str | None = None) -> Tabl
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     """``ssl-bench compare RUN_OR_CELL ... [--suite SUITE]``: print the runs side by side."""
     if args.suite:
-        suite = load_suite(args.suite, args.set)
+        shown = shown_report_suite(args.suite, args.set, as_run=args.as_run, as_file=args.as_file, tracking=args.tracking)
+        console.print(shown.line, markup=False, highlight=False)
+        suite = shown.suite
         uri, experiment = tracking_uri(args.tracking or suite.tracking.mlflow_uri), suite.tracking.experiment or suite.name
     else:
         uri, experiment = tracking_uri(args.tracking), None

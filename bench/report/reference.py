@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NamedTuple
@@ -22,17 +21,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from bench.config.run import format_validation_error
 from bench.errors import ConfigError
+from bench.report.metric_key import Family, Split, parse_metric
 
 if TYPE_CHECKING:
-    from bench.report.table import Pivot
+    from bench.report.pivot import Pivot
 
 PUBLISHED = Path(__file__).with_name("published.yaml")
-#: ``linear.top1``, ``linear_1pct.top1``, ``finetune.top5`` (label fractions are written ``<x>pct``)
-PROBE_METRIC = re.compile(r"(?P<protocol>linear|finetune)(?:_(?P<pct>[\d.]+)pct)?\.(?P<metric>top\d+)")
-#: ``knn20.top1``
-KNN_METRIC = re.compile(r"knn(?P<k>\d+)\.(?P<metric>top\d+)")
-#: ``cifar10.linear.top1``: a protocol on another labelled set than the pre-training one (``eval.datasets``)
-OTHER_SET = re.compile(r"(?P<dataset>[a-z][a-z0-9_]*)\.(?P<rest>(?:linear|finetune|knn).*)")
+#: the metric families that published tables report, as ``Reference.protocol`` names them
+PUBLISHED_FAMILIES = frozenset({Family.KNN, Family.LINEAR, Family.FINETUNE})
 
 
 class Reference(BaseModel):
@@ -100,17 +96,13 @@ def published(path: Path = PUBLISHED) -> tuple[Reference, ...]:
 
 
 def metric_lookup(metric: str) -> Lookup | None:
-    """The protocol of an ssl-bench metric: ``linear.top1`` -> linear probe, ``linear_1pct.top1`` -> with 1% of the
-    labels, ``knn20.top1`` -> kNN with k = 20, ``finetune.top1`` -> fine-tuning, ``cifar10.linear.top1`` -> the
-    linear probe on CIFAR-10 after pre-training elsewhere; None for any other metric."""
-    if (other := OTHER_SET.fullmatch(metric)) and (lookup := metric_lookup(other["rest"])) and lookup.evaluated_on is None:
-        return lookup._replace(evaluated_on=other["dataset"])
-    if match := PROBE_METRIC.fullmatch(metric):
-        labels = f"{match['pct']}%" if match["pct"] else None
-        return Lookup(match["protocol"], match["metric"], labels, None)
-    if match := KNN_METRIC.fullmatch(metric):
-        return Lookup("knn", match["metric"], None, int(match["k"]))
-    return None
+    """The protocol of an ssl-bench test metric: ``linear.top1`` -> linear probe, ``linear_1pct.top1`` -> with 1% of
+    the labels, ``knn20.top1`` -> kNN with k = 20, ``finetune.top1`` -> fine-tuning, ``cifar10.linear.top1`` -> the
+    linear probe on CIFAR-10 after pre-training elsewhere; None for any other metric (and every ``val.`` metric)."""
+    key = parse_metric(metric)
+    if key.split != Split.TEST or key.family not in PUBLISHED_FAMILIES or not key.is_accuracy:
+        return None
+    return Lookup(key.family.value, key.name, key.labels, key.k, key.dataset)
 
 
 def find_reference(method: str, dataset: str, lookup: Lookup, *, backbone: str | None = None,

@@ -7,7 +7,10 @@ Columns: ``cell_id``, ``run_id`` (None for a cell never run), ``status`` (one of
 The fingerprint tags of a cell's run are columns too (``fingerprint.packages.torch``, ``bench.report.provenance``).
 A search suite has no fixed cells: its rows are the child runs found, with their config read from the run's
 ``config.yaml``. Lists and mappings become text (``[scattering, hog]``), so every column can be grouped.
-Runs are read with an explicit ``MlflowClient``, never through MLflow's global state.
+A cell whose run is tagged with a baseline's method (``labels.Baseline``: ``random_init``, ``raw_pixels``) has
+that method. Runs are read with an explicit ``MlflowClient``, never through MLflow's global state.
+``shown_report_suite`` picks the variant of a suite that a report shows (``bench.config.as_run``) from the
+records of its MLflow parent run.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import difflib
 import math
 import tempfile
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -23,18 +27,22 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
+from bench.config.as_run import RunHistory, Shown, shown_suite
 from bench.config.overrides import flatten
 from bench.config.suite import Suite, expand_suite
 from bench.errors import ConfigError
 from bench.methods import all_methods
+from bench.report.labels import is_baseline
 from bench.report.provenance import fingerprint_tags
 from bench.stores import sqlite_file
-from bench.tracking.mlflow_runs import FAIL_REASON, ROLE, STATUS, SUITE, retry_locked, tracking_uri
+from bench.tracking.mlflow_runs import FAIL_REASON, ROLE, STATUS, SUITE, recorded_runs, retry_locked, tracking_uri
 
 #: the status of a cell (see ``run_status``)
 STATUSES = ("complete", "failed", "running", "pruned", "missing")
 #: the tag naming a child run's cell
 CELL_TAG = "ssl_bench.cell_id"
+#: the tag naming a child run's method
+METHOD_TAG = "ssl_bench.method"
 #: per-epoch metrics are logged as ``train/<x>`` and ``knn/<x>``; final metrics have no slash
 EPOCH_METRIC_MARK = "/"
 
@@ -60,6 +68,26 @@ def suite_runs(suite: Suite, *, uri: str | None = None) -> pd.DataFrame:
     for column in ("run_id", "fail_reason"):  # None (not NaN) where there is no run or no reason
         frame[column] = pd.Series([row[column] for row in rows], index=frame.index, dtype=object)
     return frame
+
+
+def shown_report_suite(path: Path, sets: Sequence[str], *, as_run: int | None, as_file: bool,
+                       tracking: str | None) -> Shown:
+    """The variant of the suite at ``path`` that a report shows (``as_run.shown_suite``), from the records on its
+    MLflow parent run in ``tracking`` (default: the suite's tracking URI)."""
+    return shown_suite(path, sets, as_run=as_run, as_file=as_file,
+                       history=lambda suite: mlflow_history(suite, tracking_uri(tracking or suite.tracking.mlflow_uri)))
+
+
+def mlflow_history(suite: Suite, uri: str) -> RunHistory:
+    """The variants of ``suite``'s name recorded in the store at ``uri`` (none when it has no such experiment)."""
+    store = sqlite_file(uri)
+    experiment = None
+    if store is None or store.is_file():
+        client = MlflowClient(tracking_uri=uri)
+        experiment = retry_locked(client.get_experiment_by_name, suite.tracking.experiment or suite.name)
+    if experiment is None:
+        return RunHistory([], f"the MLflow store {uri}", lambda run: "")
+    return recorded_runs(client, experiment.experiment_id, suite.name)
 
 
 def resolve_key(df: pd.DataFrame, key: str) -> str:
@@ -165,4 +193,6 @@ def _row(cell_id: str, config: dict[str, Any], axes: dict[str, Any], run: Run | 
     if run is not None:
         row.update(final_metrics(run))
         row.update(fingerprint_tags(run.data.tags))
+        if is_baseline(run.data.tags.get(METHOD_TAG)):
+            row["method"] = run.data.tags[METHOD_TAG]
     return row

@@ -24,6 +24,9 @@ Names written to MLflow:
   ``cost.peak_mem_gb.<stage>``, ``cost.gpus``, ``cost.gpu_seconds``, ``cost.gpu_hours``, ``cost.image_epochs``.
 - artifacts: ``suite.yaml`` (parent), ``config.yaml``, ``report.json``, ``fingerprint.json`` and ``diff.patch``
   (when the code was dirty) (cells).
+- the variants of the suite that ``run`` queued (``bench.config.as_run``): on the parent, one tag
+  ``ssl_bench.suite_run.<key>`` per variant (its ``SuiteRun`` record as JSON) and the artifact
+  ``suite_runs/<key>.yaml`` (the resolved suite).
 
 Several workers may write to one SQLite store at once. MLflow gives every SQLite session a 20 s busy
 timeout, but SQLite answers "database is locked" at once where waiting could deadlock; such calls are
@@ -36,8 +39,10 @@ import json
 import os
 import random
 import socket
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import unquote, urlparse
@@ -51,6 +56,7 @@ from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
+from bench.config.as_run import RECORD_PREFIX, RunHistory, SuiteRun, by_first_run, next_record, suite_key
 from bench.config.overrides import flatten
 from bench.config.run import RunConfig
 from bench.errors import ConfigError
@@ -64,6 +70,8 @@ Status = Literal["complete", "failed", "pruned"]
 RUN_STATUS: dict[str, str] = {"complete": "FINISHED", "failed": "FAILED", "pruned": "KILLED"}
 
 ROLE, SUITE, STATUS, FAIL_REASON = "ssl_bench.role", "ssl_bench.suite", "ssl_bench.status", "ssl_bench.fail_reason"
+#: the parent's artifact folder of the YAML of each variant of the suite that ``run`` queued
+SUITE_RUNS_DIR = "suite_runs"
 
 #: the columns ``mlflow.search_runs`` puts before ``metrics.*``, ``params.*`` and ``tags.*``
 RUN_COLUMNS = ["run_id", "experiment_id", "status", "artifact_uri", "start_time", "end_time"]
@@ -146,6 +154,15 @@ class SuiteTracker:
             retry_locked(self.client.set_tag, run_id, STATUS, "running")
         retry_locked(self.client.log_text, run_id, suite_yaml, "suite.yaml")
         return run_id
+
+    def record_run(self, parent_id: str, suite_yaml: str, sets: Sequence[str], now: datetime) -> SuiteRun:
+        """Record on the parent run that this variant of the suite (``sets`` applied) was queued at ``now``."""
+        key = suite_key(suite_yaml)
+        previous = retry_locked(self.client.get_run, parent_id).data.tags.get(RECORD_PREFIX + key)
+        record = next_record(None if previous is None else SuiteRun.model_validate_json(previous), suite_yaml, sets, now)
+        retry_locked(self.client.set_tag, parent_id, RECORD_PREFIX + key, record.model_dump_json())
+        retry_locked(self.client.log_text, parent_id, suite_yaml, f"{SUITE_RUNS_DIR}/{key}.yaml")
+        return record
 
     def start_cell(self, parent_id: str, cell_id: str, config: RunConfig, *, suite: str, axes: dict[str, Any],
                    trial: dict[str, Any], run_id: str | None = None) -> str:
@@ -264,6 +281,21 @@ class SuiteTracker:
             token = page.token
             if not token:
                 return
+
+
+def recorded_runs(client: MlflowClient, experiment_id: str, suite_name: str) -> RunHistory:
+    """The variants of suite ``suite_name`` recorded on its parent run in ``experiment_id`` (none without one)."""
+    query = f"tags.`{ROLE}` = 'parent' and tags.`{SUITE}` = '{suite_name}'"
+    parents = retry_locked(client.search_runs, [experiment_id], query, max_results=1)
+    tags = parents[0].data.tags if parents else {}
+    runs = [SuiteRun.model_validate_json(value) for key, value in tags.items() if key.startswith(RECORD_PREFIX)]
+
+    def suite_text(run: SuiteRun) -> str:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = retry_locked(client.download_artifacts, parents[0].info.run_id, f"{SUITE_RUNS_DIR}/{run.key}.yaml", tmp)
+            return Path(path).read_text()
+
+    return RunHistory(by_first_run(runs), f"the MLflow store {client.tracking_uri}", suite_text)
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:

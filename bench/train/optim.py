@@ -9,16 +9,16 @@ over the processes of a distributed run.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
+from bench.schema import FROM_YAML, ConfigModel
 
-class OptimizerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
+class OptimizerConfig(ConfigModel):
     name: Literal["sgd", "lars", "adam", "adamw"] = "adamw"
     lr: float = Field(1e-3, gt=0, description="base learning rate at reference_batch")
     lr_scaling: Literal["none", "linear", "sqrt"] = Field(
@@ -27,7 +27,7 @@ class OptimizerConfig(BaseModel):
     reference_batch: int = Field(256, ge=1)
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: Annotated[tuple[float, float], FROM_YAML] = (0.9, 0.999)
     exclude_bias_bn: bool = Field(True, description="no weight decay (and no LARS adaptation) on biases and norm parameters")
     lars_eta: float = Field(0.001, gt=0, description="LARS trust coefficient")
 
