@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from bench.config import apply_overrides, resolve_run_config
+from bench.config.search import SearchConfig
 from bench.core import cost
 from bench.core.cost import cell_clock, cost_metrics, stage, timed
+from bench.orchestrate.search import objective_value
 from bench.runner import METRICS, run
 from bench.train.checkpoint import load_checkpoint
 
@@ -96,6 +98,9 @@ def test_a_cell_reports_its_cost_and_a_resumed_cell_adds_the_checkpointed_second
     assert first["cost.image_epochs"] == 128 and first["cost.gpus"] == 1 and first["cost.peak_mem_gb.train"] > 0
     assert first["cost.gpu_hours"] == first["cost.wall.total"] / 3600
     assert first["val.rankme"] == json.loads((tmp_path / METRICS).read_text())["history"][-1]["val/rankme"] > 1
+    label_free = SearchConfig.model_validate({"space": {"optimizer.lr": {"type": "float", "low": 0.01, "high": 0.1}},
+                                              "metric": "val.rankme"})
+    assert objective_value(first, label_free) == first["val.rankme"]  # a search objective that reads no label
     kept = load_checkpoint(tmp_path)["cost"]  # written at the last epoch, inside the train stage
     (tmp_path / METRICS).unlink()
     again = run(cfg, tmp_path)["metrics"]  # resumes at the end of training: evaluates again
