@@ -28,12 +28,11 @@ from bench.config.suite import Cell, Suite
 from bench.errors import ConfigError
 from bench.stores import sqlite_file
 from bench.tracking.fingerprint import TAG_PREFIX, device_model
-from bench.tracking.mlflow_runs import ROLE, STATUS, flatten_params, retry_locked, tracking_uri
+from bench.tracking.mlflow_runs import CELL_ID, ROLE, STATUS, flatten_params, retry_locked, tracking_uri
 from bench.train.engine import pick_device
 
 NO_ESTIMATE = "no estimate: no completed cell with the same method/backbone/dataset"
 DEVICE_TAG = f"{TAG_PREFIX}hardware.device"
-CELL_TAG = "ssl_bench.cell_id"
 
 
 @dataclass(frozen=True)
@@ -123,7 +122,7 @@ def _seconds(cells: list[PendingCell], basis: list[CompletedCell]) -> tuple[floa
 
 def completed_cells(uri: str) -> list[CompletedCell]:
     """Every complete cell with ``cost.*`` metrics in the store at ``uri`` (all experiments), the latest run of each
-    cell id. None when the store does not exist (nothing is created)."""
+    cell id; none when the store does not exist (nothing is created)."""
     store = sqlite_file(uri)
     if store is not None and not store.is_file():
         return []
@@ -132,14 +131,14 @@ def completed_cells(uri: str) -> list[CompletedCell]:
     query = f"tags.`{ROLE}` = 'cell' and tags.`{STATUS}` = 'complete'"
     found: dict[str, CompletedCell] = {}
     token = None
-    while experiments:
+    while experiments:  # a page at a time, newest first
         page = retry_locked(client.search_runs, experiments, query, order_by=["attributes.start_time DESC"], page_token=token)
         for run in page:
             metrics, params, tags = run.data.metrics, run.data.params, run.data.tags
-            if "cost.image_epochs" not in metrics or DEVICE_TAG not in tags or tags.get(CELL_TAG) in found:
+            if "cost.image_epochs" not in metrics or DEVICE_TAG not in tags or tags.get(CELL_ID) in found:
                 continue
             sig = signature(params, gpus=int(metrics["cost.gpus"]), device=tags[DEVICE_TAG])
-            found[tags[CELL_TAG]] = CompletedCell(tags[CELL_TAG], sig, int(params["epochs"]), metrics["cost.wall.train"],
+            found[tags[CELL_ID]] = CompletedCell(tags[CELL_ID], sig, int(params["epochs"]), metrics["cost.wall.train"],
                                                   metrics["cost.wall.total"], metrics["cost.image_epochs"])
         token = page.token
         if not token:

@@ -15,7 +15,7 @@ DATA, DATA_CONFIG, DATASET = (f"{TAG_PREFIX}data.sha256", f"{TAG_PREFIX}data.con
 SHORT = 12
 
 
-def fingerprint_tags(tags: Mapping[str, str]) -> dict[str, str]:
+def fingerprint_columns(tags: Mapping[str, str]) -> dict[str, str]:
     """The fingerprint tags among a run's tags (its id and ``fingerprint.*``)."""
     return {k: v for k, v in tags.items() if k == ID_TAG or k.startswith(TAG_PREFIX)}
 

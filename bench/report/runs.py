@@ -33,7 +33,7 @@ from bench.config.suite import Suite, expand_suite
 from bench.errors import ConfigError
 from bench.methods import all_methods
 from bench.report.labels import is_baseline
-from bench.report.provenance import fingerprint_tags
+from bench.report.provenance import fingerprint_columns
 from bench.stores import sqlite_file
 from bench.tracking.mlflow_runs import FAIL_REASON, ROLE, STATUS, SUITE, recorded_runs, retry_locked, tracking_uri
 
@@ -192,7 +192,7 @@ def _row(cell_id: str, config: dict[str, Any], axes: dict[str, Any], run: Run | 
     row.update(flatten_config(config))
     if run is not None:
         row.update(final_metrics(run))
-        row.update(fingerprint_tags(run.data.tags))
+        row.update(fingerprint_columns(run.data.tags))
         if is_baseline(run.data.tags.get(METHOD_TAG)):
             row["method"] = run.data.tags[METHOD_TAG]
     return row

@@ -70,6 +70,7 @@ Status = Literal["complete", "failed", "pruned"]
 RUN_STATUS: dict[str, str] = {"complete": "FINISHED", "failed": "FAILED", "pruned": "KILLED"}
 
 ROLE, SUITE, STATUS, FAIL_REASON = "ssl_bench.role", "ssl_bench.suite", "ssl_bench.status", "ssl_bench.fail_reason"
+CELL_ID = "ssl_bench.cell_id"
 #: the parent's artifact folder of the YAML of each variant of the suite that ``run`` queued
 SUITE_RUNS_DIR = "suite_runs"
 
@@ -176,7 +177,7 @@ class SuiteTracker:
             ROLE: "cell",
             SUITE: suite,
             STATUS: "running",
-            "ssl_bench.cell_id": cell_id,
+            CELL_ID: cell_id,
             "ssl_bench.method": config.method.name,
             "ssl_bench.dataset": config.dataset.name,
             "ssl_bench.seed": str(config.seed),
