@@ -89,7 +89,10 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     if args.require_search and not suite.search:
         raise ConfigError(f"{args.suite}: `ssl-bench search` needs a search block; use `ssl-bench run` for a matrix suite")
     if args.dry_run:
+        from bench.orchestrate.estimate import estimate_table
+
         console.print(cells_table(cells, f"suite {suite.name}: {len(cells)} cells (dry run: nothing queued)"))
+        console.print(estimate_table(suite, cells))
         return 0
     states = run_suite(suite, cells, storage_url(suite, args.storage), launcher=args.launcher or suite.launcher.name,
                        workers=args.workers, console=console, retry_failed=args.retry_failed, sets=args.set)
@@ -234,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--launcher", choices=["local", "slurm", "print"], help="default: the suite's launcher.name")
         p.add_argument("--workers", type=int, help="workers to start (default: one per GPU, else the suite's)")
         p.add_argument("--storage", help="Optuna storage URL (default: the suite's, else sqlite:///results/optuna.db)")
-        p.add_argument("--dry-run", action="store_true", help="show the cells without queueing anything")
+        p.add_argument("--dry-run", action="store_true", help="show the cells and their estimated cost without queueing anything")
         p.add_argument("--retry-failed", action="store_true", help="queue failed cells again")
         p.set_defaults(func=cmd_run, require_search=search)
     p = suite_parser("status", "the state of every cell of a suite (waiting, running, complete, failed, pruned)")

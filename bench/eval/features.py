@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from bench.core.cost import timed
 from bench.data.augment import normalize
 from bench.data.base import ImageSet
 from bench.data.folder import FolderSet
@@ -22,6 +23,7 @@ def normalize_images(images: torch.Tensor, mean: tuple[float, ...], std: tuple[f
 
 
 @torch.no_grad()
+@timed("extract")
 def extract_features(
     backbone: nn.Module, split: ImageSet | FolderSet, device: torch.device, batch_size: int = 512
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from bench.core.cost import timed
 from bench.data.base import ImageSet
 from bench.data.folder import FolderSet
 from bench.data.loader import epoch_permutation, iter_batches
@@ -42,6 +43,7 @@ class FinetuneConfig(ConfigModel):
     seed: int = 0
 
 
+@timed("finetune")
 def finetune(
     backbone: nn.Module,
     train_split: ImageSet,

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from bench.core.cost import timed
 from bench.eval.features import accuracy_metrics, check_labels, topk_correct
 from bench.schema import ConfigModel
 
@@ -28,6 +29,7 @@ class LinearConfig(ConfigModel):
     seed: int = 0
 
 
+@timed("linear")
 def linear_probe(
     train_f: torch.Tensor,
     train_y: torch.Tensor,

@@ -201,6 +201,7 @@ def _run_pretraining(ctx: Context, live: optuna.Trial, trial: FrozenTrial) -> tu
 
     outcome = _guarded(work, run_dir, config)
     status = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(outcome.state, "failed")
+    ctx.tracker.log_provenance(run_id, run_dir)
     ctx.tracker.finish_cell(run_id, status=status, metrics=outcome.metrics, report=outcome.report, reason=outcome.reason)
     return cell_id, outcome
 

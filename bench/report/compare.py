@@ -1,7 +1,8 @@
 """``ssl-bench compare``: a few runs side by side, with the config keys that differ and their final metrics.
 
 A run is named by its cell id (the cell's latest run) or its MLflow run id. The config shown is the run's logged
-params: ``method.name``, ``dataset.name`` and ``epochs`` always, any other key only where the runs differ.
+params: ``method.name``, ``dataset.name`` and ``epochs`` always, any other key only where the runs differ. Below the
+metrics, the fingerprint id of each run and every fingerprint field that differs (``bench.report.provenance``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from rich.table import Table
 
 from bench.errors import ConfigError
 from bench.report.labels import EMPTY, format_value
+from bench.report.provenance import fingerprint_differences
 from bench.report.runs import CELL_TAG, experiment_id, final_metrics, run_status, shown_report_suite, tracking_client
 from bench.tracking.mlflow_runs import ROLE, retry_locked, tracking_uri
 
@@ -37,13 +39,16 @@ def compare(runs: list[str], *, uri: str, experiment: str | None = None) -> Tabl
     shown = [*ALWAYS, *(k for k in keys if len({p.get(k) for p in params}) > 1)]
     metrics = [final_metrics(run) for run in found]
     table = Table("key", *(f"{run.data.tags.get(CELL_TAG, '')}\n{run.info.run_id[:8]}" for run in found),
-                  title=f"{len(found)} runs: config keys that differ, and final metrics (accuracies in %)")
+                  title=f"{len(found)} runs: config keys that differ, final metrics (accuracies in %), fingerprint fields that differ")
     table.add_row("status", *(run_status(run) for run in found))
     for key in shown:
         table.add_row(key, *(p.get(key, EMPTY) for p in params))
     table.add_section()
     for name in sorted(set().union(*metrics)):
         table.add_row(name, *(format_value(name, m[name]) if name in m else EMPTY for m in metrics))
+    table.add_section()
+    for key, values in fingerprint_differences([run.data.tags for run in found]):
+        table.add_row(key, *(EMPTY if v is None else v for v in values))
     return table
 
 

@@ -4,6 +4,7 @@ Columns: ``cell_id``, ``run_id`` (None for a cell never run), ``status`` (one of
 ``fail_reason``, the suite's axis keys as written (``method``, ``dataset``, ``vicreg.projector``, ``seed``;
 ``method`` and ``dataset`` are always there), every key of the cell's resolved run config flattened with dots
 (``batch_size``, ``method.projector``, ``optimizer.lr``), and one column per final metric (``knn20.top1``).
+The fingerprint tags of a cell's run are columns too (``fingerprint.packages.torch``, ``bench.report.provenance``).
 A search suite has no fixed cells: its rows are the child runs found, with their config read from the run's
 ``config.yaml``. Lists and mappings become text (``[scattering, hog]``), so every column can be grouped.
 A cell whose run is tagged with a baseline's method (``labels.Baseline``: ``random_init``, ``raw_pixels``) has
@@ -32,6 +33,7 @@ from bench.config.suite import Suite, expand_suite
 from bench.errors import ConfigError
 from bench.methods import all_methods
 from bench.report.labels import is_baseline
+from bench.report.provenance import fingerprint_columns
 from bench.stores import sqlite_file
 from bench.tracking.mlflow_runs import FAIL_REASON, ROLE, STATUS, SUITE, recorded_runs, retry_locked, tracking_uri
 
@@ -190,6 +192,7 @@ def _row(cell_id: str, config: dict[str, Any], axes: dict[str, Any], run: Run | 
     row.update(flatten_config(config))
     if run is not None:
         row.update(final_metrics(run))
+        row.update(fingerprint_columns(run.data.tags))
         if is_baseline(run.data.tags.get(METHOD_TAG)):
             row["method"] = run.data.tags[METHOD_TAG]
     return row

@@ -22,6 +22,7 @@ from bench.errors import ConfigError
 from bench.report.labels import EMPTY, format_p, format_value, label_text, method_label
 from bench.report.metric_key import parse_metric
 from bench.report.pivot import Pivot, as_tuple, pivot
+from bench.report.provenance import environment_warnings
 from bench.report.reference import paper_column
 from bench.report.runs import STATUSES, shown_report_suite, suite_runs
 from bench.report.stats import ALPHA, CONFIDENCE
@@ -139,6 +140,8 @@ def cmd_table(args: argparse.Namespace, console: Console) -> int:
         raise ConfigError(f"no cell of the suite shown has run ({shown.line}); run it, or pick a variant that ran "
                           "(leave out --set and --as-file, or give --as-run N)")
     table = pivot(df, args.rows, args.cols, args.metric, baseline=args.baseline)
+    for line in environment_warnings(df):
+        Console(stderr=True).print(f"warning: {line}", style="yellow", markup=False, highlight=False)
     if args.paper:
         table = paper_column(table)
     suffix = args.out.suffix.lstrip(".") if args.out else ""

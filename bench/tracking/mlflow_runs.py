@@ -12,11 +12,18 @@ Names written to MLflow:
 - params (cells, on creation only): the resolved config flattened to dotted keys (``optimizer.lr``) and the
   suite's axes as ``axis.<name>``; strings as they are, every other value as JSON (``0.3``, ``true``,
   ``null``, ``[20, 200]``).
-- per-epoch metrics, ``step = epoch``: a history field ``knn_<x>`` (the online kNN monitor) as ``knn/<x>``,
+- per-epoch metrics, ``step = epoch``: a history field ``knn_<x>`` (the online kNN monitor) as ``knn/<x>``, the
+  monitor's RankMe as ``val/rankme``,
   every other numeric field as ``train/<field>`` (``train/loss``, ``train/lr``, ``train/images_per_s`` and
   the method's own terms).
 - final metrics, step 0: the names the evaluation gives them (``knn20.top1``, ``linear.top1``).
-- artifacts: ``suite.yaml`` (parent), ``config.yaml`` and ``report.json`` (cells).
+- fingerprint (cells, ``bench.tracking.fingerprint``): tags ``ssl_bench.fingerprint`` (its id) and
+  ``fingerprint.<group>.<field>`` (``fingerprint.packages.torch``, ``fingerprint.data.sha256``).
+- cost (cells, final metrics, ``bench.core.cost``): ``cost.wall.<stage>`` (``load``, ``fingerprint``, ``train``,
+  ``monitor``, ``checkpoint``, ``extract``, ``knn``, ``linear``, ...), ``cost.wall.other``, ``cost.wall.total``,
+  ``cost.peak_mem_gb.<stage>``, ``cost.gpus``, ``cost.gpu_seconds``, ``cost.gpu_hours``, ``cost.image_epochs``.
+- artifacts: ``suite.yaml`` (parent), ``config.yaml``, ``report.json``, ``fingerprint.json`` and ``diff.patch``
+  (when the code was dirty) (cells).
 - the variants of the suite that ``run`` queued (``bench.config.as_run``): on the parent, one tag
   ``ssl_bench.suite_run.<key>`` per variant (its ``SuiteRun`` record as JSON) and the artifact
   ``suite_runs/<key>.yaml`` (the resolved suite).
@@ -28,12 +35,10 @@ retried here with jittered exponential backoff (a failed SQLite transaction is r
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import random
 import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -51,12 +56,12 @@ from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
-import bench
 from bench.config.as_run import RECORD_PREFIX, RunHistory, SuiteRun, by_first_run, next_record, suite_key
 from bench.config.overrides import flatten
 from bench.config.run import RunConfig
 from bench.errors import ConfigError
 from bench.stores import sqlite_file
+from bench.tracking.fingerprint import DIFF_FILE, FINGERPRINT_FILE, fingerprint_tags, git_commit
 from bench.train.engine import pick_device
 
 Status = Literal["complete", "failed", "pruned"]
@@ -65,6 +70,7 @@ Status = Literal["complete", "failed", "pruned"]
 RUN_STATUS: dict[str, str] = {"complete": "FINISHED", "failed": "FAILED", "pruned": "KILLED"}
 
 ROLE, SUITE, STATUS, FAIL_REASON = "ssl_bench.role", "ssl_bench.suite", "ssl_bench.status", "ssl_bench.fail_reason"
+CELL_ID = "ssl_bench.cell_id"
 #: the parent's artifact folder of the YAML of each variant of the suite that ``run`` queued
 SUITE_RUNS_DIR = "suite_runs"
 
@@ -90,7 +96,10 @@ def tracking_uri(configured: str | None, results: Path = Path("results")) -> str
 
 
 def epoch_metric_name(field: str) -> str:
-    """MLflow metric name of one history field: ``knn_top1`` -> ``knn/top1``, ``loss`` -> ``train/loss``."""
+    """MLflow metric name of one history field: ``knn_top1`` -> ``knn/top1``, ``loss`` -> ``train/loss``; a field with
+    a split prefix as it is (the monitor's ``val/rankme``)."""
+    if "/" in field:
+        return field
     return f"knn/{field.removeprefix('knn_')}" if field.startswith("knn_") else f"train/{field}"
 
 
@@ -168,7 +177,7 @@ class SuiteTracker:
             ROLE: "cell",
             SUITE: suite,
             STATUS: "running",
-            "ssl_bench.cell_id": cell_id,
+            CELL_ID: cell_id,
             "ssl_bench.method": config.method.name,
             "ssl_bench.dataset": config.dataset.name,
             "ssl_bench.seed": str(config.seed),
@@ -209,6 +218,19 @@ class SuiteTracker:
         if report is not None:
             retry_locked(self.client.log_dict, run_id, report, "report.json")
         retry_locked(self.client.set_terminated, run_id, RUN_STATUS[status])
+
+    def log_provenance(self, run_id: str, run_dir: Path) -> None:
+        """The cell's fingerprint from ``run_dir`` (written when the cell started): its tags, ``fingerprint.json`` and
+        ``diff.patch`` (when the code was dirty). Nothing when the cell never got that far."""
+        path = run_dir / FINGERPRINT_FILE
+        if not path.is_file():
+            return
+        record = json.loads(path.read_text())
+        tags = [RunTag(k, v[:MAX_TAG_VAL_LENGTH]) for k, v in fingerprint_tags(record).items()]
+        retry_locked(self.client.log_batch, run_id, tags=tags)
+        retry_locked(self.client.log_dict, run_id, record, FINGERPRINT_FILE)
+        if (run_dir / DIFF_FILE).is_file():
+            retry_locked(self.client.log_artifact, run_id, str(run_dir / DIFF_FILE))
 
     def finish_parent(self, parent_id: str, status: Literal["complete", "failed"]) -> None:
         """Tag the suite's status and end its parent run FINISHED / FAILED."""
@@ -303,17 +325,6 @@ def _run_row(run: Run) -> dict[str, Any]:
 def _device_name(config: RunConfig) -> str:
     device = pick_device(config.train.device)
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-@functools.cache
-def git_commit() -> str:
-    """The commit checked out in the repository holding the bench package, or "unknown" outside git."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(bench.__file__).parent, capture_output=True,
-                             text=True, timeout=5, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip()
 
 
 def _now_ms() -> int:

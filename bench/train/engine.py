@@ -21,11 +21,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from bench.config.run import RunConfig, config_id, resolve_run_config
+from bench.core.cost import active_clock, stage, timed
 from bench.core.torch_state import torch_scope
 from bench.data.loader import epoch_permutation, iter_batches
 from bench.data.registry import DatasetSplits, load_dataset
 from bench.data.views import ViewMaker, build_recipe
 from bench.errors import ConfigError, DivergedError
+from bench.eval.diagnostics import effective_rank
 from bench.eval.features import extract_features
 from bench.eval.knn import knn_eval
 from bench.methods import Method, method_class
@@ -46,6 +48,8 @@ from bench.train.optim import build_optimizer
 from bench.train.schedule import lr_factor
 
 MODEL = "model.pt"
+#: the history field of the online monitor's RankMe (``train.knn_every``): effective rank of its features, no labels read
+RANKME_MONITOR = "val/rankme"
 
 
 class Preempted(Exception):
@@ -161,6 +165,7 @@ def _train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None, conso
     channels_last = device.type == "cuda" and cfg.train.channels_last
 
     result = TrainResult(method, splits, device)
+    clock = active_clock()
     start_epoch, start_batch, gen_state = 0, 0, None
     ckpt = load_checkpoint(run_dir)
     if ckpt is not None:
@@ -180,6 +185,8 @@ def _train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None, conso
             gen_state = states[rank()]
         result.history = list(ckpt["history"])
         result.seconds = ckpt["seconds"]
+        if clock is not None and ckpt.get("cost"):
+            clock.resume(ckpt["cost"])  # the earlier attempts' stage seconds (bench.core.cost)
 
     def save(epoch: int, batch: int, generator: torch.Generator) -> None:
         gathered = gather_with_grad(generator.get_state().to(device)[None]).cpu()  # every rank's view stream
@@ -197,6 +204,7 @@ def _train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None, conso
                 "batch": batch,
                 "history": result.history,
                 "seconds": result.seconds,
+                "cost": clock.snapshot() if clock is not None else None,
                 "config": cfg.model_dump(mode="json"),
             },
             run_dir / CHECKPOINT,
@@ -209,7 +217,7 @@ def _train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None, conso
         TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not show, transient=False,
     )
     method.train()
-    with progress, SigtermFlag() as sigterm:
+    with progress, SigtermFlag() as sigterm, stage("train"):
         task = progress.add_task(f"{cfg.method.name}", total=total_steps, completed=start_epoch * steps_per_epoch + start_batch, info="")
         for epoch in range(start_epoch, cfg.epochs):
             generator = torch.Generator(device=device).manual_seed((cfg.seed * 7919 + epoch) * world + rank())
@@ -304,12 +312,14 @@ def _check_finite(first_bad: torch.Tensor, steps_per_epoch: int) -> None:
         raise DivergedError(epoch=bad // steps_per_epoch + 1, step=bad + 1)
 
 
+@timed("monitor", carve=True)
 def online_knn(method: Method, splits: DatasetSplits, device: torch.device, cfg: RunConfig) -> dict[str, float]:
-    """kNN accuracy of the current backbone (k=20), on at most ``train.knn_bank`` training samples."""
+    """kNN accuracy of the current backbone (k=20), on at most ``train.knn_bank`` training samples, and the RankMe
+    of the query features (``RANKME_MONITOR``)."""
     bank = splits.train.labeled()
     if len(bank) > cfg.train.knn_bank and hasattr(bank, "subset"):
         bank = bank.subset(torch.arange(cfg.train.knn_bank))
     train_f, train_y = extract_features(method.backbone, bank, device)
     test_f, test_y = extract_features(method.backbone, splits.test, device)
     acc = knn_eval(train_f, train_y, test_f, test_y, splits.train.num_classes, ks=(20,), temperature=cfg.eval.knn_temperature)
-    return {"knn_top1": acc["knn20.top1"]}
+    return {"knn_top1": acc["knn20.top1"], RANKME_MONITOR: effective_rank(test_f)}
