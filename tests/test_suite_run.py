@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 import os
 import signal
 import subprocess
@@ -280,7 +281,8 @@ def test_worker_refuses_the_stored_suite_before_claiming_a_cell(method, expected
     path = write_suite(tmp_path / "w.yaml", "w", matrix={}, ablations={}, defaults=TINY["defaults"] | {"method": "simclr", "dataset": dataset})
     suite = load_suite(path)
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    study = create_study(suite, suite_storage(suite, url), {"uri": "sqlite:///unused.db", "experiment": "w", "parent_run_id": "-"})
+    tracking = {"uri": "sqlite:///unused.db", "experiment": "w", "parent_run_id": "-"}
+    study = create_study(suite, suite_storage(suite, url), tracking, sets=(), now=datetime.now(timezone.utc))
     enqueue_cells(study, expand_suite(suite))
     if method:  # the study holds a suite that this version refuses
         stored = yaml.safe_load(suite.to_yaml())
