@@ -8,6 +8,8 @@ from bench.config import resolve_run_config
 from bench.config.run import config_id
 from bench.config.suite import expand_suite, load_suite, search_config, suite_from_yaml
 from bench.errors import ConfigError
+from bench.eval.linear import LinearConfig
+from bench.eval.logreg import LogRegConfig
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
 SEARCH = """
@@ -217,11 +219,11 @@ def test_seed_without_seeds_comes_from_the_defaults(tmp_path):
 def test_evaluations_merge_over_defaults_eval(tmp_path):
     path = write(tmp_path, """
 name: ev
-defaults: {method: simclr, eval: {linear: {epochs: 50, lr: 0.1}, knn_k: [10]}}
-evaluations: {linear: {epochs: 5}, label_fractions: [0.1]}
+defaults: {method: simclr, eval: {probes: [{name: linear, epochs: 50, lrs: [0.1]}], knn_k: [10]}}
+evaluations: {probes: [logreg, {name: linear, epochs: 5}], label_fractions: [0.1]}
 """)
     (cell,) = expand_suite(load_suite(path))
-    assert (cell.config.eval.linear.epochs, cell.config.eval.linear.lr) == (5, 0.1)
+    assert cell.config.eval.probes == [LogRegConfig(), LinearConfig(epochs=5)]  # a list is replaced, not merged
     assert cell.config.eval.knn_k == [10] and cell.config.eval.label_fractions == [0.1]
 
 

@@ -24,16 +24,17 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from bench.config.suite import Cell, Suite
+from bench.config.suite import DEFAULT_SEARCH_METRIC, Cell, Suite, metric_split
 from bench.stores import sqlite_file
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # heartbeats and stale-trial retries are marked experimental in Optuna; they are what this queue is built on
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-#: study user attributes
+#: study user attributes (OBJECTIVE_ATTR also on each pre-training trial: ``{"metric": "val.knn20.top1", "split": "val"}``)
 SUITE_ATTR = "ssl_bench.suite"
 TRACKING_ATTR = "ssl_bench.tracking"
+OBJECTIVE_ATTR = "objective"
 #: trial user attributes
 CELL_ATTR, CONFIG_ATTR, AXES_ATTR = "cell_id", "config", "axes"
 RUN_ATTR, REASON_ATTR, EPOCH_ATTR, METRICS_ATTR = "mlflow_run_id", "fail_reason", "epoch", "metrics"
@@ -94,7 +95,13 @@ def create_study(suite: Suite, storage: RDBStorage, tracking: dict[str, str]) ->
     study = optuna.create_study(study_name=suite.name, storage=storage, direction=direction, load_if_exists=True)
     study.set_user_attr(SUITE_ATTR, suite.to_yaml())
     study.set_user_attr(TRACKING_ATTR, tracking)
+    study.set_user_attr(OBJECTIVE_ATTR, objective_record(suite.search.metric if suite.search else DEFAULT_SEARCH_METRIC))
     return study
+
+
+def objective_record(metric: str) -> dict[str, str]:
+    """What the study's objective reads: the metric and its split (``val`` for ``val.*``, the only kind allowed)."""
+    return {"metric": metric, "split": metric_split(metric)}
 
 
 def enqueue_cells(study: optuna.Study, cells: list[Cell], *, retry_failed: bool = False) -> list[Cell]:

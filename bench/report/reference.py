@@ -31,8 +31,9 @@ PUBLISHED = Path(__file__).with_name("published.yaml")
 PROBE_METRIC = re.compile(r"(?P<protocol>linear|finetune)(?:_(?P<pct>[\d.]+)pct)?\.(?P<metric>top\d+)")
 #: ``knn20.top1``
 KNN_METRIC = re.compile(r"knn(?P<k>\d+)\.(?P<metric>top\d+)")
-#: ``cifar10.linear.top1``: a protocol on another labelled set than the pre-training one (``eval.datasets``)
-OTHER_SET = re.compile(r"(?P<dataset>[a-z][a-z0-9_]*)\.(?P<rest>(?:linear|finetune|knn).*)")
+#: ``cifar10.linear.top1``: a protocol on another labelled set than the pre-training one (``eval.datasets``);
+#: ``val.linear.top1`` is no set but the validation split (``eval.datasets`` may not name a set ``val``)
+OTHER_SET = re.compile(r"(?!val\.)(?P<dataset>[a-z][a-z0-9_]*)\.(?P<rest>(?:linear|finetune|knn).*)")
 
 
 class Reference(BaseModel):
@@ -102,7 +103,8 @@ def published(path: Path = PUBLISHED) -> tuple[Reference, ...]:
 def metric_lookup(metric: str) -> Lookup | None:
     """The protocol of an ssl-bench metric: ``linear.top1`` -> linear probe, ``linear_1pct.top1`` -> with 1% of the
     labels, ``knn20.top1`` -> kNN with k = 20, ``finetune.top1`` -> fine-tuning, ``cifar10.linear.top1`` -> the
-    linear probe on CIFAR-10 after pre-training elsewhere; None for any other metric."""
+    linear probe on CIFAR-10 after pre-training elsewhere; None for any other metric, the validation split's
+    (``val.linear.top1``) included: published numbers are test numbers."""
     if (other := OTHER_SET.fullmatch(metric)) and (lookup := metric_lookup(other["rest"])) and lookup.evaluated_on is None:
         return lookup._replace(evaluated_on=other["dataset"])
     if match := PROBE_METRIC.fullmatch(metric):

@@ -26,6 +26,7 @@ from bench.data.registry import DatasetSplits, load_dataset
 from bench.data.views import ViewMaker, build_recipe
 from bench.errors import ConfigError, DivergedError
 from bench.eval.features import extract_features
+from bench.eval.fractions import class_balanced_subset
 from bench.eval.knn import knn_eval
 from bench.methods import Method, method_class
 from bench.models.backbones import build_backbone
@@ -45,6 +46,8 @@ from bench.train.optim import build_optimizer
 from bench.train.schedule import lr_factor
 
 MODEL = "model.pt"
+#: the history field of the online kNN monitor (``train.knn_every``): validation 20-NN top-1, what the pruner reads
+MONITOR = "val/knn20.top1"
 
 
 class Preempted(Exception):
@@ -303,11 +306,12 @@ def _check_finite(first_bad: torch.Tensor, steps_per_epoch: int) -> None:
 
 
 def online_knn(method: Method, splits: DatasetSplits, device: torch.device, cfg: RunConfig) -> dict[str, float]:
-    """kNN accuracy of the current backbone (k=20), on at most ``train.knn_bank`` training samples."""
+    """``{MONITOR: ..}``: 20-NN top-1 of the current backbone on the validation split (never the test split), the bank
+    a fixed class-balanced subset (seed 0) of about ``train.knn_bank`` training samples."""
     bank = splits.train.labeled()
-    if len(bank) > cfg.train.knn_bank and hasattr(bank, "subset"):
-        bank = bank.subset(torch.arange(cfg.train.knn_bank))
+    if len(bank) > cfg.train.knn_bank:
+        bank = bank.subset(class_balanced_subset(bank.labels, cfg.train.knn_bank / len(bank), seed=0))
     train_f, train_y = extract_features(method.backbone, bank, device)
-    test_f, test_y = extract_features(method.backbone, splits.test, device)
-    acc = knn_eval(train_f, train_y, test_f, test_y, splits.train.num_classes, ks=(20,), temperature=cfg.eval.knn_temperature)
-    return {"knn_top1": acc["knn20.top1"]}
+    val_f, val_y = extract_features(method.backbone, splits.val.labeled(), device)
+    acc = knn_eval(train_f, train_y, val_f, val_y, splits.train.num_classes, ks=(20,), temperature=cfg.eval.knn_temperature)
+    return {MONITOR: acc["knn20.top1"]}
