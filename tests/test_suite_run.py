@@ -35,7 +35,7 @@ from bench.tracking.mlflow_runs import SuiteTracker
 
 TINY = {
     "defaults": {**DEFAULTS, "train": {"progress": False}},
-    "evaluations": {"linear": None, "knn_k": [20]},
+    "evaluations": {"probes": [], "knn_k": [20]},
     "matrix": {"method": ["simclr", "vicreg"]},
     "ablations": {"simclr.projector": ["16-8"], "vicreg.projector": ["16-16"]},
     "seeds": [0, 1],
@@ -226,7 +226,7 @@ def test_two_workers_share_a_postgresql_queue(results, tmp_path, postgres):
     path = write_suite(tmp_path / "pg.yaml", name, matrix={"method": ["simclr"]}, seeds=list(range(20)),
                        defaults=TINY["defaults"] | {"epochs": 1, "dataset": {"name": "shapes", "n_train": 64, "n_test": 32},
                                                     "batch_size": 32},
-                       evaluations={"linear": None, "knn_k": [5], "diagnostics": False})
+                       evaluations={"probes": [], "knn_k": [5], "diagnostics": False})
     assert main(["run", str(path), "--storage", postgres, "--workers", "2"]) == 0
     study = optuna.load_study(study_name=name, storage=postgres)
     cells = expand_suite(load_suite(path))

@@ -7,13 +7,15 @@ smaller C) refitted on train + val and scored on test once. The objective is sci
 intercept not penalised. It is solved in torch on the features' device (zero start, strong-Wolfe line search,
 gradients written by hand), so the probe is deterministic. The sweep runs from small to large C, each fit
 starting from the previous solution (ssl-transfer's ``warm_start``), and stops once ``patience`` grid steps in a
-row bring no better validation top-1 after it rose above its start (the accuracy of the most regularised fit,
-flat while C is too small to fit anything): then the validation accuracy has fallen off or stays on a plateau,
-where a larger C could only tie, and ties keep the smaller C. The large-C fits are the slow ones.
+row bring neither a better validation top-1 nor a lower validation cross-entropy. The top-1 alone can stay flat
+for a while at small C (every fit predicts about the same), the cross-entropy falls there; past the best C the
+top-1 falls off or stays on a plateau (where a larger C could only tie, and ties keep the smaller C) and the
+cross-entropy rises as the weights grow. The large-C fits are the slow ones, so this saves most of the sweep.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,7 +42,7 @@ class LogRegConfig(BaseModel):
     tolerance: float = Field(1e-4, gt=0, le=1, description="a fit stops once no gradient entry exceeds this "
                              "(scikit-learn's tol on the same mean-loss objective)")
     patience: int | None = Field(4, ge=1, description="stop the C sweep after this many grid steps (4: a decade) "
-                                 "without a better validation top-1; null sweeps all 45")
+                                 "without a better validation top-1 or a lower validation loss; null sweeps all 45")
     fit_subsample: int | None = Field(150_000, ge=100, description="cost guard: fit on a class-balanced subsample of at "
                                       "most this many samples (e.g. ImageNet-1k); null fits on all")
 
@@ -95,18 +97,18 @@ def select_logreg(train: Features, val: Features, num_classes: int, cfg: LogRegC
     problem, xv = Problem.of(standardize(fit.x), fit.y, num_classes), standardize(val.x)
     weights = (xv.new_zeros(num_classes, xv.shape[1]), xv.new_zeros(num_classes))
     best: tuple[float, torch.Tensor, Weights] | None = None
-    first, swept, stale = None, 0, 0
+    lowest, swept, stale = math.inf, 0, 0
     for c in C_GRID:
         weights = fit_logreg(problem, c, cfg, weights)
-        correct = topk_correct(torch.addmm(weights[1], xv, weights[0].T), val.y, (1, 5))
-        first = correct[0] if first is None else first
-        swept += 1
+        logits = torch.addmm(weights[1], xv, weights[0].T)
+        correct, loss = topk_correct(logits, val.y, (1, 5)), float(F.cross_entropy(logits, val.y))
+        swept, stale = swept + 1, stale + 1
         if best is None or correct[0] > best[1][0]:
             best, stale = (c, correct, weights), 0
-        elif best[1][0] > first:  # past the under-fit start (every sample one class), where the accuracy is flat
-            stale += 1
-            if cfg.patience is not None and stale >= cfg.patience:
-                break
+        if loss < lowest:
+            lowest, stale = loss, 0
+        if cfg.patience is not None and stale >= cfg.patience:
+            break
     c, correct, weights = best
     accuracy = (correct.double() / len(val)).tolist()
     if refit_on is not None:
