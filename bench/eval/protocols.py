@@ -25,7 +25,7 @@ from bench.data.base import ImageSet
 from bench.data.registry import DatasetConfig, DatasetSplits, load_dataset
 from bench.errors import ConfigError
 from bench.eval.diagnostics import diagnose
-from bench.eval.features import Classifier, Features, extract_features, normalize_images, score
+from bench.eval.features import Choice, Classifier, Features, extract_features, normalize_images, score
 from bench.eval.finetune import finetune
 from bench.eval.fractions import class_balanced_subset
 from bench.eval.knn import knn_eval
@@ -46,10 +46,11 @@ class Selected:
     bank: Features | None = None
     test_reads: int = 0
 
-    def add(self, tag: str, params: dict[str, float], val: dict[str, float], classifier: Classifier) -> None:
-        self.val_metrics.update({f"{VAL}.{tag}.{key}": value for key, value in val.items()})
-        self.selection.update({f"{tag}.{key}": value for key, value in params.items()})
-        self.classifiers[tag] = classifier
+    def add(self, tag: str, choice: Choice) -> None:
+        """A probe's choice under its metric name (``linear``, ``logreg_1pct``)."""
+        self.val_metrics.update({f"{VAL}.{tag}.{key}": value for key, value in choice.val.items()})
+        self.selection.update({f"{tag}.{key}": value for key, value in choice.params.items()})
+        self.classifiers[tag] = choice.classifier
 
 
 @dataclass
@@ -132,12 +133,10 @@ def select_features(data: ProbeInputs, cfg: EvalConfig, seed: int) -> Selected:
         selected.selection.update({"knn.k": k, "knn.t": cfg.knn_temperature})
         selected.bank = train_val
     for probe in cfg.probes:
-        choice = select_probe(probe, data, train_val)
-        selected.add(probe.name, choice.params, choice.val, choice.classifier)
+        selected.add(probe.name, select_probe(probe, data, train_val))
         for fraction in cfg.label_fractions:
             index = class_balanced_subset(data.train.y, fraction, seed)
-            choice = select_probe(probe, data.subset(index), None)
-            selected.add(f"{probe.name}_{fraction * 100:g}pct", choice.params, choice.val, choice.classifier)
+            selected.add(f"{probe.name}_{fraction * 100:g}pct", select_probe(probe, data.subset(index), None))
     return selected
 
 
