@@ -14,13 +14,13 @@ from bench.config.suite import suite_from_yaml
 from bench.data.balanced import hold_out
 from bench.data.base import ImageSet
 from bench.data.folder import FolderSet
-from bench.data.registry import DatasetConfig, DatasetSplits, ValConfig, load_dataset, read_dataset, with_val
+from bench.data.registry import DatasetSplits, ValConfig, load_dataset, read_dataset, with_val
 from bench.errors import ConfigError
 from bench.eval.features import Features, extract_features
 from bench.eval.protocols import score_on_test, select_on_val
 from bench.orchestrate.search import objective_value, report_epoch
 from bench.report.reference import metric_lookup
-from bench.train.engine import MONITOR, train
+from bench.train.engine import MONITOR, monitor_bank, train
 
 CPU = torch.device("cpu")
 
@@ -50,29 +50,36 @@ def test_cifar_shaped_labels_split_45000_5000_exactly():
 
 
 def test_every_dataset_gets_the_same_val_split_whatever_the_cell_seed():
-    base = {"method": "simclr", "dataset": {"name": "shapes", "n_train": 300, "n_test": 50}}
+    base = {"method": "simclr", "dataset": {"name": "shapes", "n_train": 200, "n_test": 10}}
     a, b = (resolve_run_config({**base, "seed": seed}) for seed in (0, 1))
     first, second = load_dataset(a.dataset), load_dataset(b.dataset)
     assert torch.equal(first.val.images, second.val.images)
     raw = read_dataset(a.dataset)
-    assert (len(first.train), len(first.val)) == (270, 30) and len(first.pretrain) == len(raw.train) == 300
+    assert (len(first.train), len(first.val)) == (180, 20) and len(first.pretrain) == len(raw.train) == 200
     train_images = {bytes(i.numpy()) for i in first.train.images}
     assert not any(bytes(i.numpy()) in train_images for i in first.val.images)  # disjoint
-    reseeded = load_dataset(DatasetConfig(name="shapes", n_train=300, n_test=50, val=ValConfig(seed=3)))
+    reseeded = with_val(raw, ValConfig(seed=3))
     assert not torch.equal(reseeded.val.images, first.val.images)
-    strict = load_dataset(DatasetConfig(name="shapes", n_train=300, n_test=50, val=ValConfig(in_pretrain=False)))
-    assert torch.equal(strict.pretrain.images, strict.train.images) and len(strict.pretrain) == 270
+    strict = with_val(raw, ValConfig(in_pretrain=False))
+    assert torch.equal(strict.pretrain.images, strict.train.images) and len(strict.pretrain) == 180
 
 
 def test_an_imagenet_sized_folder_holds_out_ten_per_class_and_an_official_val_is_kept():
-    labels = torch.arange(1000).repeat_interleave(12)
+    labels = torch.arange(1000).repeat_interleave(11)
     files = [Path(f"{i}.JPEG") for i in range(labels.numel())]  # never read
     folder = FolderSet("imagefolder", files, labels, [f"n{c:08d}" for c in range(1000)])
     splits = with_val(DatasetSplits(pretrain=folder, train=folder, test=folder), ValConfig())
     assert len(splits.val) == 10_000 and torch.bincount(splits.val.labels).tolist() == [10] * 1000
-    assert set(splits.val.files).isdisjoint(splits.train.files) and len(splits.train) == 2_000
+    assert set(splits.val.files).isdisjoint(splits.train.files) and len(splits.train) == 1_000
     official = DatasetSplits(pretrain=folder, train=folder, test=folder, val=folder.subset(torch.arange(5)))
     assert with_val(official, ValConfig()) is official
+
+
+def test_the_monitor_bank_is_class_balanced_on_a_class_sorted_set():
+    labels = torch.arange(4).repeat_interleave(50)  # sorted by class: the first 20 samples are all class 0
+    split = ImageSet("sorted", torch.zeros(200, 3, 4, 4, dtype=torch.uint8), labels, list("abcd"), (0.5,) * 3, (0.2,) * 3)
+    assert torch.bincount(monitor_bank(split, 20).labels).tolist() == [5, 5, 5, 5]
+    assert monitor_bank(split, 500) is split
 
 
 # --- nothing before the final evaluation reads the test split ------------------------------------------------------

@@ -33,7 +33,7 @@ from bench.tracking.mlflow_runs import FAIL_REASON, ROLE, STATUS, SUITE, retry_l
 STATUSES = ("complete", "failed", "running", "pruned", "missing")
 #: the tag naming a child run's cell
 CELL_TAG = "ssl_bench.cell_id"
-#: per-epoch metrics are logged as ``train/<x>`` and ``knn/<x>``; final metrics have no slash
+#: per-epoch metrics are logged as ``train/<x>`` and ``val/knn20.top1``; final metrics have no slash
 EPOCH_METRIC_MARK = "/"
 
 
@@ -114,7 +114,7 @@ def run_status(run: Run | None) -> str:
 
 
 def final_metrics(run: Run) -> dict[str, float]:
-    """The run's final metrics (``knn20.top1``), without the per-epoch ones (``train/loss``, ``knn/top1``)."""
+    """The run's final metrics (``knn20.top1``), without the per-epoch ones (``train/loss``, ``val/knn20.top1``)."""
     return {k: v for k, v in run.data.metrics.items() if EPOCH_METRIC_MARK not in k}
 
 

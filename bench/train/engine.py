@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench.config.run import RunConfig, config_id, resolve_run_config
 from bench.data.loader import epoch_permutation, iter_batches
-from bench.data.registry import DatasetSplits, load_dataset
+from bench.data.registry import DatasetSplits, Split, load_dataset
 from bench.data.views import ViewMaker, build_recipe
 from bench.errors import ConfigError, DivergedError
 from bench.eval.features import extract_features
@@ -305,13 +305,17 @@ def _check_finite(first_bad: torch.Tensor, steps_per_epoch: int) -> None:
         raise DivergedError(epoch=bad // steps_per_epoch + 1, step=bad + 1)
 
 
+def monitor_bank(train: Split, size: int) -> Split:
+    """The online kNN's bank: ``train``, or a fixed class-balanced subset (seed 0) of about ``size`` of its samples."""
+    if len(train) <= size:
+        return train
+    return train.subset(class_balanced_subset(train.labels, size / len(train), seed=0))
+
+
 def online_knn(method: Method, splits: DatasetSplits, device: torch.device, cfg: RunConfig) -> dict[str, float]:
     """``{MONITOR: ..}``: 20-NN top-1 of the current backbone on the validation split (never the test split), the bank
     a fixed class-balanced subset (seed 0) of about ``train.knn_bank`` training samples."""
-    bank = splits.train.labeled()
-    if len(bank) > cfg.train.knn_bank:
-        bank = bank.subset(class_balanced_subset(bank.labels, cfg.train.knn_bank / len(bank), seed=0))
-    train_f, train_y = extract_features(method.backbone, bank, device)
+    train_f, train_y = extract_features(method.backbone, monitor_bank(splits.train.labeled(), cfg.train.knn_bank), device)
     val_f, val_y = extract_features(method.backbone, splits.val.labeled(), device)
     acc = knn_eval(train_f, train_y, val_f, val_y, splits.train.num_classes, ks=(20,), temperature=cfg.eval.knn_temperature)
     return {MONITOR: acc["knn20.top1"]}
