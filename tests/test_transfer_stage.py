@@ -30,7 +30,7 @@ def suite_file(tmp_path, monkeypatch):
         "name": "det",
         "defaults": {**DEFAULTS, "method": {"name": "simclr", "projector": "32-16"}, "backbone": {"name": "resnet18"},
                      "epochs": 1, "dataset": {"name": "shapes", "n_train": 128, "n_test": 32}, "train": {"progress": False}},
-        "evaluations": {"linear": None, "knn_k": [5], "detection": DETECTION},
+        "evaluations": {"probes": [], "knn_k": [5], "detection": DETECTION},
         "seeds": [0, 1],
         "storage": {"heartbeat_interval": 1, "grace_period": 3},
     }

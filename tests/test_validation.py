@@ -173,5 +173,5 @@ def test_val_metrics_are_no_dataset_and_val_is_no_dataset_name():
     assert metric_lookup("cifar10.linear.top1").evaluated_on == "cifar10"
     with pytest.raises(ValueError, match="'val' would read as the validation split"):
         EvalConfig(datasets=[{"name": "val"}])
-    with pytest.raises(ConfigError, match="eval.linear was replaced by eval.probes"):
+    with pytest.raises(ConfigError, match="eval: .*'linear' was replaced by 'probes'"):
         resolve_run_config({"method": "simclr", "eval": {"linear": {"epochs": 5}}})

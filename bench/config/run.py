@@ -69,7 +69,7 @@ class EvalConfig(BaseModel):
     @classmethod
     def _no_linear_key(cls, data: Any) -> Any:
         if isinstance(data, dict) and "linear" in data:
-            raise ValueError("eval.linear was replaced by eval.probes, a list of probe protocols: e.g. probes: [logreg, "
+            raise ValueError("'linear' was replaced by 'probes', a list of probe protocols: e.g. probes: [logreg, "
                              "{name: linear, epochs: 100}] (linear: null becomes probes: [])")
         return data
 
