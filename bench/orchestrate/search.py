@@ -15,9 +15,6 @@ import optuna
 from bench.config.suite import DEFAULT_SEARCH_METRIC, SearchConfig
 from bench.train.engine import MONITOR
 
-#: what a matrix suite's trials are sorted by (validation kNN top-1)
-DEFAULT_METRIC = DEFAULT_SEARCH_METRIC
-
 
 def build_sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
     if cfg.sampler == "tpe":
@@ -55,8 +52,9 @@ def search_exhausted(study: optuna.Study, cfg: SearchConfig) -> bool:
 
 
 def objective_metric(cfg: SearchConfig | None) -> str:
-    """The metric the study's objective reads: the search metric, else validation kNN top-1 (both ``val.*``)."""
-    return cfg.metric if cfg else DEFAULT_METRIC
+    """The metric the study's objective reads: the search metric, else (a matrix suite's trials are sorted by it)
+    validation kNN top-1; both ``val.*``."""
+    return cfg.metric if cfg else DEFAULT_SEARCH_METRIC
 
 
 def objective_value(metrics: dict[str, float], cfg: SearchConfig | None) -> float:
