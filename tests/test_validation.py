@@ -32,8 +32,8 @@ def test_hold_out_quota_per_class():
     labels = torch.cat([torch.full((n,), c) for c, n in enumerate([10, 25, 1, 2, 100])] + [torch.full((4,), -1)])
     labels = labels[torch.randperm(labels.numel(), generator=torch.Generator().manual_seed(1))]
     kept, held = hold_out(labels, fraction=0.1, per_class=None, seed=0)
-    # min(round_half_up(0.1 n_c), n_c - 1): 10 -> 1, 25 -> 2.5 -> 3, 1 -> 0 (stays in train), 2 -> 0.2 -> 0, 100 -> 10
-    assert torch.bincount(labels[held], minlength=5).tolist() == [1, 3, 0, 0, 10]
+    # min(max(1, round_half_up(0.1 n_c)), n_c - 1): 10 -> 1, 25 -> 2.5 -> 3, 1 -> 0 (stays in train), 2 -> 1, 100 -> 10
+    assert torch.bincount(labels[held], minlength=5).tolist() == [1, 3, 0, 1, 10]
     assert sorted(kept.tolist() + held.tolist()) == list(range(labels.numel()))  # disjoint, nothing lost
     assert (labels[kept] == -1).sum() == 4  # unlabelled samples stay in train, never in val
     _, by_count = hold_out(labels, fraction=0.1, per_class=5, seed=0)

@@ -39,10 +39,11 @@ def first_per_class(labels: torch.Tensor, quota: torch.Tensor, seed: int) -> tor
 
 def hold_out(labels: torch.Tensor, *, fraction: float, per_class: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(kept, held) sorted CPU indices: ``held`` takes ``min(per_class, n_c - 1)`` samples of each class c, or
-    ``min(round_half_up(fraction * n_c), n_c - 1)`` when ``per_class`` is None; ``kept`` is every other index
-    (unlabelled ones included). A class with a single sample stays whole in ``kept`` (DINOv3's rule)."""
+    ``min(max(1, round_half_up(fraction * n_c)), n_c - 1)`` when ``per_class`` is None; ``kept`` is every other
+    index (unlabelled ones included). As in DINOv3's hold-out, every class with two samples or more has one in
+    ``held`` at least, and a class with a single sample stays whole in ``kept``."""
     counts = class_counts(labels)
-    wanted = torch.full_like(counts, per_class) if per_class is not None else round_half_up(counts, fraction)
+    wanted = torch.full_like(counts, per_class) if per_class is not None else round_half_up(counts, fraction).clamp_min(1)
     held = first_per_class(labels, torch.minimum(wanted, (counts - 1).clamp_min(0)), seed)
     mask = torch.ones(labels.numel(), dtype=torch.bool)
     mask[held] = False

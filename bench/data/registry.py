@@ -109,8 +109,8 @@ def read_dataset(cfg: DatasetConfig) -> DatasetSplits:
 def with_val(splits: DatasetSplits, cfg: ValConfig) -> DatasetSplits:
     """``splits`` with the validation split held out of its labelled training split (see ``ValConfig``).
 
-    Per class, ``min(per_class, n_c - 1)`` or ``min(round_half_up(fraction * n_c), n_c - 1)`` samples are drawn
-    with ``cfg.seed`` (``bench.data.balanced.hold_out``). An official validation split (``splits.val`` given) is kept.
+    Per class, ``min(per_class, n_c - 1)`` or ``min(max(1, round_half_up(fraction * n_c)), n_c - 1)`` samples are
+    drawn with ``cfg.seed`` (``bench.data.balanced.hold_out``). An official validation split (``splits.val``) is kept.
     """
     if splits.val is not None:
         return splits
