@@ -41,19 +41,26 @@ def run(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None, c
                 record = fingerprint(cfg, splits, settings.as_record(), device)
                 write_fingerprint(record, run_dir)
             result = train(cfg, run_dir, splits=splits, console=console, on_epoch=on_epoch)
-            metrics = evaluate_backbone(result.method.backbone, result.splits, cfg.eval, result.device, cfg.seed, extra)
+            evaluation = evaluate_backbone(result.method.backbone, result.splits, cfg.eval, result.device, cfg.seed, extra)
         cost = cost_metrics(clock, gpus=world_size(), image_epochs=cfg.epochs * len(splits.pretrain))
+    metrics = evaluation.metrics
     last = result.history[-1]
     metrics.update({"train.loss": last["loss"], "train.images_per_s": last["images_per_s"], "train.seconds": result.seconds})
     if RANKME_MONITOR in last:  # the monitor read the final backbone: a label-free objective (search.metric)
         metrics["val.rankme"] = last[RANKME_MONITOR]
     metrics.update(cost)
-    report = {"status": "complete", "config_id": config_id(cfg), "metrics": metrics, "history": result.history,
+    report = {"status": "complete", "config_id": config_id(cfg), "metrics": metrics, "selection": evaluation.selection,
+              "test_reads": evaluation.test_reads, "splits": split_sizes(result.splits), "history": result.history,
               "resumed_from_epoch": result.resumed_from, "torch": settings.as_record(), "fingerprint": record,
               "cost": {"device": record["hardware"]["device"], "gpus": world_size(), "memory": clock.memory},
               "config": cfg.model_dump(mode="json")}
     write_json(report, run_dir / METRICS)
     return report
+
+
+def split_sizes(splits: DatasetSplits) -> dict[str, int]:
+    """Images per split: pre-training, probe fitting (train), selection (val) and the reported test split."""
+    return {"pretrain": len(splits.pretrain), "train": len(splits.train), "val": len(splits.val or []), "test": len(splits.test)}
 
 
 def write_json(obj: dict, path: Path) -> None:

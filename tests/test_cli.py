@@ -10,7 +10,7 @@ from bench.cli import main
 from bench.runner import METRICS
 
 TINY = ["--set", "dataset.n_train=128", "--set", "dataset.n_test=40", "--set", "backbone.width=4", "--set", "batch_size=32",
-        "--set", "epochs=1", "--set", "method.projector=16-8", "--set", "eval.linear.epochs=2", "--set", "train.progress=false"]
+        "--set", "epochs=1", "--set", "method.projector=16-8", "--set", "eval.probes=[logreg, {name: linear, epochs: 2}]", "--set", "train.progress=false"]
 
 
 @pytest.mark.parametrize(

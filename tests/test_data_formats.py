@@ -14,14 +14,15 @@ from PIL import Image
 
 from bench.data.folder import FolderSet
 from bench.data.loader import iter_batches
-from bench.data.registry import DatasetConfig, DatasetSplits, load_dataset
+from bench.data.registry import DatasetConfig, DatasetSplits, read_dataset
 from bench.errors import ConfigError, DataError
 
 RNG = np.random.default_rng(0)
 
 
 def load(name: str, root: Path, **kwargs) -> DatasetSplits:
-    return load_dataset(DatasetConfig(name=name, root=root, **kwargs))
+    """The splits as the files give them (``load_dataset`` then holds out the validation split, tests/test_validation.py)."""
+    return read_dataset(DatasetConfig(name=name, root=root, **kwargs))
 
 
 # ---------------------------------------------------------------- CIFAR

@@ -93,7 +93,7 @@ def _errorbars(figure) -> dict[str, list[tuple[float, float, float]]]:
 
 def test_ablation_plots_equal_the_runs(ablation, stores, cell_runs, tmp_path):
     plots = {p.name: p for p in suite_plots(ablation, tmp_path, uri=stores[0], storage=stores[1])}
-    assert set(plots) == {f"ablation_{a}_{m}" for a in AXES for m in METRICS} | {"curves_train-loss", "curves_knn-top1"}
+    assert set(plots) == {f"ablation_{a}_{m}" for a in AXES for m in METRICS} | {"curves_train-loss", "curves_val-knn20.top1"}
     for plot in plots.values():
         _files_ok(plot)
     complete = cell_runs[(cell_runs["tags.ssl_bench.suite"] == "report_ablation") & (cell_runs["tags.ssl_bench.status"] == "complete")]
@@ -131,7 +131,7 @@ def test_curves_equal_the_metric_histories(ablation, stores, cell_runs, tmp_path
     client = MlflowClient(tracking_uri=stores[0])
     mine = cell_runs[cell_runs["tags.ssl_bench.suite"] == "report_ablation"]
     ran = set(mine.index[mine["tags.ssl_bench.status"].isin(["complete", "pruned"])])
-    for name, metric in (("curves_train-loss", "train/loss"), ("curves_knn-top1", "knn/top1")):
+    for name, metric in (("curves_train-loss", "train/loss"), ("curves_val-knn20.top1", "val/knn20.top1")):
         lines = {line.get_gid(): line.get_xydata().tolist() for line in plots[name].figure.axes[0].lines}
         assert set(lines) == ran
         for run_id, xy in lines.items():
@@ -142,7 +142,7 @@ def test_curves_equal_the_metric_histories(ablation, stores, cell_runs, tmp_path
 
 def test_search_plots_equal_the_trials(search, stores, tmp_path):
     plots = {p.name: p for p in suite_plots(search, tmp_path, uri=stores[0], storage=stores[1])}
-    assert set(plots) == {"curves_train-loss", "curves_knn-top1", "search_history", "search_importances"}
+    assert set(plots) == {"curves_train-loss", "curves_val-knn20.top1", "search_history", "search_importances"}
     for plot in plots.values():
         _files_ok(plot)
     study = optuna.load_study(study_name="report_search", storage=stores[1])

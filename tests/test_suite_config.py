@@ -17,6 +17,8 @@ from bench.data.mnist import FILES as MNIST_FILES
 from bench.data.registry import image_shape
 from bench.errors import ConfigError
 from bench.orchestrate import preflight
+from bench.eval.linear import LinearConfig
+from bench.eval.logreg import LogRegConfig
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
 SEARCH = """
@@ -327,11 +329,11 @@ def test_seed_without_seeds_comes_from_the_defaults(tmp_path):
 def test_evaluations_merge_over_defaults_eval(tmp_path):
     path = write(tmp_path, """
 name: ev
-defaults: {method: simclr, eval: {linear: {epochs: 50, lr: 0.1}, knn_k: [10]}}
-evaluations: {linear: {epochs: 5}, label_fractions: [0.1]}
+defaults: {method: simclr, eval: {probes: [{name: linear, epochs: 50, lrs: [0.1]}], knn_k: [10]}}
+evaluations: {probes: [logreg, {name: linear, epochs: 5}], label_fractions: [0.1]}
 """)
     (cell,) = expand_suite(load_suite(path))
-    assert (cell.config.eval.linear.epochs, cell.config.eval.linear.lr) == (5, 0.1)
+    assert cell.config.eval.probes == [LogRegConfig(), LinearConfig(epochs=5)]  # a list is replaced, not merged
     assert cell.config.eval.knn_k == [10] and cell.config.eval.label_fractions == [0.1]
 
 

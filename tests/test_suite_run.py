@@ -28,6 +28,7 @@ from bench.orchestrate.launch import prepare
 from bench.orchestrate.queue import (
     CELL_ATTR,
     EPOCH_ATTR,
+    OBJECTIVE_ATTR,
     REASON_ATTR,
     SUITE_ATTR,
     create_study,
@@ -39,10 +40,11 @@ from bench.orchestrate.queue import (
 from bench.orchestrate.slurm import launch_slurm
 from bench.orchestrate.worker import work
 from bench.tracking.mlflow_runs import SuiteTracker
+from bench.train.engine import MONITOR
 
 TINY = {
     "defaults": {**DEFAULTS, "train": {"progress": False}},
-    "evaluations": {"linear": None, "knn_k": [20]},
+    "evaluations": {"probes": [], "knn_k": [20]},
     "matrix": {"method": ["simclr", "vicreg"]},
     "ablations": {"simclr.projector": ["16-8"], "vicreg.projector": ["16-16"]},
     "seeds": [0, 1],
@@ -79,6 +81,10 @@ def complete_per_cell(study: optuna.Study) -> dict[str, int]:
     for t in study.get_trials(states=(TrialState.COMPLETE,)):
         counts[t.user_attrs[CELL_ATTR]] = counts.get(t.user_attrs[CELL_ATTR], 0) + 1
     return counts
+
+
+def tracking_client() -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(f"sqlite:///{Path('results/mlflow.db').resolve()}")
 
 
 def child_runs(experiment: str):
@@ -171,6 +177,16 @@ def test_search_with_tpe_and_median_pruner_prunes_a_trial(results, tmp_path):
     runs = child_runs("hp")
     assert (runs["status"] == "KILLED").sum() == states.count(TrialState.PRUNED)
     assert (runs["status"] == "FINISHED").sum() == states.count(TrialState.COMPLETE)
+    # the objective and the pruner read the validation split: recorded on the study, every trial and every run
+    val = {"metric": "val.knn20.top1", "split": "val"}
+    assert study_of("hp").user_attrs[OBJECTIVE_ATTR] == val and all(t.user_attrs[OBJECTIVE_ATTR] == val for t in trials)
+    assert (runs["tags.ssl_bench.objective"] == "val.knn20.top1").all() and (runs["tags.ssl_bench.objective_split"] == "val").all()
+    by_run = runs.set_index("run_id")
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            assert t.value == by_run.loc[t.user_attrs["mlflow_run_id"], "metrics.val.knn20.top1"]
+        monitor = tracking_client().get_metric_history(t.user_attrs["mlflow_run_id"], MONITOR)
+        assert t.intermediate_values == {m.step: m.value for m in monitor} and t.intermediate_values
 
 
 def test_a_cell_shared_by_two_suites_is_trained_once(results, tmp_path):
@@ -251,7 +267,7 @@ def test_two_workers_share_a_postgresql_queue(results, tmp_path, postgres):
     path = write_suite(tmp_path / "pg.yaml", name, matrix={"method": ["simclr"]}, seeds=list(range(20)),
                        defaults=TINY["defaults"] | {"epochs": 1, "dataset": {"name": "shapes", "n_train": 64, "n_test": 32},
                                                     "batch_size": 32},
-                       evaluations={"linear": None, "knn_k": [5], "diagnostics": False})
+                       evaluations={"probes": [], "knn_k": [5], "diagnostics": False})
     assert main(["run", str(path), "--storage", postgres, "--workers", "2"]) == 0
     study = optuna.load_study(study_name=name, storage=postgres)
     cells = expand_suite(load_suite(path))

@@ -5,9 +5,18 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidatorFunctionWrapHandler, WrapValidator, model_validator
+from pydantic import Field, ValidatorFunctionWrapHandler, WrapValidator, field_validator, model_validator
 
 from bench.schema import ConfigModel
+
+#: the split prefix of validation metrics: every selection reads them (``val.knn20.top1``)
+VAL_PREFIX = "val."
+DEFAULT_SEARCH_METRIC = "val.knn20.top1"
+
+
+def metric_split(metric: str) -> str:
+    """The split a final metric reads: ``val`` for ``val.*`` (validation), else ``test``."""
+    return "val" if metric.startswith(VAL_PREFIX) else "test"
 
 
 def _int_or_float(value: Any, handler: ValidatorFunctionWrapHandler) -> int | float:
@@ -63,12 +72,21 @@ class SearchConfig(ConfigModel):
     space: dict[str, SearchParam] = Field(min_length=1, description="dotted run-config key -> its range or choices")
     sampler: Literal["tpe", "random", "grid"] = Field("tpe", description="grid needs categorical or int-with-step parameters")
     pruner: Literal["median", "hyperband", "none"] = Field("median", description="prunes on the online kNN (train.knn_every > 0)")
-    metric: str = Field("knn20.top1", min_length=1, description="final metric of a run that the search optimizes")
+    metric: str = Field(DEFAULT_SEARCH_METRIC, min_length=1, description="final validation metric (val.*) of a run that the "
+                        "search optimizes; the test split is never an objective")
     direction: Literal["maximize", "minimize"] = "maximize"
     n_trials: int | None = Field(None, ge=1, description="trials to run (null: the grid size for grid, else 20)")
     seed: int = Field(0, description="sampler seed")
     n_startup_trials: int = Field(5, ge=0, description="trials before the sampler and the median pruner act")
     n_warmup_steps: int = Field(1, ge=0, description="median pruner: kNN reports of a trial before it may be pruned")
+
+    @field_validator("metric")
+    @classmethod
+    def _validation_metric(cls, v: str) -> str:
+        if not v.startswith(VAL_PREFIX):
+            raise ValueError(f"{v!r} is a test-split metric; a search optimizes a validation metric: use "
+                             f"{VAL_PREFIX}{v} (test numbers are read once, after every choice)")
+        return v
 
     @model_validator(mode="after")
     def _trials(self) -> SearchConfig:

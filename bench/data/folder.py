@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -85,6 +85,11 @@ class FolderSet(Dataset):
     def labeled(self) -> "FolderSet":
         """Every sample of a folder carries a label."""
         return self
+
+    def subset(self, index: torch.Tensor) -> "FolderSet":
+        """The samples ``index`` (a 1-D integer tensor), in that order; the files are not read."""
+        index = index.cpu().long()
+        return replace(self, files=[self.files[i] for i in index.tolist()], labels=self.labels[index])
 
 
 # Imported here, after FolderSet, because the registry imports FolderSet from this module.

@@ -26,6 +26,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from bench.config.as_run import RECORD_PREFIX, RunHistory, SuiteRun, by_first_run, next_record, suite_key
+from bench.config.search import DEFAULT_SEARCH_METRIC, metric_split
 from bench.config.suite import Cell, Suite
 from bench.stores import sqlite_file
 
@@ -33,9 +34,10 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 # heartbeats and stale-trial retries are marked experimental in Optuna; they are what this queue is built on
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-#: study user attributes
+#: study user attributes (OBJECTIVE_ATTR also on each pre-training trial: ``{"metric": "val.knn20.top1", "split": "val"}``)
 SUITE_ATTR = "ssl_bench.suite"
 TRACKING_ATTR = "ssl_bench.tracking"
+OBJECTIVE_ATTR = "objective"
 #: trial user attributes
 CELL_ATTR, CONFIG_ATTR, AXES_ATTR = "cell_id", "config", "axes"
 RUN_ATTR, REASON_ATTR, EPOCH_ATTR, METRICS_ATTR = "mlflow_run_id", "fail_reason", "epoch", "metrics"
@@ -103,7 +105,13 @@ def create_study(suite: Suite, storage: RDBStorage, tracking: dict[str, str], se
     previous = study.user_attrs.get(attr)
     record = next_record(None if previous is None else _suite_run(previous), text, sets, now)
     study.set_user_attr(attr, {**record.model_dump(mode="json"), "suite": text})
+    study.set_user_attr(OBJECTIVE_ATTR, objective_record(suite.search.metric if suite.search else DEFAULT_SEARCH_METRIC))
     return study
+
+
+def objective_record(metric: str) -> dict[str, str]:
+    """What the study's objective reads: the metric and its split (``val`` for ``val.*``, the only kind allowed)."""
+    return {"metric": metric, "split": metric_split(metric)}
 
 
 def study_history(study: optuna.Study | None, where: str) -> RunHistory:

@@ -37,6 +37,7 @@ from bench.orchestrate.queue import (
     DEPENDS_ATTR,
     EPOCH_ATTR,
     METRICS_ATTR,
+    OBJECTIVE_ATTR,
     REASON_ATTR,
     RETRIED,
     RUN_ATTR,
@@ -46,6 +47,7 @@ from bench.orchestrate.queue import (
     Heartbeat,
     claim_waiting,
     fail_stale,
+    objective_record,
     open_storage,
     queue_lock,
     suite_storage,
@@ -54,7 +56,9 @@ from bench.orchestrate.preflight import suite_checks
 from bench.orchestrate.search import (
     build_pruner,
     build_sampler,
+    objective_metric,
     objective_value,
+    report_epoch,
     search_exhausted,
     suggest,
 )
@@ -182,18 +186,17 @@ def _run_pretraining(ctx: Context, live: optuna.Trial, trial: FrozenTrial) -> tu
     cell_id = attrs[CELL_ATTR]
     run_id = ctx.tracker.start_cell(ctx.parent_run, cell_id, config, suite=ctx.suite.name, axes=attrs[AXES_ATTR],
                                     trial={"study": ctx.study.study_name, "number": trial.number, "id": trial._trial_id},
-                                    run_id=attrs.get(RUN_ATTR))
+                                    run_id=attrs.get(RUN_ATTR), objective=objective_metric(ctx.suite.search))
     live.set_user_attr(RUN_ATTR, run_id)
+    live.set_user_attr(OBJECTIVE_ATTR, objective_record(objective_metric(ctx.suite.search)))
     pruning = ctx.suite.search is not None and ctx.suite.search.pruner != "none"
     run_dir = ctx.runs_dir / cell_id
 
     def on_epoch(record: dict) -> None:
         ctx.tracker.log_epoch(run_id, record)
         live.set_user_attr(EPOCH_ATTR, record["epoch"])
-        if pruning and "knn_top1" in record:
-            live.report(record["knn_top1"], record["epoch"])
-            if live.should_prune():
-                raise optuna.TrialPruned()
+        if pruning:
+            report_epoch(live, record)
 
     def work() -> tuple[dict[str, float], dict]:
         report = finished_report(run_dir, config) or run_cell(config, run_dir, on_epoch, ctx.suite.launcher.gpus_per_cell)

@@ -32,6 +32,7 @@ from bench.report.pivot import pivot
 from bench.report.runs import METHOD_TAG, STATUSES, flatten_config, resolve_key, suite_runs
 from bench.stores import sqlite_file
 from bench.tracking.mlflow_runs import retry_locked, tracking_uri
+from bench.train.engine import MONITOR
 
 #: the columns of ``suite_runs`` that describe a cell rather than its config or its metrics
 CELL_COLUMNS = ("cell_id", "run_id", "status", "fail_reason")
@@ -162,7 +163,7 @@ def training_curves(uri: str, run_ids: list[str], out_dir: Path, *, metric: str 
         frames.append(curve.assign(run_id=run_id, method=method, dataset=dataset))
     if not frames:
         raise ConfigError(f"none of the {len(run_ids)} runs logged the per-epoch metric {metric} in {uri}; "
-                          "per-epoch metrics are train/<field> and knn/<x> (knn/top1 needs train.knn_every > 0)")
+                          f"per-epoch metrics are train/<field> and {MONITOR} (which needs train.knn_every > 0)")
     values = pd.concat(frames, ignore_index=True)["value"]
     if values.min() > 0 and values.max() > 20 * values.min():  # losses of different methods differ by orders of magnitude
         ax.set_yscale("log")
@@ -175,8 +176,8 @@ def training_curves(uri: str, run_ids: list[str], out_dir: Path, *, metric: str 
 
 
 def knn_curves(uri: str, run_ids: list[str], out_dir: Path) -> Plot:
-    """The online kNN top-1 accuracy (``knn/top1``) of each run over the epochs."""
-    return training_curves(uri, run_ids, out_dir, metric="knn/top1")
+    """The online kNN top-1 accuracy on the validation split (``val/knn20.top1``) of each run over the epochs."""
+    return training_curves(uri, run_ids, out_dir, metric=MONITOR)
 
 
 def search_plots(study: optuna.Study, out_dir: Path, *, metric: str = "objective") -> list[Plot]:

@@ -43,7 +43,7 @@ STATUSES = ("complete", "failed", "running", "pruned", "missing")
 CELL_TAG = "ssl_bench.cell_id"
 #: the tag naming a child run's method
 METHOD_TAG = "ssl_bench.method"
-#: per-epoch metrics are logged as ``train/<x>`` and ``knn/<x>``; final metrics have no slash
+#: per-epoch metrics are logged as ``train/<x>`` and ``val/knn20.top1``; final metrics have no slash
 EPOCH_METRIC_MARK = "/"
 
 
@@ -144,7 +144,7 @@ def run_status(run: Run | None) -> str:
 
 
 def final_metrics(run: Run) -> dict[str, float]:
-    """The run's final metrics (``knn20.top1``), without the per-epoch ones (``train/loss``, ``knn/top1``)."""
+    """The run's final metrics (``knn20.top1``), without the per-epoch ones (``train/loss``, ``val/knn20.top1``)."""
     return {k: v for k, v in run.data.metrics.items() if EPOCH_METRIC_MARK not in k}
 
 

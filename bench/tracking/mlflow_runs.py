@@ -8,20 +8,24 @@ Names written to MLflow:
   (``running`` | ``complete`` | ``failed`` | ``pruned``), ``ssl_bench.fail_reason``; on cells also
   ``ssl_bench.cell_id``, ``ssl_bench.method``, ``ssl_bench.dataset``, ``ssl_bench.seed``, ``ssl_bench.host``,
   ``ssl_bench.device``, ``mlflow.source.git.commit``, ``mlflow.parentRunId`` and ``optuna.study``,
-  ``optuna.trial_number``, ``optuna.trial_id``.
+  ``optuna.trial_number``, ``optuna.trial_id``, ``ssl_bench.objective`` (the metric the study's objective reads,
+  ``val.knn20.top1``) and ``ssl_bench.objective_split`` (``val``).
 - params (cells, on creation only): the resolved config flattened to dotted keys (``optimizer.lr``) and the
   suite's axes as ``axis.<name>``; strings as they are, every other value as JSON (``0.3``, ``true``,
   ``null``, ``[20, 200]``).
-- per-epoch metrics, ``step = epoch``: a history field ``knn_<x>`` (the online kNN monitor) as ``knn/<x>``, the
-  monitor's RankMe as ``val/rankme``,
-  every other numeric field as ``train/<field>`` (``train/loss``, ``train/lr``, ``train/images_per_s`` and
-  the method's own terms).
-- final metrics, step 0: the names the evaluation gives them (``knn20.top1``, ``linear.top1``).
+- per-epoch metrics, ``step = epoch``: the online kNN monitor as ``val/knn20.top1`` (validation split) and its
+  RankMe as ``val/rankme``, every other numeric history field as ``train/<field>`` (``train/loss``, ``train/lr``,
+  ``train/images_per_s`` and the method's own terms). A slash marks a per-epoch metric.
+- final metrics, step 0: the names the evaluation gives them, test numbers as ``knn20.top1``, ``linear.top1``,
+  validation ones as ``val.knn20.top1``.
+- selection (cells, at the end): the hyper-parameters chosen on the validation split as params ``selection.<name>``
+  (``selection.linear.lr``, ``selection.logreg.C``, ``selection.knn.k``).
 - fingerprint (cells, ``bench.tracking.fingerprint``): tags ``ssl_bench.fingerprint`` (its id) and
   ``fingerprint.<group>.<field>`` (``fingerprint.packages.torch``, ``fingerprint.data.sha256``).
 - cost (cells, final metrics, ``bench.core.cost``): ``cost.wall.<stage>`` (``load``, ``fingerprint``, ``train``,
-  ``monitor``, ``checkpoint``, ``extract``, ``knn``, ``linear``, ...), ``cost.wall.other``, ``cost.wall.total``,
-  ``cost.peak_mem_gb.<stage>``, ``cost.gpus``, ``cost.gpu_seconds``, ``cost.gpu_hours``, ``cost.image_epochs``.
+  ``monitor``, ``checkpoint``, ``extract``, ``knn``, ``logreg``, ``linear``, ...), ``cost.wall.other``,
+  ``cost.wall.total``, ``cost.peak_mem_gb.<stage>``, ``cost.gpus``, ``cost.gpu_seconds``, ``cost.gpu_hours``,
+  ``cost.image_epochs``.
 - artifacts: ``suite.yaml`` (parent), ``config.yaml``, ``report.json``, ``fingerprint.json`` and ``diff.patch``
   (when the code was dirty) (cells).
 - the variants of the suite that ``run`` queued (``bench.config.as_run``): on the parent, one tag
@@ -59,6 +63,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 from bench.config.as_run import RECORD_PREFIX, RunHistory, SuiteRun, by_first_run, next_record, suite_key
 from bench.config.overrides import flatten
 from bench.config.run import RunConfig
+from bench.config.search import metric_split
 from bench.errors import ConfigError
 from bench.stores import sqlite_file
 from bench.tracking.fingerprint import DIFF_FILE, FINGERPRINT_FILE, fingerprint_tags, git_commit
@@ -73,6 +78,7 @@ ROLE, SUITE, STATUS, FAIL_REASON = "ssl_bench.role", "ssl_bench.suite", "ssl_ben
 CELL_ID = "ssl_bench.cell_id"
 #: the parent's artifact folder of the YAML of each variant of the suite that ``run`` queued
 SUITE_RUNS_DIR = "suite_runs"
+OBJECTIVE, OBJECTIVE_SPLIT = "ssl_bench.objective", "ssl_bench.objective_split"
 
 #: the columns ``mlflow.search_runs`` puts before ``metrics.*``, ``params.*`` and ``tags.*``
 RUN_COLUMNS = ["run_id", "experiment_id", "status", "artifact_uri", "start_time", "end_time"]
@@ -96,11 +102,9 @@ def tracking_uri(configured: str | None, results: Path = Path("results")) -> str
 
 
 def epoch_metric_name(field: str) -> str:
-    """MLflow metric name of one history field: ``knn_top1`` -> ``knn/top1``, ``loss`` -> ``train/loss``; a field with
-    a split prefix as it is (the monitor's ``val/rankme``)."""
-    if "/" in field:
-        return field
-    return f"knn/{field.removeprefix('knn_')}" if field.startswith("knn_") else f"train/{field}"
+    """MLflow metric name of one history field: a field with a split prefix as it is (the online kNN monitor's
+    ``val/knn20.top1``), any other ``train/<field>`` (``loss`` -> ``train/loss``)."""
+    return field if "/" in field else f"train/{field}"
 
 
 def flatten_params(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -166,11 +170,12 @@ class SuiteTracker:
         return record
 
     def start_cell(self, parent_id: str, cell_id: str, config: RunConfig, *, suite: str, axes: dict[str, Any],
-                   trial: dict[str, Any], run_id: str | None = None) -> str:
+                   trial: dict[str, Any], run_id: str | None = None, objective: str | None = None) -> str:
         """Create the cell's child run (params and ``config.yaml`` once), or reopen ``run_id`` of a retried cell.
 
         ``trial`` holds the Optuna ``study`` name and the trial's ``number`` and ``id``; ``axes`` the suite axes
-        that make this cell (logged as ``axis.<name>`` params). Returns the run id.
+        that make this cell (logged as ``axis.<name>`` params); ``objective`` the metric the study's objective reads
+        (tags ``ssl_bench.objective`` and ``ssl_bench.objective_split``, ``val`` for ``val.*``). Returns the run id.
         """
         tags = {
             "mlflow.parentRunId": parent_id,
@@ -188,6 +193,8 @@ class SuiteTracker:
             "optuna.trial_number": str(trial["number"]),
             "optuna.trial_id": str(trial["id"]),
         }
+        if objective is not None:
+            tags |= {OBJECTIVE: objective, OBJECTIVE_SPLIT: metric_split(objective)}
         if run_id is not None:
             self._reopen(run_id, cell_id, tags)
             return run_id
@@ -208,13 +215,15 @@ class SuiteTracker:
 
     def finish_cell(self, run_id: str, *, status: Status, metrics: dict[str, float] | None = None,
                     report: dict[str, Any] | None = None, reason: str | None = None) -> None:
-        """Log final metrics, ``report.json`` and the status tags, then end the run FINISHED / FAILED / KILLED."""
+        """Log final metrics, the report's selection (params ``selection.<name>``), ``report.json`` and the status tags,
+        then end the run FINISHED / FAILED / KILLED."""
         tags = [RunTag(STATUS, status)]
         if reason:
             tags.append(RunTag(FAIL_REASON, reason[:MAX_TAG_VAL_LENGTH]))
         now = _now_ms()
         final = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
-        retry_locked(self.client.log_batch, run_id, metrics=final, tags=tags)
+        chosen = flatten_params((report or {}).get("selection", {}), "selection.")
+        retry_locked(self.client.log_batch, run_id, metrics=final, params=[Param(k, v) for k, v in chosen.items()], tags=tags)
         if report is not None:
             retry_locked(self.client.log_dict, run_id, report, "report.json")
         retry_locked(self.client.set_terminated, run_id, RUN_STATUS[status])

@@ -24,11 +24,12 @@ from bench.config.run import RunConfig, config_id, resolve_run_config
 from bench.core.cost import active_clock, stage, timed
 from bench.core.torch_state import torch_scope
 from bench.data.loader import epoch_permutation, iter_batches
-from bench.data.registry import DatasetSplits, load_dataset
+from bench.data.registry import DatasetSplits, Split, load_dataset
 from bench.data.views import ViewMaker, build_recipe
 from bench.errors import ConfigError, DivergedError
 from bench.eval.diagnostics import effective_rank
 from bench.eval.features import extract_features
+from bench.eval.fractions import class_balanced_subset
 from bench.eval.knn import knn_eval
 from bench.methods import Method, method_class
 from bench.models.backbones import build_backbone
@@ -48,6 +49,8 @@ from bench.train.optim import build_optimizer
 from bench.train.schedule import lr_factor
 
 MODEL = "model.pt"
+#: the history field of the online kNN monitor (``train.knn_every``): validation 20-NN top-1, what the pruner reads
+MONITOR = "val/knn20.top1"
 #: the history field of the online monitor's RankMe (``train.knn_every``): effective rank of its features, no labels read
 RANKME_MONITOR = "val/rankme"
 
@@ -312,14 +315,19 @@ def _check_finite(first_bad: torch.Tensor, steps_per_epoch: int) -> None:
         raise DivergedError(epoch=bad // steps_per_epoch + 1, step=bad + 1)
 
 
+def monitor_bank(train: Split, size: int) -> Split:
+    """The online kNN's bank: ``train``, or a fixed class-balanced subset (seed 0) of about ``size`` of its samples."""
+    if len(train) <= size:
+        return train
+    return train.subset(class_balanced_subset(train.labels, size / len(train), seed=0))
+
+
 @timed("monitor", carve=True)
 def online_knn(method: Method, splits: DatasetSplits, device: torch.device, cfg: RunConfig) -> dict[str, float]:
-    """kNN accuracy of the current backbone (k=20), on at most ``train.knn_bank`` training samples, and the RankMe
-    of the query features (``RANKME_MONITOR``)."""
-    bank = splits.train.labeled()
-    if len(bank) > cfg.train.knn_bank and hasattr(bank, "subset"):
-        bank = bank.subset(torch.arange(cfg.train.knn_bank))
-    train_f, train_y = extract_features(method.backbone, bank, device)
-    test_f, test_y = extract_features(method.backbone, splits.test, device)
-    acc = knn_eval(train_f, train_y, test_f, test_y, splits.train.num_classes, ks=(20,), temperature=cfg.eval.knn_temperature)
-    return {"knn_top1": acc["knn20.top1"], RANKME_MONITOR: effective_rank(test_f)}
+    """``{MONITOR: .., RANKME_MONITOR: ..}``: 20-NN top-1 of the current backbone on the validation split (never the
+    test split), the bank a fixed class-balanced subset (seed 0) of about ``train.knn_bank`` training samples, and the
+    RankMe of the validation features (no labels read)."""
+    train_f, train_y = extract_features(method.backbone, monitor_bank(splits.train.labeled(), cfg.train.knn_bank), device)
+    val_f, val_y = extract_features(method.backbone, splits.val.labeled(), device)
+    acc = knn_eval(train_f, train_y, val_f, val_y, splits.train.num_classes, ks=(20,), temperature=cfg.eval.knn_temperature)
+    return {MONITOR: acc["knn20.top1"], RANKME_MONITOR: effective_rank(val_f)}
