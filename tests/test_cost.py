@@ -19,7 +19,7 @@ from bench.train.checkpoint import load_checkpoint
 
 CPU = torch.device("cpu")
 TINY = ["method=simclr", "method.projector=16-8", "dataset=shapes", "dataset.n_train=128", "dataset.n_test=32",
-        "backbone.width=4", "batch_size=32", "epochs=1", "train.progress=false", "train.threads=1", "eval.linear=null",
+        "backbone.width=4", "batch_size=32", "epochs=1", "train.progress=false", "train.threads=1", "eval.probes=[]",
         "eval.knn_k=[5]"]
 
 
