@@ -237,6 +237,7 @@ def test_paper_defaults_recipes_and_optimizers() -> None:
     assert MoCoV2Params().model_dump() == {
         "name": "mocov2",
         "projector": "2048-128",
+        "reading": "paper",
         "queue_size": 65536,
         "temperature": 0.2,
         "momentum": 0.999,
@@ -247,8 +248,9 @@ def test_paper_defaults_recipes_and_optimizers() -> None:
     assert MoCoV3Params().model_dump() == {
         "name": "mocov3",
         "projector": "4096-4096-256",
+        "reading": "paper",
         "predictor": "4096-256",
-        "predictor_last_bn": False,
+        "predictor_last_bn": True,
         "temperature": 1.0,
         "momentum": 0.99,
     }
