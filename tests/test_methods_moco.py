@@ -230,7 +230,9 @@ def test_mocov3_heads_follow_the_paper() -> None:
     method = _build("mocov3")
     last_bn = method.projector[-1]
     assert isinstance(last_bn, torch.nn.BatchNorm1d) and not last_bn.affine
-    assert isinstance(method.predictor[-1], torch.nn.Linear) and method.predictor[-1].bias is not None
+    assert isinstance(method.predictor[-1], torch.nn.BatchNorm1d) and method.predictor[-1].affine  # the paper: BN on every layer
+    code = _build("mocov3", reading="code")  # the official code: a plain Linear last
+    assert isinstance(code.predictor[-1], torch.nn.Linear) and code.predictor[-1].bias is not None
 
 
 def test_paper_defaults_recipes_and_optimizers() -> None:

@@ -21,11 +21,12 @@ from bench.cli import main
 from bench.config.run import resolve_run_config
 from bench.config.suite import expand_suite, load_suite
 from bench.errors import ConfigError
+from bench.report.leaderboard import leaderboard_rows, paper_span
 from bench.report.ours import cell_record
 from bench.report.pivot import pivot
 from bench.report.protocol import MatchKind, ProbeType, Selection
 from bench.report.reference import find_reference, paper_column, published
-from bench.report.runs import CONFIG_COLUMN, SELECTION_COLUMN
+from bench.report.runs import CONFIG_COLUMN, SELECTION_COLUMN, suite_runs
 from bench.report.table import to_csv, to_html, to_latex, to_markdown
 from bench.tracking.mlflow_runs import SuiteTracker, tracking_uri
 
@@ -209,7 +210,7 @@ def test_paper_column_marks_and_footnotes_in_every_format():
 
 def log_suite(uri: str, path: Path, sets: list[str], metrics: dict[str, float]) -> None:
     """Record a variant of a suite and its cells in the MLflow store at ``uri`` as ``run`` does, each cell complete
-    with ``metrics`` (no training)."""
+    with one epoch's loss and ``metrics`` (no training)."""
     suite = load_suite(path, sets)
     tracker = SuiteTracker(uri, suite.name)
     parent = tracker.parent_run(suite.name, suite.to_yaml())
@@ -217,6 +218,7 @@ def log_suite(uri: str, path: Path, sets: list[str], metrics: dict[str, float]) 
     for number, cell in enumerate(expand_suite(suite)):
         run = tracker.start_cell(parent, cell.id, cell.config, suite=suite.name, axes=cell.axes,
                                  trial={"study": suite.name, "number": number, "id": number})
+        tracker.log_epoch(run, {"epoch": 0, "loss": 1.0})
         tracker.finish_cell(run, status="complete", metrics=metrics)
 
 
@@ -246,3 +248,15 @@ def test_table_paper_marks_a_smoke_run_of_a_paper_suite_and_not_a_matching_cell(
     table = [line for line in out.splitlines() if line.startswith("|")]
     assert byol.endswith("| 91.0 |") and not any(mark in "".join(table) for mark in "†‡")
     assert not any(re.match(r"[†‡]\d", line) for line in out.splitlines())  # no footnote
+    # the leaderboard: the published number under ours, the mark, and on hover the source and the fields
+    rows = {path: leaderboard_rows(suite, suite_runs(suite, uri=uri)) for path, suite in
+            ((path, load_suite(SUITES / path, sets)) for path, sets in (("corinfomax_main.yaml", ["epochs=2", "batch_size=64"]),
+             ("baselines_cifar10.yaml", ["method=byol", "epochs=800", "batch_size=512", "eval.knn_temperature=0.1"])))}
+    smoke = [paper_span("linear.top1", row["linear.top1"]) for row in rows["corinfomax_main.yaml"]["paper"]]
+    assert [re.search(r'class="paper (\w+)"', span)[1] for span in smoke] == ["partial", "partial"]
+    assert smoke[0].endswith(">paper 93.2†</span>") and 'title="published 93.2: corinfomax on cifar10: CorInfoMax thesis, Table 5.1; ' \
+        "epochs: 1000 vs 2; batch_size: 512 vs 64;" in smoke[0]
+    (matching,) = rows["baselines_cifar10.yaml"]["paper"]
+    span = paper_span("knn200.top1", matching["knn200.top1"])
+    assert 'class="paper exact"' in span and 'title="published 91.0: byol on cifar10: lightly benchmarks, CIFAR-10 table; the same ' \
+        'protocol">paper 91.0</span>' in span

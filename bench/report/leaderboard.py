@@ -209,7 +209,7 @@ def _cell(column: str, value: Any) -> str:
 def _protocol_cell(metric: str, summary: Any, best: bool, match: PaperMatch | None = None) -> str:
     """One protocol ``<td>``: ``mean ± std`` over ``[ci_low, ci_high] n=N`` (``n=1, no interval``), and the published
     number; data-* hold the unrounded numbers, data-sort the mean (empty where the row has none)."""
-    paper = _paper_span(metric, match)
+    paper = paper_span(metric, match)
     if not isinstance(summary, Summary) or summary.n == 0:  # not in this suite, or no complete run has it
         return f'<td class="num" data-metric="{metric}" data-sort="" data-n="0">{paper}</td>'
     text = format_value(metric, summary.mean)
@@ -224,7 +224,7 @@ def _protocol_cell(metric: str, summary: Any, best: bool, match: PaperMatch | No
             f'<span class="mean">{mean}</span><span class="ci">{ci}</span>{paper}</td>')
 
 
-def _paper_span(metric: str, match: PaperMatch | None) -> str:
+def paper_span(metric: str, match: PaperMatch | None) -> str:
     """``paper 92.6†`` with its source and the protocol fields that differ (``field: theirs vs ours``) on hover."""
     if match is None:
         return ""

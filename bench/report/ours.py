@@ -27,7 +27,7 @@ from bench.data.folder_crops import EVAL_CROP
 from bench.data.views import build_recipe
 from bench.errors import ConfigError
 from bench.methods import method_class
-from bench.report.metric_key import Family, MetricKey, parse_metric
+from bench.report.metric_key import Family, MetricKey, Split, parse_metric
 from bench.report.protocol import (
     Backbone,
     Labels,
@@ -54,7 +54,7 @@ def published_key(metric: str) -> MetricKey | None:
     """The parsed ``metric`` when published tables report its kind (a test-split kNN, probe or fine-tuning
     accuracy), else None."""
     key = parse_metric(metric)
-    if key.split != "test" or key.family not in PROBE_TYPES or not key.is_accuracy:
+    if key.split != Split.TEST or key.family not in PROBE_TYPES or not key.is_accuracy:
         return None
     return key
 
