@@ -172,6 +172,14 @@ def test_find_reference_exact_partial_unknown_and_missing():
     assert vicreg.reference.source == "lightly benchmarks, ImageNet-1k table" and "reading: code vs paper" in vicreg.comparison.note()
     code = find_reference("vicreg", "top1", [cell_record(config(method={"name": "vicreg", "reading": "code"}, **imagenet), {}, "linear_aug.top1")])
     assert "reading" not in code.comparison.note()
+    # STL-10 pre-training at 32 px: probed on STL-10 itself, and on CIFAR-10 (the transfer entry, not the in-domain one)
+    sidae = config(method={"name": "sidae"}, augment="simsiam_cifar", backbone={"name": "resnet18"}, epochs=200,
+                   dataset={"name": "stl10", "root": "data/stl10", "image_size": 32, "pretrain_split": "unlabeled"},
+                   eval={"datasets": [{"name": "cifar10", "root": "data/cifar10"}]})
+    assert find_reference("sidae", "top1", [cell_record(sidae, {}, "linear.top1")]).reference.value == 61.18
+    transfer = find_reference("sidae", "top1", [cell_record(sidae, {}, "cifar10.linear.top1")])
+    assert (transfer.reference.value, transfer.kind) == (66.20, MatchKind.UNKNOWN)  # the paper states neither stem nor probe
+    assert [d.field for d in transfer.comparison.unstated] == ["backbone.variant", "probe.type"]
     assert find_reference("byol", "top1", [cell_record(config(dataset={"name": "shapes"}), {}, "knn200.top1")]) is None  # nothing published
 
 
