@@ -135,7 +135,7 @@ def to_csv(table: Pivot) -> str:
         name = _column_text(column)
         frames = {"mean": table.mean, "std": table.std, "ci_low": table.ci_low, "ci_high": table.ci_high, "n": table.n,
                   "delta": table.delta, "p": table.p, "q": table.q, "test": table.test, "paper": table.paper}
-        data.update({f"{name} {key}": frame.iloc[:, j].to_numpy() for key, frame in frames.items() if frame is not None})
+        data.update({f"{name} {field}": frame.iloc[:, j].to_numpy() for field, frame in frames.items() if frame is not None})
         if table.matches is not None:
             found: list[PaperMatch | None] = table.matches.iloc[:, j].tolist()
             data[f"{name} paper_match"] = [m.kind.value if m else "" for m in found]
