@@ -38,6 +38,10 @@ Ambiguities resolved:
 - log-determinant: LU-based ``torch.logdet`` in float64 without symmetrisation, as the thesis
   and the code; no option.
 - weight decay on every parameter (the thesis names no exclusion): ``optimizer.exclude_bias_bn``.
+
+Code reading: none (``reading: code`` changes nothing). The loss above is the thesis' practical one (Sec. 5.2.5,
+Algorithm 1) and the code's; where they differ it is in settings: lambda on ImageNet-100 / -1K (``lambd``) and
+the LDMI tracker (a logged metric).
 """
 
 from __future__ import annotations

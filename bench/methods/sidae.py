@@ -23,6 +23,9 @@ Ambiguities resolved:
   parameters (``projector_last_bn_affine=True`` keeps them); predictor 512-2048.
 - learning rate: 0.03 at the paper's batch 512 is taken as an absolute rate, not scaled with the
   batch (``optimizer.lr_scaling=linear`` with ``reference_batch=512`` scales it).
+
+Code reading: none (``reading: code`` changes nothing): the paper points to no official code; its equation and
+its prose differ on the reconstruction target (``target`` above).
 """
 
 from __future__ import annotations

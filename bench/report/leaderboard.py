@@ -4,11 +4,13 @@
 that differ only by seed: method, dataset, backbone, epochs, batch size and the suite's other settings), the
 baselines (``labels.Baseline``) under the methods of their suite, and one column per evaluation protocol (kNN,
 linear, label fractions, fine-tuning, detection: the lead number of every test-split protocol, ``MetricKey.is_lead``)
-with mean ± sample std over the seeds, the 95 % t-interval and n; the best of each suite, dataset and protocol in
-bold (never a baseline). It is sortable (click a header) and filterable (type words). A row also counts its cells
-that did not complete and links their MLflow runs. A search suite contributes its best complete trial. Each suite
-also gets ``<out>/<suite>/index.html`` with its pivot tables (``table.to_html``) and plots (``plots.suite_plots``).
-The script and stylesheet come from the package's ``site/`` folder, copied to ``<out>/static``.
+with mean ± sample std over the seeds, the 95 % t-interval and n, and the published number closest to the row's
+protocol (``reference.group_reference``), marked † or ‡ where its protocol record is not ours, the differing
+fields on hover; the best of each suite, dataset and protocol in bold (never a baseline). It is sortable (click a
+header) and filterable (type words). A row also counts its cells that did not complete and links their MLflow
+runs. A search suite contributes its best complete trial. Each suite also gets ``<out>/<suite>/index.html`` with
+its pivot tables (``table.to_html``) and plots (``plots.suite_plots``). The script and stylesheet come from the
+package's ``site/`` folder, copied to ``<out>/static``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from bench.errors import ConfigError
 from bench.report.labels import EMPTY, format_value, is_baseline, label_text, method_label
 from bench.report.metric_key import Family, MetricKey, parse_metric
 from bench.report.pivot import pivot
+from bench.report.protocol import MatchKind
+from bench.report.reference import PaperMatch, group_reference
 from bench.report.plots import Plot, fill_missing, headline_metrics, metric_columns, suite_axes, suite_plots, varying
 from bench.report.runs import STATUSES, shown_report_suite, suite_runs
 from bench.report.stats import CONFIDENCE, Summary, summarize
@@ -49,7 +53,7 @@ OWN_COLUMN_AXES = frozenset({"method", "dataset", "backbone", "epochs", "batch_s
 CONFIG_HEADERS = ("suite", "method", "dataset", "setting", "backbone", "epochs", "batch size")
 TAIL_HEADERS = ("not complete", "MLflow runs")
 #: the columns of ``leaderboard_rows`` besides one per protocol
-ROW_COLUMNS = ("suite", *GROUP_COLUMNS, "setting", "not complete", "runs")
+ROW_COLUMNS = ("suite", *GROUP_COLUMNS, "setting", "not complete", "runs", "paper")
 #: configuration columns sorted as numbers (their cells carry data-sort)
 NUMERIC = frozenset({"epochs", "batch size"})
 #: how a protocol column is headed (kNN k and label fractions are added)
@@ -63,7 +67,8 @@ def leaderboard_rows(suite: Suite, df: pd.DataFrame) -> pd.DataFrame:
     Columns are ``ROW_COLUMNS`` and one per protocol metric that some complete run has (``MetricKey.is_lead``),
     holding the group's ``stats.Summary`` (n = 0 where no complete run has it). ``setting`` is the text of the
     suite's other axes, ``not complete`` counts the group's cells by status, ``runs`` is the tuple of its complete
-    runs. Failed and missing configurations are rows too; baselines come after the suite's methods.
+    runs, ``paper`` maps each protocol metric to its published number (``reference.PaperMatch``, None where none).
+    Failed and missing configurations are rows too; baselines come after the suite's methods.
     """
     metrics = [m for m in metric_columns(suite, df) if parse_metric(m).is_lead] if not df.empty else []
     if df.empty:  # a search that has not started a trial yet
@@ -82,7 +87,7 @@ def leaderboard_rows(suite: Suite, df: pd.DataFrame) -> pd.DataFrame:
         rows.append({"suite": suite.name, **{name: first[column] for name, column in GROUP_COLUMNS.items()},
                      "setting": prefix + " ".join(f"{key}={label_text(first[key])}" for key in setting if first[key] != EMPTY),
                      "not complete": ", ".join(f"{counts[s]} {s}" for s in STATUSES if s != "complete" and counts[s]),
-                     "runs": tuple(complete["run_id"]),
+                     "runs": tuple(complete["run_id"]), "paper": {metric: group_reference(group, metric) for metric in metrics},
                      **{metric: summarize(complete[metric].dropna().tolist()) for metric in metrics}})
     rows.sort(key=lambda row: is_baseline(row["method"]))  # stable: the suite's order, baselines last
     return pd.DataFrame(rows, columns=[*ROW_COLUMNS, *metrics])
@@ -202,11 +207,12 @@ def _cell(column: str, value: Any) -> str:
     return f"<td{css}>{html.escape(label_text(value))}</td>"
 
 
-def _protocol_cell(metric: str, summary: Any, best: bool) -> str:
-    """One protocol ``<td>``: ``mean ± std`` over ``[ci_low, ci_high] n=N`` (``n=1, no interval``); data-* hold the
-    unrounded numbers, data-sort the mean (empty where the row has none)."""
+def _protocol_cell(metric: str, summary: Any, best: bool, match: PaperMatch | None = None) -> str:
+    """One protocol ``<td>``: ``mean ± std`` over ``[ci_low, ci_high] n=N`` (``n=1, no interval``), and the published
+    number; data-* hold the unrounded numbers, data-sort the mean (empty where the row has none)."""
+    paper = paper_span(metric, match)
     if not isinstance(summary, Summary) or summary.n == 0:  # not in this suite, or no complete run has it
-        return f'<td class="num" data-metric="{metric}" data-sort="" data-n="0"></td>'
+        return f'<td class="num" data-metric="{metric}" data-sort="" data-n="0">{paper}</td>'
     text = format_value(metric, summary.mean)
     if summary.n > 1:
         text += f" ± {format_value(metric, summary.std)}"
@@ -216,7 +222,18 @@ def _protocol_cell(metric: str, summary: Any, best: bool) -> str:
     data = " ".join(f'data-{name.replace("_", "-")}="{getattr(summary, name)!r}"' for name in ("mean", "std", "ci_low", "ci_high"))
     mean = f"<strong>{text}</strong>" if best else text
     return (f'<td class="num{" best" * best}" data-metric="{metric}" data-sort="{summary.mean!r}" data-n="{summary.n}" {data}>'
-            f'<span class="mean">{mean}</span><span class="ci">{ci}</span></td>')
+            f'<span class="mean">{mean}</span><span class="ci">{ci}</span>{paper}</td>')
+
+
+def paper_span(metric: str, match: PaperMatch | None) -> str:
+    """``paper 92.6†`` with its source and the protocol fields that differ (``field: theirs vs ours``) on hover."""
+    if match is None:
+        return ""
+    value = format_value(metric, match.reference.fraction())
+    note = match.comparison.note() if match.kind != MatchKind.EXACT else "the same protocol"
+    title = f"published {value}: {match.reference.citation()}; {note}"
+    return (f'<span class="paper {match.kind.value}" data-paper="{match.reference.fraction()!r}" title="{html.escape(title)}">'
+            f"paper {value}{match.kind.mark}</span>")
 
 
 def _best_cells(rows: pd.DataFrame, metrics: list[str]) -> set[tuple[int, str]]:
@@ -240,7 +257,8 @@ def _index_page(suites: list[Suite], rows: pd.DataFrame, notes: list[str]) -> st
     best = _best_cells(rows, metrics)
     lines = []
     for i, row in rows.iterrows():
-        cells = [_cell(h, row[h]) for h in CONFIG_HEADERS] + [_protocol_cell(m, row[m], (i, m) in best) for m in metrics]
+        cells = [_cell(h, row[h]) for h in CONFIG_HEADERS]
+        cells += [_protocol_cell(m, row[m], (i, m) in best, row["paper"].get(m)) for m in metrics]
         cells += [_cell("not complete", row["not complete"]), f'<td data-runs="{" ".join(row["runs"])}">{row["links"]}</td>']
         lines.append("<tr>" + "".join(cells) + "</tr>")
     pages = ", ".join(f'<a href="{html.escape(s.name)}/index.html">{html.escape(s.name)}</a>' for s in suites)
@@ -251,7 +269,9 @@ def _index_page(suites: list[Suite], rows: pd.DataFrame, notes: list[str]) -> st
 other settings), each protocol column its number on the test split{" (top-1 accuracy in %)" if accuracy else ""}:
 mean ± sample std over seeds, under it the {level} confidence interval (t-distribution with n-1 degrees of freedom)
 and n, the complete runs averaged (one run: no interval). Bold: the best of each suite, dataset and protocol
-(baseline rows never). Hover a header for the metric's name.</p>
+(baseline rows never). Under it the published number closest to the row's protocol: plain where its protocol
+record is ours, † where some must-match field differs, ‡ where its source does not state some; hover it for the
+source and the fields (theirs vs ours). Hover a header for the metric's name.</p>
 {"".join(f'<p class="note">{note}</p>' for note in notes)}
 <div class="filter"><label>Filter <input type="search" id="filter" data-filter="leaderboard"
 placeholder="words to match, e.g. vicreg digits"></label><span data-count-for="leaderboard"></span></div>

@@ -4,9 +4,10 @@ A final metric is named ``[val.][<dataset>.]<protocol>.<name>``:
 
 - ``val.``: the validation twin of a test metric (``val.knn20.top1``), used to select; without it, the test split.
 - ``<dataset>.``: a protocol on another labelled set than the pre-training one (``eval.datasets``: ``cifar10.linear.top1``).
-- ``<protocol>``: ``knn<k>``, a probe ``linear``, ``logreg``, ``linear_aug`` or ``finetune``, optionally on a label
-  fraction (``linear_1pct``), ``detection.bbox`` / ``detection.segm``, or figures that are no evaluation:
-  ``diag`` (features), ``train`` and a stage's ``detection.train``.
+- ``<protocol>``: ``knn<k>`` (``knn``: the k chosen on the validation split), a probe ``linear``, ``logreg``,
+  ``linear_aug`` or ``finetune``, optionally on a label fraction (``linear_1pct``), ``detection.bbox`` /
+  ``detection.segm``, or figures that are no evaluation: ``diag`` (features), ``train`` and a stage's
+  ``detection.train``.
 - ``<name>``: ``top1``, ``top5``, ``AP``, ``AP50``, ``effective_rank``, ``seconds``, ...
 
 A name that does not parse this way is a metric of family ``OTHER`` (its protocol: all before the last dot).
@@ -47,9 +48,9 @@ EVALUATIONS = frozenset({Family.KNN, Family.LINEAR, Family.LOGREG, Family.LINEAR
 LEAD_NAMES = ("top1", "AP")
 #: the part after ``val.``: an optional dataset prefix, then a protocol and the metric's name
 KEY = re.compile(r"""
-    (?:(?P<dataset>[a-z][a-z0-9_]*)\.(?=(?:knn\d|linear|logreg|finetune|diag\.)))?
+    (?:(?P<dataset>[a-z][a-z0-9_]*)\.(?=(?:knn[\d.]|linear|logreg|finetune|diag\.)))?
     (?P<protocol>
-        knn(?P<k>\d+)
+        (?P<knn>knn)(?P<k>\d+)?
       | (?P<probe>linear_aug|linear|logreg|finetune)(?:_(?P<pct>\d+(?:\.\d+)?)pct)?
       | detection\.(?:bbox|segm)
       | (?:detection\.)?(?P<aux>diag|train)
@@ -72,7 +73,7 @@ class MetricKey:
     family: Family
     protocol: str  #: ``knn20``, ``linear_1pct``, ``detection.bbox``, ``diag``, ``detection.train``, ...
     name: str  #: ``top1``, ``AP50``, ``effective_rank``, ...
-    k: int | None = None  #: kNN: the number of neighbours
+    k: int | None = None  #: kNN: the number of neighbours (None for ``knn``: chosen on validation)
     labels: str | None = None  #: a probe on a label fraction: ``1%``
 
     @property
@@ -109,7 +110,7 @@ def parse_metric(key: str) -> MetricKey:
     if match is None:
         protocol, _, name = rest.rpartition(".")
         return MetricKey(key, split, None, Family.OTHER, protocol, name)
-    if match["k"]:
+    if match["knn"]:
         family = Family.KNN
     elif match["probe"]:
         family = Family(match["probe"])

@@ -38,7 +38,8 @@ class Pivot:
     Against the ``baseline`` row (the row whose first key is the baseline and whose other keys are equal):
     ``delta`` is the mean minus its mean, ``test`` the t-test used (empty: none), ``p`` its two-sided p-value,
     ``q`` the Benjamini–Hochberg q-value over the table's ``tests`` tests (NaN where no test applies).
-    ``paper`` holds published values in the metric's unit, named in ``sources``. ``left_out`` counts the cells
+    ``paper`` holds published values in the metric's unit, named in ``sources``, and ``matches`` how each compares
+    with the cells' protocol (``reference.PaperMatch``, None where no value). ``left_out`` counts the cells
     that have no value for some key (a VICReg ablation key on a SimCLR cell) and so belong to no group.
     """
 
@@ -59,6 +60,7 @@ class Pivot:
     q: pd.DataFrame | None = None
     left_out: int = 0
     paper: pd.DataFrame | None = None
+    matches: pd.DataFrame | None = None
     sources: tuple[str, ...] = ()
 
     @property

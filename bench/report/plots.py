@@ -29,13 +29,13 @@ from bench.orchestrate.launch import load_study, storage_url
 from bench.report.labels import EMPTY, label_text, method_label
 from bench.report.metric_key import parse_metric
 from bench.report.pivot import pivot
-from bench.report.runs import METHOD_TAG, STATUSES, flatten_config, resolve_key, suite_runs
+from bench.report.runs import CONFIG_COLUMN, METHOD_TAG, SELECTION_COLUMN, STATUSES, flatten_config, resolve_key, suite_runs
 from bench.stores import sqlite_file
 from bench.tracking.mlflow_runs import retry_locked, tracking_uri
 from bench.train.engine import MONITOR
 
 #: the columns of ``suite_runs`` that describe a cell rather than its config or its metrics
-CELL_COLUMNS = ("cell_id", "run_id", "status", "fail_reason")
+CELL_COLUMNS = ("cell_id", "run_id", "status", "fail_reason", CONFIG_COLUMN, SELECTION_COLUMN)
 #: a numeric axis whose largest value is this many times its smallest is drawn on a log scale
 LOG_RATIO = 10
 #: the width over which the points of one category are spread, so their error bars do not overlap

@@ -3,8 +3,11 @@
 Columns: ``cell_id``, ``run_id`` (None for a cell never run), ``status`` (one of ``STATUSES``),
 ``fail_reason``, the suite's axis keys as written (``method``, ``dataset``, ``vicreg.projector``, ``seed``;
 ``method`` and ``dataset`` are always there), every key of the cell's resolved run config flattened with dots
-(``batch_size``, ``method.projector``, ``optimizer.lr``), and one column per final metric (``knn20.top1``).
-The fingerprint tags of a cell's run are columns too (``fingerprint.packages.torch``, ``bench.report.provenance``).
+(``batch_size``, ``method.projector``, ``optimizer.lr``), one column per final metric (``knn20.top1``), and as
+JSON text the whole resolved config (``cell.config``) and the choices its run made on the validation split
+(``cell.selection``: the run's params ``selection.<name>``; null when it logged none, as runs from before the
+validation split), from which the paper column derives the cell's protocol record. The fingerprint tags of a
+cell's run are columns too (``fingerprint.packages.torch``, ``bench.report.provenance``).
 A search suite has no fixed cells: its rows are the child runs found, with their config read from the run's
 ``config.yaml``. Lists and mappings become text (``[scattering, hog]``), so every column can be grouped.
 A cell whose run is tagged with a baseline's method (``labels.Baseline``: ``random_init``, ``raw_pixels``) has
@@ -16,6 +19,7 @@ records of its MLflow parent run.
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import tempfile
 from pathlib import Path
@@ -45,6 +49,10 @@ CELL_TAG = "ssl_bench.cell_id"
 METHOD_TAG = "ssl_bench.method"
 #: per-epoch metrics are logged as ``train/<x>`` and ``val/knn20.top1``; final metrics have no slash
 EPOCH_METRIC_MARK = "/"
+#: the columns holding a cell's resolved config and its run's selection, as JSON text
+CONFIG_COLUMN, SELECTION_COLUMN = "cell.config", "cell.selection"
+#: the prefix of the params that hold the choices made on the validation split (``selection.linear.lr``)
+SELECTION_PARAM = "selection."
 
 
 def suite_runs(suite: Suite, *, uri: str | None = None) -> pd.DataFrame:
@@ -148,6 +156,20 @@ def final_metrics(run: Run) -> dict[str, float]:
     return {k: v for k, v in run.data.metrics.items() if EPOCH_METRIC_MARK not in k}
 
 
+def selection(run: Run) -> dict[str, Any]:
+    """The choices the run made on the validation split, from its params ``selection.<name>`` (values as logged:
+    JSON for numbers)."""
+    return {name.removeprefix(SELECTION_PARAM): _param_value(value)
+            for name, value in run.data.params.items() if name.startswith(SELECTION_PARAM)}
+
+
+def _param_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def _column_for(key: str, columns: Any) -> str | None:
     """The first of ``key``, ``method.<key>`` and (for ``<method>.<param>``) ``method.<param>`` in ``columns``."""
     owner, _, param = key.partition(".")
@@ -190,6 +212,8 @@ def _row(cell_id: str, config: dict[str, Any], axes: dict[str, Any], run: Run | 
     row.setdefault("method", config["method"]["name"])
     row.setdefault("dataset", config["dataset"]["name"])
     row.update(flatten_config(config))
+    row[CONFIG_COLUMN] = json.dumps(config)
+    row[SELECTION_COLUMN] = json.dumps(selection(run) or None if run is not None else None)
     if run is not None:
         row.update(final_metrics(run))
         row.update(fingerprint_columns(run.data.tags))
