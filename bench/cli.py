@@ -256,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a value of the first row key (e.g. simclr): adds the difference to that row and a t-test")
     p.add_argument("--paper", action="store_true", help="add the published number closest to each cell's protocol, marked "
                    "† (some must-match field differs) or ‡ (not stated), footnotes naming the fields")
+    p.add_argument("--proxy", metavar="METRIC", help="a label-free metric, e.g. val.rankme: the caption adds Kendall's tau "
+                   "between it and --metric over the suite's complete cells, and the cell it would have picked")
     p.add_argument("--out", type=Path, help="a file, or a directory: <dir>/<suite>/tables/<name>.<ext> (default: print)")
     p.add_argument("--tracking", metavar="URI",
                    help="MLflow tracking URI (default: the suite's, $MLFLOW_TRACKING_URI, else sqlite:///results/mlflow.db)")

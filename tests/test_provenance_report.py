@@ -111,7 +111,7 @@ class TestRecordedSuite:
         rankme = mlflow.MlflowClient(self.uri).get_metric_history(done["run_id"].iloc[0], "val/rankme")
         assert [m.step for m in rankme] == [1, 2] and done["metrics.val.rankme"].gt(1).all()
 
-    def test_compare_shows_fingerprint_differences(self):
+    def test_compare_shows_fingerprint_differences(self, capsys):
         cells = suite_runs(load_suite(self.path), uri=self.uri)
         pair = cells[(cells["status"] == "complete") & (cells["method"] == "simclr") & (cells["dataset"] == "shapes")]
         out = io.StringIO()
@@ -122,6 +122,8 @@ class TestRecordedSuite:
         assert environment_warnings(cells) == []
         tau = proxy_agreement(cells)
         assert tau.n == 12 and -1 <= tau.tau <= 1
+        assert main(["table", str(self.path), "--metric", "linear.top1", "--proxy", "val.rankme", "--tracking", self.uri]) == 0
+        assert tau.line() in capsys.readouterr().out.replace("\n", "")  # what `table --proxy` adds to the caption
 
     def test_dry_run_estimates_from_the_cells_that_ran(self, capsys):
         suite = load_suite(self.path)

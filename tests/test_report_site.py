@@ -268,6 +268,7 @@ def test_leaderboard_in_chromium(browser, base, stores, cell_runs, tmp_path):
     assert {row["cells"]["method"]["text"] for row in rows} == set(cell_runs["tags.ssl_bench.method"]) == {"simclr", "vicreg"}
     headers = browser.execute_script("return Array.from(document.querySelectorAll('#leaderboard thead th')).map(th => th.textContent);")
     assert [h for h in headers if h.startswith(("kNN", "linear"))] == ["kNN k=20", "linear"]  # one column per protocol
+    assert [h for h in headers if "GPU-h" in h] == ["GPU-h", "top-1 per GPU-h"]  # then the cost
 
     complete = cell_runs[cell_runs["tags.ssl_bench.status"] == "complete"]
     covered: dict[str, list[str]] = {}
@@ -290,6 +291,10 @@ def test_leaderboard_in_chromium(browser, base, stores, cell_runs, tmp_path):
                 _summary_shown(cells[metric], values)
         for run in runs:
             assert run[:8] in cells["MLflow runs"]["text"]
+        hours = mine["metrics.cost.gpu_hours"].mean()  # the row's cost: mean GPU-hours, and top-1 points per GPU-hour
+        assert hours > 0 and float(cells["cost.gpu_hours"]["sort"]) == pytest.approx(hours, rel=1e-12)
+        rate = cells["knn20.top1/gpu_hour"]["sort"]
+        assert float(rate) == pytest.approx(100 * mine["metrics.knn20.top1"].mean() / hours, rel=1e-12)
         if cells["method"]["text"] == "vicreg":
             assert f"vicreg.projector={mine['params.axis.vicreg.projector'].iloc[0]}" in cells["setting"]["text"]
         covered.setdefault(cells["suite"]["text"], []).extend(runs)

@@ -52,8 +52,10 @@ OWN_COLUMN_AXES = frozenset({"method", "dataset", "backbone", "epochs", "batch_s
 #: the columns that describe a row's configuration, before the protocols; its status and runs come after them
 CONFIG_HEADERS = ("suite", "method", "dataset", "setting", "backbone", "epochs", "batch size")
 TAIL_HEADERS = ("not complete", "MLflow runs")
+#: what a run cost (``bench.core.cost``): wall-clock hours times the devices it held (GPUs; a CPU run its one process)
+COST = "cost.gpu_hours"
 #: the columns of ``leaderboard_rows`` besides one per protocol
-ROW_COLUMNS = ("suite", *GROUP_COLUMNS, "setting", "not complete", "runs", "paper")
+ROW_COLUMNS = ("suite", *GROUP_COLUMNS, "setting", "not complete", "runs", "paper", COST)
 #: configuration columns sorted as numbers (their cells carry data-sort)
 NUMERIC = frozenset({"epochs", "batch size"})
 #: how a protocol column is headed (kNN k and label fractions are added)
@@ -67,8 +69,8 @@ def leaderboard_rows(suite: Suite, df: pd.DataFrame) -> pd.DataFrame:
     Columns are ``ROW_COLUMNS`` and one per protocol metric that some complete run has (``MetricKey.is_lead``),
     holding the group's ``stats.Summary`` (n = 0 where no complete run has it). ``setting`` is the text of the
     suite's other axes, ``not complete`` counts the group's cells by status, ``runs`` is the tuple of its complete
-    runs, ``paper`` maps each protocol metric to its published number (``reference.PaperMatch``, None where none).
-    Failed and missing configurations are rows too; baselines come after the suite's methods.
+    runs, ``paper`` maps each protocol metric to its published number (``reference.PaperMatch``, None where none),
+    ``cost.gpu_hours`` summarises its complete runs' GPU-hours. Failed and missing configurations are rows too; baselines come after the suite's methods.
     """
     metrics = [m for m in metric_columns(suite, df) if parse_metric(m).is_lead] if not df.empty else []
     if df.empty:  # a search that has not started a trial yet
@@ -88,6 +90,7 @@ def leaderboard_rows(suite: Suite, df: pd.DataFrame) -> pd.DataFrame:
                      "setting": prefix + " ".join(f"{key}={label_text(first[key])}" for key in setting if first[key] != EMPTY),
                      "not complete": ", ".join(f"{counts[s]} {s}" for s in STATUSES if s != "complete" and counts[s]),
                      "runs": tuple(complete["run_id"]), "paper": {metric: group_reference(group, metric) for metric in metrics},
+                     COST: summarize(complete[COST].dropna().tolist() if COST in complete else []),
                      **{metric: summarize(complete[metric].dropna().tolist()) for metric in metrics}})
     rows.sort(key=lambda row: is_baseline(row["method"]))  # stable: the suite's order, baselines last
     return pd.DataFrame(rows, columns=[*ROW_COLUMNS, *metrics])
@@ -225,6 +228,31 @@ def _protocol_cell(metric: str, summary: Any, best: bool, match: PaperMatch | No
             f'<span class="mean">{mean}</span><span class="ci">{ci}</span>{paper}</td>')
 
 
+def _cost_headers(headline: str | None) -> str:
+    """The GPU-hours column and, where the page has an accuracy on the pre-training set, that accuracy per GPU-hour."""
+    hours = ('<th scope="col" data-metric="cost.gpu_hours" title="cost.gpu_hours: wall-clock hours of a run (training '
+             'and evaluation) times the devices it held (GPUs; a CPU run counts its one process), mean over the runs">'
+             "GPU-h</th>")
+    if headline is None:
+        return hours
+    title = f"{headline} ({protocol_title(parse_metric(headline))} top-1, %) divided by the mean GPU-hours of the row's runs"
+    return hours + (f'<th scope="col" data-metric="{headline}/gpu_hour" title="{html.escape(title)}">'
+                    "top-1 per GPU-h</th>")
+
+
+def _cost_cells(hours: Summary, accuracy: Summary | None) -> list[str]:
+    """The row's mean GPU-hours and its headline accuracy (in points) per GPU-hour; empty where it has none."""
+    if hours.n == 0:
+        return ['<td class="num" data-sort=""></td>'] * (1 if accuracy is None else 2)
+    cells = [f'<td class="num" data-sort="{hours.mean!r}">{hours.mean:.3g}</td>']
+    if accuracy is None:
+        return cells
+    if not isinstance(accuracy, Summary) or accuracy.n == 0 or hours.mean <= 0:
+        return [*cells, '<td class="num" data-sort=""></td>']
+    rate = 100 * accuracy.mean / hours.mean
+    return [*cells, f'<td class="num" data-sort="{rate!r}">{rate:.4g}</td>']
+
+
 def paper_span(metric: str, match: PaperMatch | None) -> str:
     """``paper 92.6†`` with its source and the protocol fields that differ (``field: theirs vs ours``) on hover."""
     if match is None:
@@ -253,12 +281,15 @@ def _index_page(suites: list[Suite], rows: pd.DataFrame, notes: list[str]) -> st
     head = "".join(f'<th scope="col">{html.escape(h)}</th>' for h in CONFIG_HEADERS)
     head += "".join(f'<th scope="col" title="{m}" data-metric="{m}">{html.escape(protocol_title(parse_metric(m)))}</th>'
                     for m in metrics)
+    headline = next((m for m in metrics if parse_metric(m).is_accuracy and parse_metric(m).dataset is None), None)
+    head += _cost_headers(headline)
     head += "".join(f'<th scope="col">{html.escape(h)}</th>' for h in TAIL_HEADERS)
     best = _best_cells(rows, metrics)
     lines = []
     for i, row in rows.iterrows():
         cells = [_cell(h, row[h]) for h in CONFIG_HEADERS]
         cells += [_protocol_cell(m, row[m], (i, m) in best, row["paper"].get(m)) for m in metrics]
+        cells += _cost_cells(row[COST], row[headline] if headline else None)
         cells += [_cell("not complete", row["not complete"]), f'<td data-runs="{" ".join(row["runs"])}">{row["links"]}</td>']
         lines.append("<tr>" + "".join(cells) + "</tr>")
     pages = ", ".join(f'<a href="{html.escape(s.name)}/index.html">{html.escape(s.name)}</a>' for s in suites)
@@ -271,7 +302,9 @@ mean ± sample std over seeds, under it the {level} confidence interval (t-distr
 and n, the complete runs averaged (one run: no interval). Bold: the best of each suite, dataset and protocol
 (baseline rows never). Under it the published number closest to the row's protocol: plain where its protocol
 record is ours, † where some must-match field differs, ‡ where its source does not state some; hover it for the
-source and the fields (theirs vs ours). Hover a header for the metric's name.</p>
+source and the fields (theirs vs ours). GPU-h: the mean wall-clock hours of the row's runs (training and
+evaluation) times the devices each held (a CPU run counts its one process); the column after it divides the
+first top-1 accuracy by them. Hover a header for the metric's name.</p>
 {"".join(f'<p class="note">{note}</p>' for note in notes)}
 <div class="filter"><label>Filter <input type="search" id="filter" data-filter="leaderboard"
 placeholder="words to match, e.g. vicreg digits"></label><span data-count-for="leaderboard"></span></div>

@@ -62,6 +62,7 @@ class Pivot:
     paper: pd.DataFrame | None = None
     matches: pd.DataFrame | None = None
     sources: tuple[str, ...] = ()
+    proxy: str = ""  #: how well a label-free proxy orders the suite's cells by this metric (``proxy.ProxyAgreement.line``)
 
     @property
     def tests(self) -> int:

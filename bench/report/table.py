@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import html
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from bench.report.metric_key import parse_metric
 from bench.report.pivot import Pivot, as_tuple, pivot
 from bench.report.protocol import MUST_MATCH_TEXT, MatchKind
 from bench.report.provenance import environment_warnings
+from bench.report.proxy import proxy_agreement
 from bench.report.reference import PaperMatch, paper_column
 from bench.report.runs import STATUSES, shown_report_suite, suite_runs
 from bench.report.stats import ALPHA, CONFIDENCE
@@ -59,6 +60,8 @@ def caption(table: Pivot) -> str:
                      f"every must-match field ({MUST_MATCH_TEXT}); {MatchKind.PARTIAL.mark}n: some differ, "
                      f"{MatchKind.UNKNOWN.mark}n: the source does not state some, footnote n names them as "
                      "field: theirs vs ours; from " + "; ".join(table.sources))
+    if table.proxy:
+        parts.append(table.proxy)
     return ". ".join(parts) + "."
 
 
@@ -173,6 +176,8 @@ def cmd_table(args: argparse.Namespace, console: Console) -> int:
         Console(stderr=True).print(f"warning: {line}", style="yellow", markup=False, highlight=False)
     if args.paper:
         table = paper_column(table, df)
+    if args.proxy:
+        table = replace(table, proxy=proxy_agreement(df, args.proxy, args.metric).line())
     suffix = args.out.suffix.lstrip(".") if args.out else ""
     fmt = args.format or (suffix if suffix in RENDERERS else "md")
     text = RENDERERS[fmt](table)
