@@ -15,7 +15,7 @@ from bench.data.registry import DatasetSplits, load_dataset
 from bench.eval.protocols import evaluate_backbone, load_eval_datasets
 from bench.tracking.fingerprint import fingerprint, write_fingerprint
 from bench.train.distributed import world_size
-from bench.train.engine import RANKME_MONITOR, cell_scope, pick_device, train
+from bench.train.engine import RANKME_METRIC, RANKME_MONITOR, cell_scope, pick_device, train
 
 METRICS = "metrics.json"
 
@@ -47,7 +47,7 @@ def run(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None, c
     last = result.history[-1]
     metrics.update({"train.loss": last["loss"], "train.images_per_s": last["images_per_s"], "train.seconds": result.seconds})
     if RANKME_MONITOR in last:  # the monitor read the final backbone: a label-free objective (search.metric)
-        metrics["val.rankme"] = last[RANKME_MONITOR]
+        metrics[RANKME_METRIC] = last[RANKME_MONITOR]
     metrics.update(cost)
     report = {"status": "complete", "config_id": config_id(cfg), "metrics": metrics, "selection": evaluation.selection,
               "test_reads": evaluation.test_reads, "splits": split_sizes(result.splits), "history": result.history,

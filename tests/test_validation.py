@@ -10,6 +10,7 @@ import torch
 
 from bench.config import apply_overrides, resolve_run_config
 from bench.config.run import EvalConfig
+from bench.config.search import SearchConfig
 from bench.config.suite import suite_from_yaml
 from bench.data.balanced import hold_out
 from bench.data.base import ImageSet
@@ -20,7 +21,7 @@ from bench.eval.features import Features, extract_features
 from bench.eval.protocols import score_on_test, select_on_val
 from bench.orchestrate.search import objective_value, report_epoch
 from bench.report.ours import published_key
-from bench.train.engine import MONITOR, monitor_bank, train
+from bench.train.engine import MONITOR, RANKME_MONITOR, monitor_bank, train
 
 CPU = torch.device("cpu")
 
@@ -128,6 +129,12 @@ def test_the_monitor_and_the_pruner_read_val_only(guarded_run):
     assert len(monitored) == 2 and all(0 <= v <= 1 for v in monitored)
     reported = trial.study.trials[0].intermediate_values
     assert reported == {1: monitored[0], 2: monitored[1]}  # what the pruner saw: the validation monitor
+    label_free = SearchConfig(space={"optimizer.lr": {"type": "float", "low": 0.1, "high": 1}}, metric="val.rankme")
+    rankme = trial.study.ask()
+    for record in result.history:
+        report_epoch(rankme, record, label_free)
+    assert rankme.study.trials[1].intermediate_values == {1: result.history[0][RANKME_MONITOR],
+                                                          2: result.history[1][RANKME_MONITOR]}
 
 
 def test_every_probe_chooses_on_val_before_the_test_split_is_read_once(guarded_run):

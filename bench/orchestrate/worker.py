@@ -196,7 +196,7 @@ def _run_pretraining(ctx: Context, live: optuna.Trial, trial: FrozenTrial) -> tu
         ctx.tracker.log_epoch(run_id, record)
         live.set_user_attr(EPOCH_ATTR, record["epoch"])
         if pruning:
-            report_epoch(live, record)
+            report_epoch(live, record, ctx.suite.search)
 
     def work() -> tuple[dict[str, float], dict]:
         report = finished_report(run_dir, config) or run_cell(config, run_dir, on_epoch, ctx.suite.launcher.gpus_per_cell)

@@ -53,6 +53,8 @@ MODEL = "model.pt"
 MONITOR = "val/knn20.top1"
 #: the history field of the online monitor's RankMe (``train.knn_every``): effective rank of its features, no labels read
 RANKME_MONITOR = "val/rankme"
+#: the final metric of the last epoch's RankMe monitor: a label-free search objective
+RANKME_METRIC = "val.rankme"
 
 
 class Preempted(Exception):
