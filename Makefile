@@ -18,7 +18,7 @@ quickstart: $(STAMP)
 	$(BIN)/ssl-bench run suites/quickstart.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n auto --dist loadgroup
+	$(BIN)/python -m pytest -n auto --dist loadgroup --durations=40
 
 perf: $(STAMP)
 	$(BIN)/ssl-bench perf --quick
