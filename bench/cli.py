@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", help="method name (see `ssl-bench list`)")
     p.add_argument("--dataset", help="dataset name (see `ssl-bench list`)")
     p.add_argument("--config", type=Path, help="YAML file of run-config keys")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. optimizer.lr=0.1")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="override a config key, e.g. optimizer.lr=0.1")
     p.add_argument("--out", type=Path, help="run directory (default: results/runs/<method>-<dataset>-<config id>)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in the run directory")
     p.set_defaults(func=cmd_train)

@@ -32,6 +32,7 @@ from sqlalchemy.exc import ArgumentError
 from bench.config.overrides import (
     NAMED_SECTIONS,
     apply_overrides,
+    merge_sections,
     normalize_sections,
     parse_assignment,
 )
@@ -465,16 +466,8 @@ def _defaults(suite: Suite) -> dict[str, Any]:
     defaults = normalize_sections(copy.deepcopy(suite.defaults))
     evaluations = suite.evaluations.model_dump(mode="json", exclude_unset=True, exclude={"detection"}) if suite.evaluations else {}
     if isinstance(defaults.get("eval", {}), dict):
-        defaults["eval"] = _merged(defaults.get("eval", {}), evaluations)
+        defaults["eval"] = merge_sections(defaults.get("eval", {}), evaluations)
     return defaults
-
-
-def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` merged into ``base`` key by key, recursing into mappings on both sides."""
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def _axis(path: str, key: str, run_key: str, values: list[Any]) -> list[list[_Setting]]:

@@ -126,19 +126,19 @@ def _load(
     return DatasetSplits(pretrain=train, train=train, test=split(test_images, test_labels, "test"))
 
 
-@register_dataset("cifar10", needs_root=True, summary="CIFAR-10: 50k train / 10k test 32x32 RGB images, 10 classes")
+@register_dataset("cifar10", needs_root=True, image_size=32, summary="CIFAR-10: 50k train / 10k test 32x32 RGB images, 10 classes")
 def load_cifar10(cfg: DatasetConfig) -> DatasetSplits:
     """CIFAR-10 from ``cifar-10-batches-py/``."""
     return _load(cfg, "cifar10", CIFAR10_FILES, b"labels", b"label_names", CIFAR10_STATS)
 
 
-@register_dataset("cifar100", needs_root=True, summary="CIFAR-100: 50k train / 10k test 32x32 RGB images, 100 classes")
+@register_dataset("cifar100", needs_root=True, image_size=32, summary="CIFAR-100: 50k train / 10k test 32x32 RGB images, 100 classes")
 def load_cifar100(cfg: DatasetConfig) -> DatasetSplits:
     """CIFAR-100 (fine labels) from ``cifar-100-python/``."""
     return _load(cfg, "cifar100", CIFAR100_FILES, b"fine_labels", b"fine_label_names", CIFAR100_STATS)
 
 
-@register_dataset("cifar20", needs_root=True, summary="CIFAR-100 with its 20 coarse superclasses as labels")
+@register_dataset("cifar20", needs_root=True, image_size=32, summary="CIFAR-100 with its 20 coarse superclasses as labels")
 def load_cifar20(cfg: DatasetConfig) -> DatasetSplits:
     """CIFAR-100 images labelled with the 20 superclasses, from ``cifar-100-python/``."""
     return _load(cfg, "cifar20", CIFAR100_FILES, b"coarse_labels", b"coarse_label_names", CIFAR100_STATS)

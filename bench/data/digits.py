@@ -10,7 +10,7 @@ from bench.data.registry import DatasetConfig, DatasetSplits, register_dataset
 TEST_FRACTION = 0.2
 
 
-@register_dataset("digits", needs_root=False, summary="scikit-learn's 1797 8x8 digits, upsampled to 32 px (no download)")
+@register_dataset("digits", needs_root=False, image_size=32, summary="scikit-learn's 1797 8x8 digits, upsampled to 32 px (no download)")
 def load_digits(cfg: DatasetConfig) -> DatasetSplits:
     from sklearn.datasets import load_digits as sk_digits
 

@@ -102,6 +102,7 @@ FOLDER_SOURCE = (
 @register_dataset(
     "imagefolder",
     needs_root=True,
+    image_size=DEFAULT_IMAGE_SIZE,
     summary="ImageNet / ImageNet-100 (train/ and val/ class folders) or Tiny ImageNet, streamed from disk",
 )
 def load_imagefolder(cfg: DatasetConfig) -> DatasetSplits:

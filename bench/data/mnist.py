@@ -117,13 +117,13 @@ def _load(cfg: DatasetConfig, release: IdxRelease) -> DatasetSplits:
     return DatasetSplits(pretrain=train, train=train, test=split(TEST_IMAGES, TEST_LABELS, "test"))
 
 
-@register_dataset("mnist", needs_root=True, summary="MNIST: 60k train / 10k test 28x28 grey handwritten digits")
+@register_dataset("mnist", needs_root=True, image_size=28, summary="MNIST: 60k train / 10k test 28x28 grey handwritten digits")
 def load_mnist(cfg: DatasetConfig) -> DatasetSplits:
     """MNIST from its IDX files."""
     return _load(cfg, MNIST)
 
 
-@register_dataset("fashion_mnist", needs_root=True, summary="Fashion-MNIST: 60k train / 10k test 28x28 grey clothing images")
+@register_dataset("fashion_mnist", needs_root=True, image_size=28, summary="Fashion-MNIST: 60k train / 10k test 28x28 grey clothing images")
 def load_fashion_mnist(cfg: DatasetConfig) -> DatasetSplits:
     """Fashion-MNIST from its IDX files."""
     return _load(cfg, FASHION_MNIST)

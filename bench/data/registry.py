@@ -46,14 +46,15 @@ class DatasetSpec:
     load: Callable[[DatasetConfig], DatasetSplits]
     needs_root: bool
     summary: str
+    image_size: int  #: side of its images unless ``DatasetConfig.image_size`` resizes them
 
 
 DATASETS: dict[str, DatasetSpec] = {}
 
 
-def register_dataset(name: str, *, needs_root: bool, summary: str):
+def register_dataset(name: str, *, needs_root: bool, summary: str, image_size: int):
     def wrap(fn: Callable[[DatasetConfig], DatasetSplits]):
-        DATASETS[name] = DatasetSpec(name, fn, needs_root, summary)
+        DATASETS[name] = DatasetSpec(name, fn, needs_root, summary, image_size)
         return fn
 
     return wrap
@@ -64,6 +65,11 @@ def dataset_spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset '{name}'; choose one of: {', '.join(sorted(DATASETS))}")
     return DATASETS[name]
+
+
+def image_side(cfg: DatasetConfig) -> int:
+    """Side of the images ``cfg`` loads (known before loading them)."""
+    return cfg.image_size or dataset_spec(cfg.name).image_size
 
 
 def load_dataset(cfg: DatasetConfig) -> DatasetSplits:

@@ -49,6 +49,7 @@ def read_labels(path: Path, count: int, source: str) -> torch.Tensor:
 @register_dataset(
     "stl10",
     needs_root=True,
+    image_size=96,
     summary="STL-10: 5k train / 8k test / 100k unlabeled 96x96 RGB images, 10 classes",
 )
 def load_stl10(cfg: DatasetConfig) -> DatasetSplits:
