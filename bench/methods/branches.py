@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 from torch import nn
 
 from bench.models.backbones import BackboneConfig
@@ -25,6 +25,11 @@ class BranchBackbones(BaseModel):
     first: BackboneConfig
     second: BackboneConfig
 
+    @field_validator("first", "second", mode="before")
+    @classmethod
+    def _bare_name(cls, v: object) -> object:
+        return {"name": v} if isinstance(v, str) else v
+
 
 Branches = Literal["shared", "separate"] | BranchBackbones
 
@@ -32,3 +37,11 @@ Branches = Literal["shared", "separate"] | BranchBackbones
 def second_branch(backbone_b: nn.Module | None, head: Callable[[int], nn.Module]) -> nn.Sequential | None:
     """The second view's encoder (backbone then its own head built by ``head(out_dim)``), or None when shared."""
     return None if backbone_b is None else nn.Sequential(backbone_b, head(backbone_b.out_dim))
+
+
+#: why the methods with a momentum (EMA) target need shared weights
+MOMENTUM_TARGET = ("its target is a moving average of the online encoder, so both branches need the same architecture "
+                   "and weights (VICReg, Analysis 'Weight sharing')")
+#: why the stop-gradient methods need shared weights
+STOP_GRADIENT = ("its target branch sits behind a stop-gradient: with weights of its own it would never be trained "
+                 "(VICReg, Analysis 'Weight sharing')")
