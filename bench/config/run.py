@@ -142,6 +142,9 @@ def resolve_run_config(data: dict[str, Any]) -> RunConfig:
         cfg = RunConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err)) from None
+    if cls.needs_vit and not cfg.backbone.is_vit:
+        raise ConfigError(f"backbone: {cls.name} works on the patches of a ViT, not {cfg.backbone.name}; set backbone.name to "
+                          f"one of {', '.join(VIT_NAMES)} (and backbone.patch_size, e.g. 4 for 32 px images)")
     _fit_backbones(cfg)
     return cfg
 
@@ -170,13 +173,13 @@ def _check_branches(cls: type[Method], data: dict[str, Any]) -> None:
     if cls.shared_weights_reason:
         raise ConfigError(f"method.branches: {cls.name} needs both views through one encoder: {cls.shared_weights_reason}; "
                           "use method.branches=shared")
-    if params.branches == "separate":
+    if params.branches == "separate" or params.branches.first is None:
         return
     first = params.branches.first
     given = data.get("backbone")
     if given is not None and BackboneConfig.model_validate(given) != first:
         raise ConfigError(f"method.branches.first: the first branch is the run's backbone, but backbone is {given} and "
-                          f"branches.first is {first.model_dump(exclude_none=True)}; drop backbone or make them equal")
+                          f"branches.first is {first.model_dump(exclude_none=True)}; drop one of them or make them equal")
     data["backbone"] = first.model_dump(exclude_none=True)
 
 
@@ -188,7 +191,7 @@ def _fit_backbones(cfg: RunConfig) -> None:
     second = cfg.method.second_backbone(cfg.backbone)
     branches = cfg.method.branches
     for backbone in [cfg.backbone] + ([branches.first, branches.second] if not isinstance(branches, str) else []):
-        if backbone.is_vit and backbone.image_size is None:
+        if backbone is not None and backbone.is_vit and backbone.image_size is None:
             backbone.image_size = sizes[0]
     for where, backbone in (("backbone", cfg.backbone), ("method.branches.second", second)):
         if backbone is not None:

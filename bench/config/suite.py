@@ -498,9 +498,13 @@ def _expand(suite: Suite) -> list[Cell]:
     bases = []
     for row in itertools.product(*_base_axes(suite)):
         settings = [s for part in row for s in part]
-        config = _resolve(defaults, settings, problems)
-        if config is not None:
-            bases.append((settings, config.method.name))
+        base_problems: list[str] = []
+        config = _resolve(defaults, settings, base_problems)
+        method = config.method.name if config is not None else _named_method(defaults, settings)
+        if config is None and not any(key.partition(".")[0] == method for key in suite.ablations):
+            problems += base_problems
+        elif method is not None:  # an invalid base that its method's ablations may make valid: its cells tell
+            bases.append((settings, method))
     _raise_if(problems)
     methods = sorted({method for _, method in bases})
     _raise_if([f"ablations.{key}: applies to no method of the suite (its methods: {', '.join(methods)}); "
@@ -519,6 +523,15 @@ def _expand(suite: Suite) -> list[Cell]:
     cells = _excluded(suite.exclude, cells)
     _check_unique(cells, _axis_paths(suite))
     return cells
+
+
+def _named_method(defaults: dict[str, Any], settings: Sequence[_Setting]) -> str | None:
+    """The method a base cell names, without resolving it (None when it names none)."""
+    try:
+        method = _apply(defaults, settings).get("method")
+    except ConfigError:
+        return None
+    return method.get("name") if isinstance(method, dict) else None
 
 
 def _apply(data: dict[str, Any], settings: Sequence[_Setting]) -> dict[str, Any]:

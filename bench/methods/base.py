@@ -62,6 +62,8 @@ class Method(nn.Module):
     Params: ClassVar[type[MethodParams]]
     #: default view recipe (see bench.data.views.RECIPES)
     recipe: ClassVar[str] = "simclr"
+    #: the method works on a ViT's patches (MAE): other backbones are refused when the config is resolved
+    needs_vit: ClassVar[bool] = False
     #: the engine passes the clean (non-augmented) view when this is set
     needs_clean_view: ClassVar[bool] = False
     #: the paper's optimizer, as OptimizerConfig fields; suites override any of them

@@ -2,7 +2,8 @@
 
 ``shared`` (SW) sends both views through the method's backbone and head; ``separate`` (DW) builds a second
 backbone of the same configuration with its own initial weights and a second head; ``{first, second}`` (DA) builds
-the second branch from another backbone configuration (e.g. ResNet-50 with ViT-S). Both heads end at the same
+the second branch from another backbone configuration (e.g. ResNet-50 with ViT-S; ``first`` may be left out: it is
+the run's backbone). Both heads end at the same
 width, so the loss compares the two embeddings as before; the first branch is the one evaluated.
 """
 
@@ -18,11 +19,12 @@ from bench.models.backbones import BackboneConfig
 
 
 class BranchBackbones(BaseModel):
-    """Two backbone configurations: the first is the run's backbone (evaluated), the second the other view's."""
+    """Two backbone configurations: the first is the run's backbone (evaluated; null: the run's ``backbone``), the
+    second the other view's."""
 
     model_config = ConfigDict(extra="forbid")
 
-    first: BackboneConfig
+    first: BackboneConfig | None = None
     second: BackboneConfig
 
     @field_validator("first", "second", mode="before")

@@ -107,6 +107,7 @@ class MAE(Method):
         "exclude_tokens": False,
     }
     schedule: ClassVar[dict[str, Any]] = {"warmup_epochs": 40}
+    needs_vit: ClassVar[bool] = True
 
     def __init__(self, backbone: nn.Module, params: MAEParams, *, num_classes: int, image_shape: tuple[int, int, int]):
         super().__init__(backbone, params, num_classes=num_classes, image_shape=image_shape)

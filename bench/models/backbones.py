@@ -36,6 +36,19 @@ BackboneName = Literal["resnet18", "resnet34", "resnet50", "resnet101", "small_c
                        "convnext_atto", "convnext_tiny", "convnext_small", "convnext_base"]
 
 
+def backbone_summaries() -> dict[str, str]:
+    """Every backbone name with a one-line description (``ssl-bench list``)."""
+    vits = {name: f"timm ViT: {d}-d, {depth} blocks, {heads} heads; patch_size, pos_embed, pool, eval_features, ..."
+            for name, (d, depth, heads) in VIT_SIZES.items()}
+    return {
+        **{f"resnet{n}": "torchvision ResNet (random init; cifar_stem for 32 px images)" for n in (18, 34, 50, 101)},
+        "small_cnn": "four conv-BN-ReLU blocks (width) for tiny images",
+        **vits,
+        "vit": "timm ViT of any embed_dim, depth and num_heads",
+        **{name: "timm ConvNeXt (random init; drop_path_rate)" for name in CONVNEXT_NAMES},
+    }
+
+
 class BackboneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

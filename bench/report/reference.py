@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from bench.report.table import Pivot
 
 PUBLISHED = Path(__file__).with_name("published.yaml")
+#: the ViT tables' numbers, read after ``published.yaml``
+PUBLISHED_VIT = Path(__file__).with_name("published_vit.yaml")
 #: ``linear.top1``, ``linear_1pct.top1``, ``finetune.top5`` (label fractions are written ``<x>pct``)
 PROBE_METRIC = re.compile(r"(?P<protocol>linear|finetune)(?:_(?P<pct>[\d.]+)pct)?\.(?P<metric>top\d+)")
 #: ``knn20.top1``
@@ -91,12 +93,16 @@ class Lookup(NamedTuple):
 
 
 @functools.cache
-def published(path: Path = PUBLISHED) -> tuple[Reference, ...]:
-    """Every reference of ``path`` (default: the bundled ``published.yaml``), in its order of preference."""
-    try:
-        return tuple(Published.model_validate(yaml.safe_load(path.read_text())).references)
-    except ValidationError as err:
-        raise ConfigError(f"{path}: {format_validation_error(err)}") from None
+def published(*paths: Path) -> tuple[Reference, ...]:
+    """Every reference of ``paths`` (default: the bundled ``published.yaml`` then ``published_vit.yaml``), in their
+    order of preference."""
+    refs: list[Reference] = []
+    for path in paths or (PUBLISHED, PUBLISHED_VIT):
+        try:
+            refs += Published.model_validate(yaml.safe_load(path.read_text())).references
+        except ValidationError as err:
+            raise ConfigError(f"{path}: {format_validation_error(err)}") from None
+    return tuple(refs)
 
 
 def metric_lookup(metric: str) -> Lookup | None:
