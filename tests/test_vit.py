@@ -21,6 +21,7 @@ from bench.eval.finetune import FinetuneConfig, _optimizer
 from bench.methods import all_methods, method_class
 from bench.models.backbones import BackboneConfig, build_backbone
 from bench.models.vit import sincos_2d
+from bench.runner import run
 from bench.train.engine import build_method
 from bench.train.optim import OptimizerConfig, build_optimizer, clip_gradients, schedule_groups
 from bench.train.schedule import ScheduleConfig
@@ -277,14 +278,21 @@ def test_ssl_bench_list_shows_the_backbones_and_mae(capsys):
     assert all(name in out for name in ("vit_tiny", "vit_small", "vit_base", "convnext_tiny", "resnet101", "mae"))
 
 
-def test_a_vit_step_trains_through_every_preset_head():
-    for name in PRESETS:
-        data = {"method": {"name": name, "preset": "vit", "projector": "8-8"}, "backbone": {**TINY, "patch_size": 2}}
-        if name in ("byol", "mocov3"):
-            data["method"]["predictor"] = "8-8"
-        if name == "dino":
-            data["method"].update(projector="8", out_dim=8)
-        method = build_method(resolve_run_config(data), _splits())
-        crops = [32, 32] + ([14] * 8 if name == "dino" else [])
-        out = forward_backward(method, views(*crops))
-        assert math.isfinite(float(out["loss"].detach()))
+@pytest.fixture(scope="module")
+def tiny_splits():
+    from bench.data.registry import DatasetConfig, load_dataset
+
+    return load_dataset(DatasetConfig(name="shapes", n_train=32, n_test=20))
+
+
+@pytest.mark.parametrize("method", PRESETS)
+def test_every_vit_preset_trains_and_evaluates_through_the_engine(method, tiny_splits, tmp_path):
+    """Two steps of each preset (its optimizer, schedules, clip and views) on a one-block ViT; DINO with its 10 crops."""
+    heads = {"projector": "8-8", **({"predictor": "8-8"} if method in ("byol", "mocov3") else {}),
+             **({"projector": "8", "out_dim": 8} if method == "dino" else {})}
+    cfg = resolve_run_config({"method": {"name": method, "preset": "vit", **heads}, "dataset": {"name": "shapes", "n_train": 32, "n_test": 20},
+                              "backbone": {**TINY, "depth": 1, "patch_size": 2}, "epochs": 1, "batch_size": 16,
+                              "train": {"progress": False, "checkpoint_every": 0}, "eval": {"linear": None, "knn_k": [5]}})
+    report = run(cfg, tmp_path, splits=tiny_splits)
+    assert report["status"] == "complete" and math.isfinite(report["history"][0]["loss"])
+    assert 0 <= report["metrics"]["knn5.top1"] <= 1
