@@ -85,9 +85,11 @@ def extract_features(
     """Features (N, D) float32 and labels (N,) of every image of ``split``, both on ``device``.
 
     The backbone runs in eval mode (BN statistics frozen) under bf16 autocast on CUDA; the train/eval
-    mode of each of its modules is restored afterwards.
+    mode of each of its modules is restored afterwards. A backbone's ``evaluation_features`` (e.g. DINO's
+    concatenated last-4 class tokens of a ViT) is used when it has one.
     """
     modes = [(m, m.training) for m in backbone.modules()]
+    features = getattr(backbone, "evaluation_features", backbone)
     backbone.eval()
     n = len(split)
     feats: torch.Tensor | None = None
@@ -96,7 +98,7 @@ def extract_features(
         for images, y, index in iter_batches(split, batch_size, device):
             x = normalize_images(images, split.mean, split.std)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                f = backbone(x)
+                f = features(x)
             if feats is None:
                 feats = torch.empty(n, f.shape[1], dtype=torch.float32, device=device)
             feats[index] = f.float()

@@ -1,4 +1,7 @@
-"""Published reference numbers of the seed papers and the anchor libraries (``published.yaml``), and the paper column.
+"""Published reference numbers of the seed papers and the anchor libraries, and the paper column.
+
+The numbers are in ``published.yaml`` and, for the ViT tables (MoCo v3, DINO, MAE, MVEB Table 7, VICReg Table 5),
+``published_vit.yaml``, read in that order; both files have the same format.
 
 Each entry names a method and a dataset with ssl-bench's names (a method that ssl-bench lacks keeps its paper's
 name in lower case; ImageNet-1K is ``imagenet``), the metric as its source reports it, the value and the source
@@ -31,8 +34,9 @@ from bench.report.pivot import Pivot, as_tuple
 from bench.report.protocol import Comparison, MatchKind, ProtocolRecord, compare
 from bench.report.runs import CONFIG_COLUMN, SELECTION_COLUMN
 
-
 PUBLISHED = Path(__file__).with_name("published.yaml")
+#: the ViT tables' numbers (and the ResNet cells of those tables), read after ``published.yaml``
+PUBLISHED_VIT = Path(__file__).with_name("published_vit.yaml")
 
 
 class Reference(ProtocolRecord):
@@ -84,12 +88,16 @@ class PaperMatch:
 
 
 @functools.cache
-def published(path: Path = PUBLISHED) -> tuple[Reference, ...]:
-    """Every reference of ``path`` (default: the bundled ``published.yaml``), in its order of preference."""
-    try:
-        return tuple(Published.model_validate(yaml.safe_load(path.read_text())).references)
-    except ValidationError as err:
-        raise ConfigError(f"{path}: {format_validation_error(err)}") from None
+def published(*paths: Path) -> tuple[Reference, ...]:
+    """Every reference of ``paths`` (default: the bundled ``published.yaml`` then ``published_vit.yaml``), in their
+    order of preference."""
+    refs: list[Reference] = []
+    for path in paths or (PUBLISHED, PUBLISHED_VIT):
+        try:
+            refs += Published.model_validate(yaml.safe_load(path.read_text())).references
+        except ValidationError as err:
+            raise ConfigError(f"{path}: {format_validation_error(err)}") from None
+    return tuple(refs)
 
 
 def find_reference(method: str, metric: str, ours: list[ProtocolRecord]) -> PaperMatch | None:
