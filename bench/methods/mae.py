@@ -128,7 +128,8 @@ class MAE(Method):
         self.decoder_pred = nn.Linear(params.decoder_dim, patch * patch * image_shape[0])
         for m in (self.decoder_embed, self.decoder_blocks, self.decoder_pred):
             m.apply(_xavier_linear)
-        self.mask_seed = int(torch.randint(2**31 - 1, ()))  # the run's masking stream (seeded with the run)
+        # the run's masking stream (seeded with the run); drawn on the CPU generator, so it exists on the meta device too
+        self.mask_seed = int(torch.randint(2**31 - 1, (), device="cpu"))
 
     def get_extra_state(self) -> dict[str, int]:
         return {"mask_seed": self.mask_seed}

@@ -182,13 +182,13 @@ def load_timm_checkpoint(backbone: ViTBackbone | ConvNeXtBackbone, path: Path) -
     """Load a local timm checkpoint into ``backbone.net``: its classifier is dropped, a ViT's position embedding
     resampled to the backbone's grid; any other missing or unexpected key is a ConfigError."""
     if not path.is_file():
-        raise ConfigError(f"backbone.checkpoint: no file {path}; give the path of a local timm checkpoint (.pth/.safetensors)")
+        raise ConfigError(f"no file {path}; give the path of a local timm checkpoint (.pth/.safetensors) as backbone.checkpoint")
     state = load_state_dict(str(path))
     state = (vit_filter if isinstance(backbone, ViTBackbone) else convnext_filter)(state, backbone.net)
     state = {k: v for k, v in state.items() if not k.startswith("head.fc.") and not (k.startswith("head.") and k.count(".") == 1)}
     missing, unexpected = backbone.net.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ConfigError(f"backbone.checkpoint {path} does not fit the backbone: missing {missing[:5]}, unexpected "
+        raise ConfigError(f"{path} does not fit the backbone (backbone.checkpoint): missing {missing[:5]}, unexpected "
                           f"{unexpected[:5]}; check backbone.name, patch_size, embed_dim and depth")
 
 
