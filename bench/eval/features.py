@@ -77,6 +77,12 @@ def normalize_images(images: torch.Tensor, mean: tuple[float, ...], std: tuple[f
     return normalize(images.float().div_(255), m, s)
 
 
+def evaluated(backbone: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The forward the evaluations read: the backbone's ``evaluation_features`` when it has one (e.g. DINO's
+    concatenated last-4 class tokens of a ViT), else the backbone itself."""
+    return getattr(backbone, "evaluation_features", backbone)
+
+
 @torch.no_grad()
 @timed("extract")
 def extract_features(
@@ -85,11 +91,10 @@ def extract_features(
     """Features (N, D) float32 and labels (N,) of every image of ``split``, both on ``device``.
 
     The backbone runs in eval mode (BN statistics frozen) under bf16 autocast on CUDA; the train/eval
-    mode of each of its modules is restored afterwards. A backbone's ``evaluation_features`` (e.g. DINO's
-    concatenated last-4 class tokens of a ViT) is used when it has one.
+    mode of each of its modules is restored afterwards. The features are the ``evaluated`` forward's.
     """
     modes = [(m, m.training) for m in backbone.modules()]
-    features = getattr(backbone, "evaluation_features", backbone)
+    features = evaluated(backbone)
     backbone.eval()
     n = len(split)
     feats: torch.Tensor | None = None
