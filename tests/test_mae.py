@@ -129,10 +129,14 @@ def test_a_training_step_masks_three_quarters_with_a_stream_of_the_run():
     assert other.mask_seed == method.mask_seed  # resumes the same masks
 
 
-def test_the_acceptance_command_trains_mae_on_a_vit_tiny(tmp_path):
+def test_the_acceptance_command_trains_mae_on_a_vit_tiny_and_probes_it_as_mae_does(tmp_path):
+    """Issue 17's command, evaluated with MAE's linear probe too: linear_aug's mae preset (BatchNorm1d before the head,
+    LARS) on augmented views through the frozen encoder, one epoch."""
     out = tmp_path / "run"
+    probe = "{name: linear_aug, preset: mae, epochs: 1, batch_size: 8, lrs: [0.1], crop_scale: [0.2, 1.0]}"
     assert main(["train", "--method", "mae", "--dataset", "shapes", "--set", "backbone.name=vit_tiny", "backbone.patch_size=4",
                  "epochs=1", "dataset.n_train=32", "dataset.n_test=20", "batch_size=32", "method.decoder_depth=1",
-                 "train.progress=false", "--out", str(out)]) == 0
+                 "train.progress=false", f"eval.probes=[{probe}]", "--out", str(out)]) == 0
     report = json.loads((out / "metrics.json").read_text())
     assert report["config"]["backbone"]["image_size"] == 32 and report["metrics"]["knn20.top1"] >= 0
+    assert report["config"]["eval"]["probes"][0]["preset"] == "mae" and 0 <= report["metrics"]["linear_aug.top1"] <= 1

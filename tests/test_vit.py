@@ -282,16 +282,21 @@ def test_ssl_bench_list_shows_the_backbones_and_mae(capsys):
 def tiny_splits():
     from bench.data.registry import DatasetConfig, load_dataset
 
-    return load_dataset(DatasetConfig(name="shapes", n_train=32, n_test=20))
+    return load_dataset(DatasetConfig(**PRESET_DATA))
+
+
+#: 28 px images: the presets' views (DINO's 12 px local crops too) are multiples of 4 px patches, 49 + 1 tokens at most
+PRESET_DATA = {"name": "shapes", "n_train": 32, "n_test": 20, "image_size": 28}
 
 
 @pytest.mark.parametrize("method", PRESETS)
 def test_every_vit_preset_trains_and_evaluates_through_the_engine(method, tiny_splits, tmp_path):
-    """Two steps of each preset (its optimizer, schedules, clip and views) on a one-block ViT; DINO with its 10 crops."""
+    """Two steps of each preset (its optimizer, schedules, clip and views) on a one-block 16-d ViT of 4 px patches on
+    28 px images; DINO with its 10 crops."""
     heads = {"projector": "8-8", **({"predictor": "8-8"} if method in ("byol", "mocov3") else {}),
              **({"projector": "8", "out_dim": 8} if method == "dino" else {})}
-    cfg = resolve_run_config({"method": {"name": method, "preset": "vit", **heads}, "dataset": {"name": "shapes", "n_train": 32, "n_test": 20},
-                              "backbone": {**TINY, "depth": 1, "patch_size": 2}, "epochs": 1, "batch_size": 16,
+    cfg = resolve_run_config({"method": {"name": method, "preset": "vit", **heads}, "dataset": PRESET_DATA,
+                              "backbone": {**TINY, "depth": 1, "patch_size": 4}, "epochs": 1, "batch_size": 16,
                               "train": {"progress": False, "checkpoint_every": 0}, "eval": {"probes": [], "knn_k": [5]}})
     report = run(cfg, tmp_path, splits=tiny_splits)
     assert report["status"] == "complete" and math.isfinite(report["history"][0]["loss"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from pydantic import ConfigDict, Field, field_validator
@@ -27,7 +27,7 @@ from bench.data.views import ViewSpec, make_view
 from bench.errors import ConfigError
 from bench.eval.features import Choice, Features, evaluated
 from bench.eval.heads import HeadRecipe, Optimizer, Schedule, train_heads
-from bench.schema import ConfigModel
+from bench.schema import FROM_YAML, ConfigModel
 from bench.eval.linear import DINOV2_LRS, SOLO_LEARN_LRS, head_accuracy, pick_head, positive_grid, scaled_grid, val_metrics
 
 #: a batch of the train split's uint8 images (B, C, H, W) on the device -> normalised augmented views (B, C, S, S),
@@ -73,7 +73,7 @@ class LinearAugConfig(ConfigModel):
                              description="base lrs at batch 256, scaled by the batch used; [lr] for one literal lr")
     weight_decays: list[float] = Field(default_factory=lambda: [0.0], description="crossed with lrs")
     batch_norm: bool | None = Field(None, description="BatchNorm1d(affine=False) before the heads (null: the preset's)")
-    crop_scale: tuple[float, float] = Field((0.08, 1.0), description="RandomResizedCrop area range")
+    crop_scale: Annotated[tuple[float, float], FROM_YAML] = Field((0.08, 1.0), description="RandomResizedCrop area range")
     seed: int = 0
 
     @field_validator("lrs")

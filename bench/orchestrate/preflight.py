@@ -1,10 +1,10 @@
 """The preflight of a suite: what would fail a cell on a worker, found before anything is written.
 
 Each distinct method and backbone of the suite (with a second branch's backbone where ``method.branches`` differ) is
-built once, on the ``meta`` device (no memory, no compute), for the image shape of its dataset; each on-disk dataset (the pre-training set and every ``eval.datasets`` entry) and
-the detection stage's COCO set is checked for the files its loader needs, none of them read. ``validate``, ``run``,
-``search`` and ``worker`` pass ``suite_checks()`` to the suite's validation, which reports every problem by the
-suite key that caused it.
+built once, on the ``meta`` device (no memory, no compute), for the image shape of its dataset; each on-disk dataset
+(the pre-training set and every ``eval.datasets`` entry) and the detection stage's COCO set is checked for the files
+its loader needs, none of them read. ``validate``, ``run``, ``search`` and ``worker`` pass ``suite_checks()`` to the
+suite's validation, which reports every problem by the suite key that caused it.
 """
 
 from __future__ import annotations

@@ -9,8 +9,10 @@ name in lower case; ImageNet-1K is ``imagenet``), the metric as its source repor
 
 The paper column compares each table cell's protocol records (``ours.cell_record``) with the records of the
 published numbers of the same method, evaluation set, metric, kind of probe (kNN, a trained head, detection) and
-label fraction: the number shown is the closest one (fewest must-match fields that differ or are not stated; the
-file's order among equals), marked by how it compares (``protocol.MatchKind``: plain, † or ‡).
+label fraction, of the cell's backbone when any is published for it (another architecture is another experiment:
+MVEB Table 7's ViT-S row, VICReg Table 5's ``resnet50/vit_small`` column): the number shown is the closest one
+(fewest must-match fields that differ or are not stated; among equals, the fewest that differ, then the file's
+order), marked by how it compares (``protocol.MatchKind``: plain, † or ‡).
 """
 
 from __future__ import annotations
@@ -102,15 +104,17 @@ def published(*paths: Path) -> tuple[Reference, ...]:
 
 def find_reference(method: str, metric: str, ours: list[ProtocolRecord]) -> PaperMatch | None:
     """The published number closest to our records ``ours`` (the cells of one table cell) of ``method``'s
-    ``metric``; None when no entry reports that number."""
+    ``metric``, among those of our backbone when there are any; None when no entry reports that number."""
     first = ours[0]
     candidates = [r for r in published() if r.method == method and r.dataset == first.dataset and r.metric == metric
                   and _kind(r) == _kind(first) and r.labels.fraction == first.labels.fraction]
     if not candidates:
         return None
+    backbones = {record.backbone.name for record in ours}
+    candidates = [r for r in candidates if {r.backbone.name} == backbones] or candidates
     matters = has_code_reading(method)
     compared = [(compare(r, ours, reading_matters=matters), i, r) for i, r in enumerate(candidates)]
-    comparison, _, reference = min(compared, key=lambda item: (item[0].distance, item[1]))
+    comparison, _, reference = min(compared, key=lambda item: (item[0].distance, len(item[0].differ), item[1]))
     return PaperMatch(reference, comparison)
 
 
