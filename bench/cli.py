@@ -192,15 +192,19 @@ def cmd_perf(args: argparse.Namespace, console: Console) -> int:
 def cmd_list(args: argparse.Namespace, console: Console) -> int:
     from bench.data.registry import DATASETS, _import_loaders
     from bench.methods import all_methods
+    from bench.models.backbones import backbone_summaries
 
     _import_loaders()
-    methods = Table("method", "recipe", "optimizer", title="methods")
+    methods = Table("method", "recipe", "optimizer", "presets", title="methods")
     for name, cls in sorted(all_methods().items()):
-        methods.add_row(name, cls.recipe, f"{cls.optimizer['name']} lr {cls.optimizer['lr']}")
+        methods.add_row(name, cls.recipe, f"{cls.optimizer['name']} lr {cls.optimizer['lr']}", ", ".join(sorted(cls.presets)))
+    backbones = Table("backbone", "summary", title="backbones")
+    for name, summary in backbone_summaries().items():
+        backbones.add_row(name, summary)
     datasets = Table("dataset", "needs root", "summary", title="datasets")
     for name, spec in sorted(DATASETS.items()):
         datasets.add_row(name, "yes" if spec.needs_root else "no", spec.summary)
-    console.print(methods, datasets)
+    console.print(methods, backbones, datasets)
     return 0
 
 
@@ -212,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", help="method name (see `ssl-bench list`)")
     p.add_argument("--dataset", help="dataset name (see `ssl-bench list`)")
     p.add_argument("--config", type=Path, help="YAML file of run-config keys")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. optimizer.lr=0.1")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="override a config key, e.g. optimizer.lr=0.1")
     p.add_argument("--out", type=Path, help="run directory (default: results/runs/<method>-<dataset>-<config id>)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in the run directory")
     p.set_defaults(func=cmd_train)
@@ -305,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("results/perf"))
     p.set_defaults(func=cmd_perf)
 
-    p = sub.add_parser("list", help="list the registered methods and datasets")
+    p = sub.add_parser("list", help="list the registered methods, backbones and datasets")
     p.set_defaults(func=cmd_list)
     return parser
 

@@ -209,7 +209,8 @@ def test_view_maker_makes_every_recipe(recipe):
     labels, index = torch.tensor([0, 1, -1, 2]), torch.tensor([5, 6, 7, 8])
     views = ViewMaker(build_recipe(recipe), MEAN, STD, 32, clean=recipe == "cifar")(images, labels, index, gen())
     expected = {"simclr": [32] * 2, "byol": [32] * 2, "cifar": [32] * 2, "simsiam_cifar": [32] * 2,
-                "multicrop": [32] * 2 + [14] * 6, "supervised": [32]}[recipe]
+                "multicrop": [32] * 2 + [14] * 6, "supervised": [32], "mae": [32], "dino": [32] * 2 + [14] * 8,
+                "vicreg": [32] * 2}[recipe]
     assert [v.shape[-1] for v in views.crops] == expected
     assert all(v.shape[:2] == (4, 3) and v.dtype == torch.float32 for v in views.crops)
     assert views.labels is labels and views.index is index
@@ -230,6 +231,12 @@ def test_recipes_hold_their_papers_settings():
     assert local.scale == (0.05, 0.14) and local.crop_size(224) == 96 and RECIPES["multicrop"][0].crop_size(224) == 224
     sup = RECIPES["supervised"]
     assert len(sup) == 1 and (sup[0].jitter_p, sup[0].gray_p, sup[0].blur_p, sup[0].flip_p) == (0.0, 0.0, 0.0, 0.5)
+    (mae,) = RECIPES["mae"]
+    assert (mae.scale, mae.jitter_p, mae.gray_p, mae.blur_p, mae.flip_p) == ((0.2, 1.0), 0.0, 0.0, 0.0, 0.5)
+    dino = RECIPES["dino"]
+    assert [v.blur_p for v in dino] == [1.0, 0.1] + [0.5] * 8 and [v.solarize_p for v in dino[:3]] == [0.0, 0.2, 0.0]
+    assert [v.scale for v in dino[1:3]] == [(0.4, 1.0), (0.05, 0.4)] and dino[2].crop_size(224) == 96
+    assert [(v.blur_p, v.solarize_p) for v in RECIPES["vicreg"]] == [(0.5, 0.1)] * 2
 
 
 def test_default_blur_kernel_is_about_ten_percent_odd():

@@ -62,7 +62,10 @@ CASES: dict[str, tuple[dict, list[int]]] = {
     "mocov2": ({"projector": "16-8", "queue_size": 12, "bn_splits": 1}, [SIZE, SIZE]),
     "byol": ({"projector": "16-8", "predictor": "16-8"}, [SIZE, SIZE]),
     "dino": ({"projector": "16-8", "out_dim": 6}, [SIZE, SIZE, 8, 8]),
+    "mae": ({"decoder_dim": 8, "decoder_depth": 1, "decoder_heads": 2}, [SIZE]),
 }
+#: the methods whose case trains a ViT (one 8-d block, patch 4: 16 patches); the others a small CNN
+VIT = BackboneConfig(name="vit", embed_dim=8, depth=1, num_heads=2, patch_size=4, image_size=SIZE)
 PER_PROCESS_BN = "vicreg without SyncBN"
 
 
@@ -81,7 +84,8 @@ def one_step(name: str, sync_bn: bool) -> dict:
     params, sizes = CASES[name]
     cls = method_class(name)
     torch.manual_seed(0)
-    method = cls(build_backbone(BackboneConfig(width=4), 3), cls.Params(**params), num_classes=2, image_shape=(3, SIZE, SIZE))
+    backbone = build_backbone(VIT if cls.needs_vit else BackboneConfig(width=4), 3)
+    method = cls(backbone, cls.Params(**params), num_classes=2, image_shape=(3, SIZE, SIZE))
     method = method.double()
     if sync_bn:
         convert_sync_batch_norm(method)

@@ -216,6 +216,49 @@ def test_paper_column_marks_and_footnotes_in_every_format():
         paper_column(pivot(df.assign(**{"diag.rank": 1.0}), ["method"], ["dataset"], "diag.rank"), df)
 
 
+def _branches(config: Any) -> str:
+    """VICReg Table 5's column of a cell: shared, separate, or the second branch's backbone."""
+    branches = config.method.branches
+    return branches if isinstance(branches, str) else branches.second.name
+
+
+#: the ViT suites: the column of a cell, and published_vit.yaml's numbers their cells show: (method, column) -> (value, source)
+VIT_TABLES = {
+    "mveb_vit.yaml": (lambda config: config.backbone.name, {
+        ("simclr", "vit_small"): (69.0, "MoCo v3 paper, Table 4"), ("mocov3", "vit_small"): (72.5, "MoCo v3 paper, Table 4"),
+        ("mae", "vit_small"): (68.2, "MVEB paper, Table 7 (quoted)"), ("mveb", "vit_small"): (73.4, "MVEB paper, Table 7"),
+        ("mocov3", "resnet50"): (73.8, "MoCo v3 paper, Sec. 3 table (also MVEB Table 7)")}),
+    "vicreg_branches.yaml": (_branches, {
+        ("byol", "shared"): (69.3, "VICReg paper, Table 5"), ("simclr", "separate"): (63.1, "VICReg paper, Table 5"),
+        ("simclr", "resnet101"): (63.9, "VICReg paper, Table 5"), ("barlow_twins", "vit_small"): (63.9, "VICReg paper, Table 5"),
+        ("vicreg", "separate"): (66.5, "VICReg paper, Table 5"), ("vicreg", "vit_small"): (66.2, "VICReg paper, Table 5")}),
+}
+
+
+@pytest.mark.parametrize("suite", sorted(VIT_TABLES))
+def test_table_paper_of_a_vit_suite_shows_its_papers_numbers_with_protocol_footnotes(suite):
+    """Acceptance (issue 17, item 3): MVEB Table 7 (rows x ViT-S / ResNet-50) and VICReg Table 5 (rows x SW / DW / DA)
+    as the suites expand them (no training), each cell with its paper's number (of its own backbone; two branches
+    that differ named evaluated/other, ``resnet50/vit_small``) and a footnote naming the fields that differ or are
+    not stated."""
+    column, expected = VIT_TABLES[suite]
+    cells = expand_suite(load_suite(SUITES / suite))
+    configs = [cell.config.model_dump(mode="json") for cell in cells]
+    df = frame([("complete", config, 0.5) for config in configs]).rename(columns={"knn200.top1": "linear.top1"})
+    df["column"] = [column(cell.config) for cell in cells]
+    table = paper_column(pivot(df, ["method"], ["column"], "linear.top1"), df)
+    for (method, col), (value, source) in expected.items():
+        match = table.matches.loc[method, col]
+        assert (match.reference.value, match.reference.source) == (value, source), (method, col)
+        assert match.kind != MatchKind.EXACT and match.comparison.note()  # its footnote names what differs
+    names = {cell_record(config, {}, "linear.top1").backbone.name for config in configs}
+    assert names == ({"vit_small", "resnet50"} if suite == "mveb_vit.yaml" else
+                     {"resnet50", "resnet50/resnet50", "resnet50/resnet101", "resnet50/vit_small"})
+    md = to_markdown(table)
+    marks = set(re.findall(r" [†‡](\d+) \|", md))
+    assert len(marks) == len([line for line in md.splitlines() if re.match(r"[†‡]\d+ \(", line)]) >= len(expected)
+
+
 def log_suite(uri: str, path: Path, sets: list[str], metrics: dict[str, float]) -> None:
     """Record a variant of a suite and its cells in the MLflow store at ``uri`` as ``run`` does, each cell complete
     with one epoch's loss and ``metrics`` (no training)."""

@@ -31,7 +31,8 @@ from bench.models.backbones import BackboneConfig, build_backbone
 from bench.runner import run
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
-METHODS = 16  # every registered method (bench/methods), the supervised baseline and the DAE included
+METHODS = 16  # every registered method that trains any backbone (bench/methods), the supervised baseline and the DAE included
+ALL_METHODS = 17  # and MAE, which needs a ViT
 
 #: suite -> cells of its paper's grid (pre-training cells, plus one detection cell per source where there is one)
 PAPER_CELLS = {
@@ -55,9 +56,15 @@ PAPER_CELLS = {
     "baselines_cifar10": METHODS,  # every method once
     "baselines_cifar100": METHODS,
     "baselines_stl10": METHODS,
+    "baselines_cifar10_vit": ALL_METHODS,  # every method once on ViT-Tiny/4
+    "mveb_vit": 12,  # Table 7: 7 methods x {ResNet-50, ViT-S} - the 2 empty cells (DINO and MAE on ResNet-50)
+    "vicreg_branches": 13,  # Table 5: 4 methods x {SW, DW, DA R50/R101, DA R50/ViT-S} - BYOL's 3 failure marks
     "detection_coco": 2 * METHODS,  # every method: its ImageNet-100 pre-training cell and its COCO detection cell
 }
 
+#: a ViT of one 16-d block (patch 2: MVEB Table 7's DINO cell keeps its 14 px local crops)
+TINY_VIT = "backbone={name: vit, embed_dim: 16, depth: 1, num_heads: 2, patch_size: 2}"
+TINY_DECODER = ["method.decoder_dim=16", "method.decoder_heads=2", "method.decoder_depth=1"]
 TEACHER = "{teacher}"  # the path of the smoke teacher's weights, filled in by the test
 TINY_HEAD = "method.projector=16-16"
 BLURRED_VIEW = "{scale: [0.2, 1.0], jitter: [0.4, 0.4, 0.4, 0.1], blur_p: 0.5, blur_kernel: 3}"
@@ -89,6 +96,10 @@ SMOKE = {
     "baselines_cifar10": ["batch_size=128", "dataset.n_train=128", TINY_HEAD],
     "baselines_cifar100": ["batch_size=128", "dataset.n_train=128", TINY_HEAD],
     "baselines_stl10": ["batch_size=128", "dataset.n_train=128", TINY_HEAD],
+    "baselines_cifar10_vit": ["batch_size=128", "dataset.n_train=128", TINY_HEAD, TINY_VIT.replace("patch_size: 2", "patch_size: 8")],
+    # MVEB Table 7 names MAE in its defaults' method section: the decoder override reaches only it
+    "mveb_vit": [TINY_VIT, *TINY_DECODER],
+    "vicreg_branches": ["method.projector=16-256"],  # BYOL's predictor ends at 256; the DA branches keep their backbones
     # the detector needs a torchvision ResNet; the generated COCO-format shapes replace COCO
     "detection_coco": ["batch_size=128", "dataset.n_train=128", TINY_HEAD, "backbone=resnet18", "evaluations.detection.coco=null",
                        "evaluations.detection.synthetic={n_train: 4, n_val: 2, image_size: 64}",
@@ -119,11 +130,13 @@ def test_suite_expands_to_its_paper_grid(name):
     assert "Published numbers" in load_suite(_path(name)).description
 
 
-@pytest.mark.parametrize("name", ["baselines_cifar10", "baselines_cifar100", "baselines_stl10", "detection_coco"])
+@pytest.mark.parametrize("name", ["baselines_cifar10", "baselines_cifar100", "baselines_stl10", "detection_coco", "baselines_cifar10_vit"])
 def test_baselines_and_detection_cover_every_registered_method(name):
     cells = expand_suite(load_suite(_path(name)))
-    assert len(all_methods()) == METHODS
-    assert sorted(cell.config.method.name for cell in cells) == sorted(all_methods())
+    assert len(all_methods()) == ALL_METHODS
+    any_backbone = [m for m, cls in all_methods().items() if not cls.needs_vit]
+    assert len(any_backbone) == METHODS
+    assert sorted(cell.config.method.name for cell in cells) == sorted(all_methods() if name.endswith("_vit") else any_backbone)
 
 
 def _shared(names: list[str]) -> list[Cell]:

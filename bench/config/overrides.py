@@ -35,6 +35,14 @@ def normalize_sections(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def merge_sections(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into ``base`` key by key, recursing into mappings on both sides."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merge_sections(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def apply_overrides(data: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
     """Return a copy of ``data`` with each ``key=value`` applied in order.
 

@@ -30,6 +30,7 @@ from sqlalchemy.exc import ArgumentError
 from bench.config.overrides import (
     NAMED_SECTIONS,
     apply_overrides,
+    merge_sections,
     normalize_sections,
     parse_assignment,
 )
@@ -395,16 +396,8 @@ def _defaults(suite: Suite) -> dict[str, Any]:
     defaults = normalize_sections(copy.deepcopy(suite.defaults))
     evaluations = suite.evaluations.model_dump(mode="json", exclude_unset=True, exclude={"detection"}) if suite.evaluations else {}
     if isinstance(defaults.get("eval", {}), dict):
-        defaults["eval"] = _merged(defaults.get("eval", {}), evaluations)
+        defaults["eval"] = merge_sections(defaults.get("eval", {}), evaluations)
     return defaults
-
-
-def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` merged into ``base`` key by key, recursing into mappings on both sides."""
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def _axis(path: str, key: str, run_key: str, values: list[Any]) -> list[list[_Setting]]:
@@ -435,9 +428,13 @@ def _expand(suite: Suite, checks: Checks | None = None) -> list[Cell]:
     bases = []
     for row in itertools.product(*_base_axes(suite)):
         settings = [s for part in row for s in part]
-        config = _resolve(defaults, settings, problems)
-        if config is not None:
-            bases.append((settings, config.method.name))
+        base_problems: list[str] = []
+        config = _resolve(defaults, settings, base_problems)
+        method = config.method.name if config is not None else _named_method(defaults, settings)
+        if config is None and not any(key.partition(".")[0] == method for key in suite.ablations):
+            problems += base_problems
+        elif method is not None:  # an invalid base that its method's ablations may make valid: its cells tell
+            bases.append((settings, method))
     _raise_if(problems)
     methods = sorted({method for _, method in bases})
     _raise_if([f"ablations.{key}: applies to no method of the suite (its methods: {', '.join(methods)}); "
@@ -469,6 +466,15 @@ def _checked(suite: Suite, cells: list[tuple[Cell, list[_Setting]]], checks: Che
     if stage is not None:
         lines += [f"evaluations.detection.{line}" for line in checks.detection(stage)]
     return lines
+
+
+def _named_method(defaults: dict[str, Any], settings: Sequence[_Setting]) -> str | None:
+    """The method a base cell names, without resolving it (None when it names none)."""
+    try:
+        method = _apply(defaults, settings).get("method")
+    except ConfigError:
+        return None
+    return method.get("name") if isinstance(method, dict) else None
 
 
 def _apply(data: dict[str, Any], settings: Sequence[_Setting]) -> dict[str, Any]:

@@ -111,6 +111,7 @@ class ViewSpec(ConfigModel):
 
 _SIMCLR = ViewSpec(jitter=(0.8, 0.8, 0.8, 0.2), blur_p=0.5)
 _SWAV_COLOR = {"jitter": (0.8, 0.8, 0.8, 0.2), "blur_p": 0.5}
+_DINO_COLOR = {"jitter": (0.4, 0.4, 0.2, 0.1), "jitter_p": 0.8, "gray_p": 0.2}
 
 #: recipe name -> the views it makes (global views first, then local ones)
 RECIPES: dict[str, list[ViewSpec]] = {
@@ -127,6 +128,13 @@ RECIPES: dict[str, list[ViewSpec]] = {
     + [ViewSpec(size_fraction=96 / 224, scale=(0.05, 0.14), **_SWAV_COLOR)] * 6,
     # supervised baseline: crop + flip only
     "supervised": [ViewSpec(jitter_p=0.0, gray_p=0.0)],
+    # MAE (He et al., 2022), Table 1e / main_pretrain.py: crop (0.2, 1) + flip, no colour
+    "mae": [ViewSpec(scale=(0.2, 1.0), jitter_p=0.0, gray_p=0.0)],
+    # DINO (Caron et al., 2021), main_dino.py: 2 global (0.4, 1) + 8 local (0.05, 0.4) crops of 96 / 224 px
+    "dino": [ViewSpec(scale=(0.4, 1.0), blur_p=1.0, **_DINO_COLOR), ViewSpec(scale=(0.4, 1.0), blur_p=0.1, solarize_p=0.2, **_DINO_COLOR)]
+    + [ViewSpec(size_fraction=96 / 224, scale=(0.05, 0.4), blur_p=0.5, **_DINO_COLOR)] * 8,
+    # VICReg (Bardes et al., 2022), App. C.1: BYOL's augmentations made symmetric (blur 0.5, solarize 0.1 on both)
+    "vicreg": [ViewSpec(blur_p=0.5, solarize_p=0.1)] * 2,
 }
 
 

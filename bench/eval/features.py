@@ -77,6 +77,12 @@ def normalize_images(images: torch.Tensor, mean: tuple[float, ...], std: tuple[f
     return normalize(images.float().div_(255), m, s)
 
 
+def evaluated(backbone: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The forward the evaluations read: the backbone's ``evaluation_features`` when it has one (e.g. DINO's
+    concatenated last-4 class tokens of a ViT), else the backbone itself."""
+    return getattr(backbone, "evaluation_features", backbone)
+
+
 @torch.no_grad()
 @timed("extract")
 def extract_features(
@@ -85,9 +91,10 @@ def extract_features(
     """Features (N, D) float32 and labels (N,) of every image of ``split``, both on ``device``.
 
     The backbone runs in eval mode (BN statistics frozen) under bf16 autocast on CUDA; the train/eval
-    mode of each of its modules is restored afterwards.
+    mode of each of its modules is restored afterwards. The features are the ``evaluated`` forward's.
     """
     modes = [(m, m.training) for m in backbone.modules()]
+    features = evaluated(backbone)
     backbone.eval()
     n = len(split)
     feats: torch.Tensor | None = None
@@ -96,7 +103,7 @@ def extract_features(
         for images, y, index in iter_batches(split, batch_size, device):
             x = normalize_images(images, split.mean, split.std)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                f = backbone(x)
+                f = features(x)
             if feats is None:
                 feats = torch.empty(n, f.shape[1], dtype=torch.float32, device=device)
             feats[index] = f.float()

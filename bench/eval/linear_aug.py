@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from pydantic import ConfigDict, Field, field_validator
@@ -25,9 +25,9 @@ from bench.data.folder import FolderSet
 from bench.data.loader import epoch_permutation, iter_batches
 from bench.data.views import ViewSpec, make_view
 from bench.errors import ConfigError
-from bench.eval.features import Choice, Features
+from bench.eval.features import Choice, Features, evaluated
 from bench.eval.heads import HeadRecipe, Optimizer, Schedule, train_heads
-from bench.schema import ConfigModel
+from bench.schema import FROM_YAML, ConfigModel
 from bench.eval.linear import DINOV2_LRS, SOLO_LEARN_LRS, head_accuracy, pick_head, positive_grid, scaled_grid, val_metrics
 
 #: a batch of the train split's uint8 images (B, C, H, W) on the device -> normalised augmented views (B, C, S, S),
@@ -73,7 +73,7 @@ class LinearAugConfig(ConfigModel):
                              description="base lrs at batch 256, scaled by the batch used; [lr] for one literal lr")
     weight_decays: list[float] = Field(default_factory=lambda: [0.0], description="crossed with lrs")
     batch_norm: bool | None = Field(None, description="BatchNorm1d(affine=False) before the heads (null: the preset's)")
-    crop_scale: tuple[float, float] = Field((0.08, 1.0), description="RandomResizedCrop area range")
+    crop_scale: Annotated[tuple[float, float], FROM_YAML] = Field((0.08, 1.0), description="RandomResizedCrop area range")
     seed: int = 0
 
     @field_validator("lrs")
@@ -127,13 +127,14 @@ def select_linear_aug(backbone: nn.Module, images: ImageSet | FolderSet, val: Fe
     batch = cfg.batch(len(images))
     grid = scaled_grid(cfg.lrs, cfg.weight_decays, batch)
     steps = len(images) // batch if recipe.batch_norm else math.ceil(len(images) / batch)  # BN needs full batches
+    features = evaluated(backbone)  # the validation features' forward
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
 
     def batches(epoch: int):
         order = epoch_permutation(len(images), cfg.seed, epoch)
         for x, y, _ in iter_batches(images, batch, device, order=order, drop_last=recipe.batch_norm):
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                f = backbone(augment(x, generator))
+                f = features(augment(x, generator))
             yield f.float(), y
 
     modes = [(m, m.training) for m in backbone.modules()]

@@ -27,7 +27,8 @@ def all_methods() -> dict[str, type[Method]]:
 
 def _import_methods() -> None:
     from bench.methods import (  # noqa: F401
-        barlow_twins, byol, corinfomax, dino, mocov2, mocov3, mveb, mvmr, sidae, simclr, simsiam, supervised, swav, vicreg, wmse,
+        barlow_twins, byol, corinfomax, dino, mae, mocov2, mocov3, mveb, mvmr, sidae, simclr, simsiam, supervised, swav, vicreg,
+        wmse,
     )
 
 

@@ -3,7 +3,9 @@
 A method is an ``nn.Module`` that owns the backbone, its heads and any state (EMA targets, queues,
 running statistics). Its loss lives beside it as a pure function of tensors. The training engine
 calls ``forward(views, step, total_steps)`` for the loss and ``on_step_end`` after each optimizer
-step; evaluation only ever uses ``backbone``.
+step; evaluation only ever uses ``backbone``. ``param_groups`` decides how the optimizer treats each parameter
+(weight decay, lr scale, fixed lr); a method's ``presets`` are named recipes (its paper's ViT setting) that fill
+several sections of the run config at once.
 
 With several processes (bench.train.distributed) every rank runs ``forward`` on its share of the global
 batch and the engine averages the gradients: a loss that is a mean over samples needs nothing more; a loss
@@ -25,14 +27,17 @@ import functools
 from abc import abstractmethod
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Callable, ClassVar, TypeVar
+from typing import Annotated, Any, Callable, ClassVar, Literal, TypeVar
 
 import torch
 from pydantic import Field, model_validator
 from torch import nn
 
 from bench.data.views import Views
+from bench.methods.branches import Branches
+from bench.models.backbones import BackboneConfig
 from bench.models.heads import HeadSpec
+from bench.models.param_groups import DecayRules, ParamGroup, default_groups
 from bench.schema import FROM_YAML, ConfigModel
 
 T = TypeVar("T")
@@ -60,6 +65,13 @@ class MethodParams(ConfigModel):
     projector: HeadSpec = ""
     reading: Annotated[Reading, FROM_YAML] = Field(Reading.PAPER, description="paper: the paper's equations; code: every "
                                                    "reading of the official code at once (options given explicitly still win)")
+    preset: Literal["vit"] | None = Field(
+        None, description="a named recipe of the method (vit: its paper's ViT setting of optimizer, schedule, views, "
+        "gradient clip and heads; see the method's presets); keys given beside it override the preset's")
+    branches: Branches = Field(
+        "shared", description="shared: one encoder for both views; separate: a second backbone and head of the same "
+        "configuration with their own weights; {first: backbone, second: backbone}: different architectures (the "
+        "first is the run's backbone, the evaluated one); VICReg Table 5's SW / DW / DA")
 
     @model_validator(mode="before")
     @classmethod
@@ -81,6 +93,12 @@ class MethodParams(ConfigModel):
             return Reading.PAPER.value
         return MIXED
 
+    def second_backbone(self, backbone: BackboneConfig) -> BackboneConfig | None:
+        """The configuration of the second branch's backbone, or None when the branches share one."""
+        if self.branches == "shared":
+            return None
+        return backbone if self.branches == "separate" else self.branches.second
+
 
 class Method(nn.Module):
     """Parameters with ``requires_grad=False`` (EMA targets) are left out of the optimizer."""
@@ -89,10 +107,20 @@ class Method(nn.Module):
     Params: ClassVar[type[MethodParams]]
     #: default view recipe (see bench.data.views.RECIPES)
     recipe: ClassVar[str] = "simclr"
+    #: the method works on a ViT's patches (MAE): other backbones are refused when the config is resolved
+    needs_vit: ClassVar[bool] = False
     #: the engine passes the clean (non-augmented) view when this is set
     needs_clean_view: ClassVar[bool] = False
     #: the paper's optimizer, as OptimizerConfig fields; suites override any of them
     optimizer: ClassVar[dict[str, Any]] = {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4}
+    #: the paper's schedule, as ScheduleConfig fields (default: the ScheduleConfig defaults)
+    schedule: ClassVar[dict[str, Any]] = {}
+    #: named recipes: preset -> the run-config sections it sets (method, backbone, optimizer, schedule, augment, train)
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: why both views must go through one encoder; empty for the methods whose branches may differ
+    shared_weights_reason: ClassVar[str] = (
+        "VICReg (Analysis 'Weight sharing', Table 5): only SimCLR, Barlow Twins and VICReg handle branches with "
+        "separate weights or architectures")
 
     def __init__(self, backbone: nn.Module, params: MethodParams, *, num_classes: int, image_shape: tuple[int, int, int]):
         super().__init__()
@@ -108,6 +136,11 @@ class Method(nn.Module):
     @torch.no_grad()
     def on_step_end(self, step: int, total_steps: int) -> None:
         """Per-step hook after the optimizer step (EMA updates, queues). Default: nothing."""
+
+    def param_groups(self, rules: DecayRules) -> list[ParamGroup]:
+        """The optimizer's parameter groups (``rules`` is the run's OptimizerConfig); default: weight decay off
+        biases, norms (``exclude_bias_bn``) and a ViT's tokens (``exclude_tokens``). Frozen parameters are left out."""
+        return default_groups(self, rules)
 
     def prepare(self, split: Any, cache_dir: Path) -> None:
         """Called once before training with the pre-training split (an ImageSet on the training

@@ -11,6 +11,13 @@ The target's batch-norm running statistics are copied from the online network at
 Ambiguities resolved:
 - tau_base: 0.996, the paper's ImageNet value (batch 4096); CIFAR reimplementations such as
   solo-learn use 0.99: ``tau_base=0.99``.
+
+ViT (``method.preset=vit``): MoCo v3's benchmark of BYOL on ViT (Chen, Xie & He 2021, Sec. 6.1, App. A): AdamW,
+lr 1e-4 x batch / 256 and weight decay 0.03 (the Fig. 6 caption's ViT-B values; no other is published), 40
+warm-up epochs, BN in the hidden layers of the heads only, two crops, random (frozen) patch projection and sin-cos
+position embedding. tau_base stays 0.996 (not stated for ViT).
+
+Branches: BYOL fails with separate weights or architectures (VICReg Table 5): ``method.branches`` must be shared.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from bench.data.views import Views
 from bench.errors import ConfigError
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
+from bench.methods.branches import MOMENTUM_TARGET
 from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
 from bench.models.heads import HeadSpec, mlp, out_dim
 
@@ -56,6 +64,15 @@ class BYOL(Method):
         "momentum": 0.9,
         "exclude_bias_bn": True,
     }
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"vit": {
+        "method": {"projector": "4096-256", "predictor": "4096-256"},
+        "backbone": {"pos_embed": "sincos", "freeze_patch_embed": True, "weight_init": "moco"},
+        "optimizer": {"name": "adamw", "lr": 1e-4, "lr_scaling": "linear", "weight_decay": 0.03, "exclude_bias_bn": False,
+                      "exclude_tokens": False},
+        "schedule": {"warmup_epochs": 40},
+        "augment": "byol",
+    }}
+    shared_weights_reason: ClassVar[str] = "VICReg Table 5 marks BYOL as failing with separate weights or architectures; " + MOMENTUM_TARGET
 
     def __init__(self, backbone: nn.Module, params: BYOLParams, *, num_classes: int, image_shape: tuple[int, int, int]):
         super().__init__(backbone, params, num_classes=num_classes, image_shape=image_shape)

@@ -18,6 +18,17 @@ Ambiguities resolved:
   first epoch (``freeze_last_layer``, a fraction of the steps: 0.01 is 1 of 100 epochs) and can learn
   the norms (``norm_last_layer=false``).
 - head: no BatchNorm, the official ResNet-50 default; its ``use_bn_in_head`` is ``head_bn=true``.
+
+ViT (``method.preset=vit``): the official ViT-S/16 recipe (main_dino.py, README "Boosting DINO"): AdamW, lr 5e-4 x
+batch / 256 after 10 warm-up epochs, cosine to 1e-6 (``final_lr`` 5e-4 of the peak at batch 1024), weight decay
+cosine 0.04 -> 0.4 on the decayed groups (biases and norms excluded, the class token and position embedding
+decayed), each parameter's gradient clipped to norm 3, teacher temperature 0.04 -> 0.07 over the first 30 of 300
+epochs, the last layer frozen for the first epoch and its norms learned (``norm_last_layer=false``), drop path 0.1
+in the student (the teacher copy runs without), and the 2 x 224 + 8 x 96 multi-crop (``augment=dino``). The
+fractions of the run assume 300 epochs. Not reproduced: DINO evaluates the teacher (the harness evaluates the
+student backbone) and probes the concatenated last-4 class tokens while its kNN uses the last one
+(``backbone.eval_features=last4_cls`` applies to every evaluation). For 32 px images with patch 4 the local crops
+must be 16 px (``size_fraction: 0.5``), not 96/224 of 32.
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ from torch import nn
 from bench.data.views import Views
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
+from bench.methods.branches import MOMENTUM_TARGET
 from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
 from bench.methods.multicrop import check_global_crops, crop_pair_cross_entropy, multicrop_forward
 from bench.models.heads import HeadSpec, parse_spec
@@ -108,6 +120,17 @@ class DINO(Method):
         "momentum": 0.9,
         "exclude_bias_bn": True,
     }
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"vit": {
+        "method": {"teacher_temp": 0.07, "warmup_teacher_temp": 0.04, "teacher_temp_warmup": 30 / 300, "norm_last_layer": False,
+                   "freeze_last_layer": 1 / 300},
+        "backbone": {"drop_path_rate": 0.1},
+        "optimizer": {"name": "adamw", "lr": 5e-4, "lr_scaling": "linear", "weight_decay": 0.04, "weight_decay_end": 0.4,
+                      "exclude_bias_bn": True, "exclude_tokens": False},
+        "schedule": {"warmup_epochs": 10, "final_lr": 5e-4},
+        "train": {"grad_clip": 3.0, "grad_clip_mode": "per_param"},
+        "augment": "dino",
+    }}
+    shared_weights_reason: ClassVar[str] = MOMENTUM_TARGET
 
     def __init__(self, backbone: nn.Module, params: DINOParams, *, num_classes: int, image_shape: tuple[int, int, int]):
         super().__init__(backbone, params, num_classes=num_classes, image_shape=image_shape)

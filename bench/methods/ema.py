@@ -9,6 +9,7 @@ import copy
 import math
 
 import torch
+from timm.layers import DropPath
 from torch import nn
 
 
@@ -23,8 +24,15 @@ def cosine_momentum(base: float, step: int, total_steps: int) -> float:
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` that the optimizer never updates: the EMA target / teacher / key encoder."""
-    return copy.deepcopy(module).requires_grad_(False)
+    """A copy of ``module`` that the optimizer never updates: the EMA target / teacher / key encoder.
+
+    Stochastic depth is off in the copy: DINO builds its teacher without drop path (``main_dino.py``).
+    """
+    copied = copy.deepcopy(module).requires_grad_(False)
+    for m in copied.modules():
+        if isinstance(m, DropPath):
+            m.drop_prob = 0.0
+    return copied
 
 
 @torch.no_grad()

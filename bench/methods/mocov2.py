@@ -36,6 +36,7 @@ from torch import nn
 
 from bench.data.views import Views
 from bench.methods import register_method
+from bench.methods.branches import MOMENTUM_TARGET
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
 from bench.models.heads import HeadSpec, mlp, out_dim
@@ -83,6 +84,7 @@ class MoCoV2(Method):
         "momentum": 0.9,
         "exclude_bias_bn": False,
     }
+    shared_weights_reason: ClassVar[str] = MOMENTUM_TARGET
 
     def __init__(
         self, backbone: nn.Module, params: MoCoV2Params, *, num_classes: int, image_shape: tuple[int, int, int]

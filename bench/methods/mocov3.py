@@ -17,6 +17,12 @@ Ambiguities resolved:
   official code's ResNet model uses 2 layers: ``projector="4096-256"`` (its ViT model keeps 3, so the
   switch leaves the depth to the suite).
 - temperature: 1.0, the official ResNet-50 default; its ViT recipe uses 0.2: ``temperature=0.2``.
+
+ViT (``method.preset=vit``): the official ViT recipe (CONFIG.md, main_moco.py): AdamW, lr 1.5e-4 x batch / 256,
+weight decay 0.1 on every parameter (biases, norms and the class token too), 40 warm-up epochs then cosine,
+temperature 0.2, momentum 0.99 -> 1, a predictor whose output is batch-normalised (the ViT builder's last BN),
+BYOL's views with crops of scale (0.08, 1), and the ViT with a frozen random patch projection, a fixed 2-D sin-cos
+position embedding and MoCo v3's init. MoCo v3's ViT-S has 12 heads (DeiT's has 6): ``backbone.num_heads=12``.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from bench.data.views import Views
 from bench.errors import ConfigError
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
+from bench.methods.branches import MOMENTUM_TARGET
 from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
 from bench.models.heads import HeadSpec, mlp, out_dim
 from bench.train.distributed import gather_with_grad
@@ -77,6 +84,15 @@ class MoCoV3(Method):
         "momentum": 0.9,
         "exclude_bias_bn": True,
     }
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"vit": {
+        "method": {"temperature": 0.2, "momentum": 0.99, "predictor_last_bn": True},
+        "backbone": {"pos_embed": "sincos", "freeze_patch_embed": True, "weight_init": "moco"},
+        "optimizer": {"name": "adamw", "lr": 1.5e-4, "lr_scaling": "linear", "weight_decay": 0.1, "exclude_bias_bn": False,
+                      "exclude_tokens": False},
+        "schedule": {"warmup_epochs": 40},
+        "augment": "byol",
+    }}
+    shared_weights_reason: ClassVar[str] = MOMENTUM_TARGET
 
     def __init__(
         self, backbone: nn.Module, params: MoCoV3Params, *, num_classes: int, image_shape: tuple[int, int, int]

@@ -33,6 +33,12 @@ Ambiguities resolved:
 Code reading: none (``reading: code`` changes nothing). The loss follows the official code where the paper is
 silent or wrong (Algorithm 1's typos, the bandwidth's zero diagonal, the ridge eta) in both readings; the code's
 other differences are optimizer settings (lr 0.3, LARS exclusions), set in a suite.
+
+ViT (``method.preset=vit``): Table 7 "follows the experiment setting on ImageNet in MoCo v3" and gives no ViT
+hyper-parameters (nor does the official code, ResNets only); the preset reads that as MoCo v3's ViT recipe: AdamW,
+lr 1.5e-4 x batch / 256, weight decay 0.1 on every parameter, 40 warm-up epochs, two crops of BYOL's views, random
+(frozen) patch projection and sin-cos position embedding, with MVEB's own 2048-2048-2048 projector, beta 0.01 and
+its momentum target (tau 0.996 -> 1). MoCo v3's ViT-S has 12 heads: ``backbone.num_heads=12``.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from bench.data.views import Views
 from bench.eval.diagnostics import uniformity
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
+from bench.methods.branches import MOMENTUM_TARGET
 from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
 from bench.models.heads import HeadSpec, mlp
 from bench.train.distributed import gather_with_grad
@@ -121,6 +128,15 @@ class MVEB(Method):
         "momentum": 0.9,
         "exclude_bias_bn": True,
     }
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"vit": {
+        "method": {"beta": 0.01, "projector": "2048-2048-2048"},
+        "backbone": {"pos_embed": "sincos", "freeze_patch_embed": True, "weight_init": "moco"},
+        "optimizer": {"name": "adamw", "lr": 1.5e-4, "lr_scaling": "linear", "weight_decay": 0.1, "exclude_bias_bn": False,
+                      "exclude_tokens": False},
+        "schedule": {"warmup_epochs": 40},
+        "augment": "byol",
+    }}
+    shared_weights_reason: ClassVar[str] = "its target is the online encoder itself or " + MOMENTUM_TARGET.removeprefix("its target is ")
 
     def __init__(self, backbone: nn.Module, params: MVEBParams, *, num_classes: int, image_shape: tuple[int, int, int]):
         super().__init__(backbone, params, num_classes=num_classes, image_shape=image_shape)

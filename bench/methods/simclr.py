@@ -13,6 +13,15 @@ Code reading (``reading: code``, google-research/simclr ``model_util.py``):
 
 Ambiguities resolved:
 - temperature: 0.1, the paper's ImageNet default; its CIFAR-10 experiments use 0.5: ``temperature=0.5``.
+
+ViT (``method.preset=vit``): MoCo v3's benchmark of SimCLR on ViT (Chen, Xie & He 2021, Sec. 6.1, Table 4): AdamW,
+40 warm-up epochs, two crops with MoCo v3's (BYOL's) augmentation, random (frozen) patch projection, sin-cos
+position embedding, a 3-layer 4096-4096-256 projector with BN on every layer (Sec. 5). lr 2e-4 x batch / 256 and
+weight decay 0.1 on every parameter are the Fig. 6 caption's ViT-B values (the paper swept them per framework but
+publishes no other); temperature 0.1 as in the FAIR XLA reproduction (ronghanghu/moco_v3_tpu, MoCo's own is 0.2).
+
+Branches (``method.branches``): the second view can go through its own backbone and projector (VICReg Table 5's
+DW and DA cells); the two views are then normalised separately by each branch's BN.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from torch import nn
 from bench.data.views import Views
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
+from bench.methods.branches import second_branch
 from bench.models.heads import HeadSpec, mlp
 from bench.train.distributed import gather_with_grad
 
@@ -65,16 +75,30 @@ class SimCLR(Method):
         "momentum": 0.9,
         "exclude_bias_bn": True,
     }
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"vit": {
+        "method": {"projector": "4096-4096-256", "projector_last_bn": True, "temperature": 0.1},
+        "backbone": {"pos_embed": "sincos", "freeze_patch_embed": True, "weight_init": "moco"},
+        "optimizer": {"name": "adamw", "lr": 2e-4, "lr_scaling": "linear", "weight_decay": 0.1, "exclude_bias_bn": False,
+                      "exclude_tokens": False},
+        "schedule": {"warmup_epochs": 40},
+        "augment": "byol",
+    }}
+    shared_weights_reason: ClassVar[str] = ""
 
     def __init__(
-        self, backbone: nn.Module, params: SimCLRParams, *, num_classes: int, image_shape: tuple[int, int, int]
+        self, backbone: nn.Module, params: SimCLRParams, *, num_classes: int, image_shape: tuple[int, int, int],
+        backbone_b: nn.Module | None = None,
     ):
         super().__init__(backbone, params, num_classes=num_classes, image_shape=image_shape)
         self.projector = mlp(backbone.out_dim, params.projector, last_bn=params.projector_last_bn)
+        self.branch_b = second_branch(backbone_b, lambda dim: mlp(dim, params.projector, last_bn=params.projector_last_bn))
 
     def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
         """NT-Xent loss of the two crops; also logs the mean cosine similarity of positive pairs."""
-        z1, z2 = self.projector(self.backbone(torch.cat(views.crops[:2]))).chunk(2)
+        if self.branch_b is None:
+            z1, z2 = self.projector(self.backbone(torch.cat(views.crops[:2]))).chunk(2)
+        else:
+            z1, z2 = self.projector(self.backbone(views.crops[0])), self.branch_b(views.crops[1])
         z1, z2 = gather_with_grad(z1), gather_with_grad(z2)  # negatives from the global batch
         loss = simclr_loss(z1, z2, self.params.temperature)
         positive_cos = F.cosine_similarity(z1.detach(), z2.detach(), dim=1).mean()

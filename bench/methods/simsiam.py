@@ -26,7 +26,9 @@ from bench.data.views import Views
 from bench.errors import ConfigError
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
+from bench.methods.branches import STOP_GRADIENT
 from bench.models.heads import HeadSpec, mlp, out_dim
+from bench.models.param_groups import DecayRules, ParamGroup, no_decay_names, split_groups
 
 
 class SimSiamParams(MethodParams):
@@ -36,6 +38,7 @@ class SimSiamParams(MethodParams):
     predictor: HeadSpec = Field(
         "512-2048", description="prediction MLP h widths (bottleneck); must end at the projector width"
     )
+    fix_predictor_lr: bool = Field(False, description="the predictor keeps the peak lr, not decayed (Sec. 4.4; --fix-pred-lr)")
 
 
 @fp32_loss
@@ -59,6 +62,7 @@ class SimSiam(Method):
         "momentum": 0.9,
         "exclude_bias_bn": False,
     }
+    shared_weights_reason: ClassVar[str] = STOP_GRADIENT
 
     def __init__(
         self, backbone: nn.Module, params: SimSiamParams, *, num_classes: int, image_shape: tuple[int, int, int]
@@ -74,6 +78,14 @@ class SimSiam(Method):
             backbone.out_dim, params.projector, last_bn=True, last_bn_affine=params.projector_last_bn_affine
         )
         self.predictor = mlp(projection_dim, params.predictor)
+
+    def param_groups(self, rules: DecayRules) -> list[ParamGroup]:
+        """With ``fix_predictor_lr``: the predictor in groups of its own that keep the peak lr (Sec. 4.4)."""
+        if not self.params.fix_predictor_lr:
+            return super().param_groups(rules)
+        no_decay = no_decay_names(self)
+        rest = [(name, p) for name, p in self.named_parameters() if not name.startswith("predictor.")]
+        return split_groups(rest, rules, no_decay) + split_groups(self.predictor.named_parameters("predictor"), rules, no_decay, fixed_lr=True)
 
     def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
         """SimSiam loss of the two crops; also logs the per-channel std of the normalised z."""

@@ -18,6 +18,11 @@ Ambiguities resolved:
   256, wd 1e-6: ``exclude_bias_bn=True`` for the usual exclusion.
 - several processes: the Sinkhorn sums run over the global batch (all-reduced, as the official code);
   the queue is per process, so ``queue_length`` counts one process's stored embeddings (official too).
+
+ViT (``method.preset=vit``): MoCo v3's benchmark of SwAV on ViT (Chen, Xie & He 2021, Sec. 6.1, App. A): no BN in
+the heads, two crops (Table 4: no multi-crop), AdamW with 40 warm-up epochs, random (frozen) patch projection and
+sin-cos position embedding. Its lr ("the largest stable lr") and weight decay are not published: the preset uses
+MoCo v3's own, 1.5e-4 x batch / 256 and 0.1; prototypes and epsilon keep their ResNet defaults.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from bench.train.distributed import all_reduce, world_size
 class SwAVParams(MethodParams):
     name: Literal["swav"] = "swav"
     projector: HeadSpec = Field("2048-128", description="projection head widths (hidden BN, plain output)")
+    projector_bn: bool = Field(True, description="BN in the projector's hidden layers (MoCo v3's SwAV on ViT has none)")
     num_prototypes: int = Field(3000, ge=1, description="K, number of prototypes")
     temperature: float = Field(0.1, gt=0, description="tau of the prototype softmax")
     epsilon: float = Field(0.05, gt=0, description="entropy weight eps of the Sinkhorn-Knopp codes")
@@ -85,11 +91,19 @@ class SwAV(Method):
         "momentum": 0.9,
         "exclude_bias_bn": False,
     }
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"vit": {
+        "method": {"projector_bn": False},
+        "backbone": {"pos_embed": "sincos", "freeze_patch_embed": True, "weight_init": "moco"},
+        "optimizer": {"name": "adamw", "lr": 1.5e-4, "lr_scaling": "linear", "weight_decay": 0.1, "exclude_bias_bn": False,
+                      "exclude_tokens": False},
+        "schedule": {"warmup_epochs": 40},
+        "augment": "byol",
+    }}
 
     def __init__(self, backbone: nn.Module, params: SwAVParams, *, num_classes: int, image_shape: tuple[int, int, int]):
         super().__init__(backbone, params, num_classes=num_classes, image_shape=image_shape)
         dim = out_dim(backbone.out_dim, params.projector)
-        self.projector = mlp(backbone.out_dim, params.projector)
+        self.projector = mlp(backbone.out_dim, params.projector, hidden_bn=params.projector_bn)
         self.prototypes = nn.Linear(dim, params.num_prototypes, bias=False)
         self.register_buffer("queue", torch.zeros(params.global_crops, params.queue_length, dim))
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))

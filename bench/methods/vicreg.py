@@ -15,6 +15,14 @@ Ambiguities resolved:
 Code reading (``reading: code``, facebookresearch/vicreg ``main_vicreg.py``):
 - variance over two branches: the paper's Eq. 6 adds the hinges, mu [v(Z) + v(Z')];
   the code averages them, mu [v(Z) + v(Z')] / 2: ``variance_branches=mean``.
+
+ViT (``method.preset=vit``): the paper trains a ViT-S only as a branch in Table 5, with its 100-epoch ResNet-50
+setting (App. C.4: LARS, base lr 0.3 x batch / 256, weight decay 1e-6, 10 warm-up epochs, biases and norms
+excluded) and its symmetric augmentations (App. C.1); the preset applies that setting to a ViT backbone. The
+ViT's patch size, heads and position embedding are not stated (the preset keeps timm's DeiT-style defaults).
+
+Branches (``method.branches``): separate weights (DW) or another architecture (DA) for the second view, each with
+its own expander (Table 5); v and c are computed per branch, so the loss is unchanged.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from torch import nn
 from bench.data.views import Views
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
+from bench.methods.branches import second_branch
 from bench.models.heads import HeadSpec, mlp
 from bench.train.distributed import gather_with_grad
 
@@ -96,16 +105,29 @@ class VICReg(Method):
         "momentum": 0.9,
         "exclude_bias_bn": True,
     }
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"vit": {
+        "backbone": {},
+        "optimizer": {"name": "lars", "lr": 0.3, "lr_scaling": "linear", "weight_decay": 1e-6, "momentum": 0.9,
+                      "exclude_bias_bn": True},
+        "schedule": {"warmup_epochs": 10},
+        "augment": "vicreg",
+    }}
+    shared_weights_reason: ClassVar[str] = ""
 
     def __init__(
-        self, backbone: nn.Module, params: VICRegParams, *, num_classes: int, image_shape: tuple[int, int, int]
+        self, backbone: nn.Module, params: VICRegParams, *, num_classes: int, image_shape: tuple[int, int, int],
+        backbone_b: nn.Module | None = None,
     ):
         super().__init__(backbone, params, num_classes=num_classes, image_shape=image_shape)
         self.projector = mlp(backbone.out_dim, params.projector)
+        self.branch_b = second_branch(backbone_b, lambda dim: mlp(dim, params.projector))
 
     def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
         """VICReg loss of the two crops; also logs its three unweighted terms."""
-        z1, z2 = (gather_with_grad(self.projector(self.backbone(x))) for x in views.crops[:2])  # statistics of the global batch
+        first = self.projector(self.backbone(views.crops[0]))
+        x2 = views.crops[1]
+        second = self.projector(self.backbone(x2)) if self.branch_b is None else self.branch_b(x2)
+        z1, z2 = gather_with_grad(first), gather_with_grad(second)  # statistics of the global batch
         p = self.params
         loss, terms = vicreg_loss(z1, z2, p.sim_coeff, p.std_coeff, p.cov_coeff, p.gamma, p.eps, p.variance_branches)
         return {"loss": loss, **terms}

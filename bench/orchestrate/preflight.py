@@ -1,10 +1,10 @@
 """The preflight of a suite: what would fail a cell on a worker, found before anything is written.
 
-Each distinct method and backbone of the suite is built once, on the ``meta`` device (no memory, no compute), for
-the image shape of its dataset; each on-disk dataset (the pre-training set and every ``eval.datasets`` entry) and
-the detection stage's COCO set is checked for the files its loader needs, none of them read. ``validate``, ``run``,
-``search`` and ``worker`` pass ``suite_checks()`` to the suite's validation, which reports every problem by the
-suite key that caused it.
+Each distinct method and backbone of the suite (with a second branch's backbone where ``method.branches`` differ) is
+built once, on the ``meta`` device (no memory, no compute), for the image shape of its dataset; each on-disk dataset
+(the pre-training set and every ``eval.datasets`` entry) and the detection stage's COCO set is checked for the files
+its loader needs, none of them read. ``validate``, ``run``, ``search`` and ``worker`` pass ``suite_checks()`` to the
+suite's validation, which reports every problem by the suite key that caused it.
 """
 
 from __future__ import annotations
@@ -72,14 +72,20 @@ class _CellChecks:
 
 
 def _build_problems(method: MethodParams, backbone: BackboneConfig, shape: Shape) -> list[str]:
-    """Build the backbone and the method around it on the meta device; what either refuses, as a problem line."""
+    """Build the backbone (and a differing second branch's, ``method.branches``) and the method around them on the
+    meta device, timm's ViTs and ConvNeXts too; what any of them refuses, as a problem line."""
+    second = method.second_backbone(backbone)
     with torch.device("meta"):
         try:
             net = build_backbone(backbone, shape[0])
         except UserError as err:
             return [_line("backbone", str(err), "backbone", BackboneConfig)]
         try:
-            method_class(method.name)(net, method, num_classes=CLASSES, image_shape=shape)
+            extra = {} if second is None else {"backbone_b": build_backbone(second, shape[0])}
+        except UserError as err:
+            return [f"method.branches.second: {err}"]
+        try:
+            method_class(method.name)(net, method, num_classes=CLASSES, image_shape=shape, **extra)
         except UserError as err:
             return [_line("method", str(err), "method", type(method))]
     return []

@@ -24,7 +24,7 @@ from bench.config.run import resolve_run_config
 from bench.data.base import ImageSet
 from bench.data.registry import load_dataset
 from bench.data.views import ViewMaker, ViewSpec
-from bench.eval.features import accuracy_metrics, extract_features, topk_correct
+from bench.eval.features import accuracy_metrics, evaluated, extract_features, topk_correct
 from bench.eval.knn import knn_eval
 from bench.eval.linear import LinearConfig, linear_probe, train_linear_head
 from bench.models.backbones import BackboneConfig
@@ -72,7 +72,7 @@ def timed(fn: Callable[[], T], device: torch.device) -> tuple[float, T]:
 @torch.no_grad()
 def _embed(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
-        return backbone(x).float()
+        return evaluated(backbone)(x).float()
 
 
 def full_network_probe(backbone: nn.Module, train_split: ImageSet, test_split: ImageSet, num_classes: int, cfg: LinearConfig,

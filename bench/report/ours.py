@@ -72,7 +72,7 @@ def cell_record(config: Mapping[str, Any], report: Mapping[str, Any], metric: st
     return ProtocolRecord(
         dataset=dataset_identity(evaluation),
         pretrain=Pretrain(dataset=dataset_identity(pretrain), split=pretrain.get("pretrain_split")),
-        backbone=_backbone(config["backbone"]),
+        backbone=_backbone(config["backbone"], config["method"].get("branches", "shared")),
         epochs=config.get("epochs"),
         batch_size=config.get("batch_size"),
         views=_views(sizes),
@@ -122,8 +122,15 @@ def _eval_resolution(dataset: Mapping[str, Any]) -> tuple[int | None, str | None
     return (native, "none") if size in (None, native) else (size, f"resize{size}")
 
 
-def _backbone(backbone: Mapping[str, Any]) -> Backbone:
+def _backbone(backbone: Mapping[str, Any], branches: str | Mapping[str, Any]) -> Backbone:
+    """The evaluated backbone; with branches that differ (``method.branches``) the two branches' names joined by
+    ``/``, the evaluated first (VICReg Table 5: ``resnet50/resnet50`` DW, ``resnet50/vit_small`` DA). The variant is
+    the evaluated backbone's."""
     name = backbone.get("name")
+    if branches == "separate":
+        name = f"{name}/{name}"
+    elif isinstance(branches, Mapping):
+        name = f"{name}/{branches['second']['name']}"
     if not str(name).startswith("resnet"):
         return Backbone(name=name)
     return Backbone(name=name, variant=Variant.CIFAR_STEM if backbone.get("cifar_stem") else Variant.IMAGENET_STEM)

@@ -1,4 +1,7 @@
-"""Published reference numbers of the seed papers and the anchor libraries (``published.yaml``), and the paper column.
+"""Published reference numbers of the seed papers and the anchor libraries, and the paper column.
+
+The numbers are in ``published.yaml`` and, for the ViT tables (MoCo v3, DINO, MAE, MVEB Table 7, VICReg Table 5),
+``published_vit.yaml``, read in that order; both files have the same format.
 
 Each entry names a method and a dataset with ssl-bench's names (a method that ssl-bench lacks keeps its paper's
 name in lower case; ImageNet-1K is ``imagenet``), the metric as its source reports it, the value and the source
@@ -6,8 +9,10 @@ name in lower case; ImageNet-1K is ``imagenet``), the metric as its source repor
 
 The paper column compares each table cell's protocol records (``ours.cell_record``) with the records of the
 published numbers of the same method, evaluation set, metric, kind of probe (kNN, a trained head, detection) and
-label fraction: the number shown is the closest one (fewest must-match fields that differ or are not stated; the
-file's order among equals), marked by how it compares (``protocol.MatchKind``: plain, † or ‡).
+label fraction, of the cell's backbone when any is published for it (another architecture is another experiment:
+MVEB Table 7's ViT-S row, VICReg Table 5's ``resnet50/vit_small`` column): the number shown is the closest one
+(fewest must-match fields that differ or are not stated; among equals, the fewest that differ, then the file's
+order), marked by how it compares (``protocol.MatchKind``: plain, † or ‡).
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ from bench.report.pivot import Pivot, as_tuple
 from bench.report.protocol import Comparison, MatchKind, ProtocolRecord, compare
 from bench.report.runs import CONFIG_COLUMN, SELECTION_COLUMN
 
-
 PUBLISHED = Path(__file__).with_name("published.yaml")
+#: the ViT tables' numbers (and the ResNet cells of those tables), read after ``published.yaml``
+PUBLISHED_VIT = Path(__file__).with_name("published_vit.yaml")
 
 
 class Reference(ProtocolRecord):
@@ -84,25 +90,31 @@ class PaperMatch:
 
 
 @functools.cache
-def published(path: Path = PUBLISHED) -> tuple[Reference, ...]:
-    """Every reference of ``path`` (default: the bundled ``published.yaml``), in its order of preference."""
-    try:
-        return tuple(Published.model_validate(yaml.safe_load(path.read_text())).references)
-    except ValidationError as err:
-        raise ConfigError(f"{path}: {format_validation_error(err)}") from None
+def published(*paths: Path) -> tuple[Reference, ...]:
+    """Every reference of ``paths`` (default: the bundled ``published.yaml`` then ``published_vit.yaml``), in their
+    order of preference."""
+    refs: list[Reference] = []
+    for path in paths or (PUBLISHED, PUBLISHED_VIT):
+        try:
+            refs += Published.model_validate(yaml.safe_load(path.read_text())).references
+        except ValidationError as err:
+            raise ConfigError(f"{path}: {format_validation_error(err)}") from None
+    return tuple(refs)
 
 
 def find_reference(method: str, metric: str, ours: list[ProtocolRecord]) -> PaperMatch | None:
     """The published number closest to our records ``ours`` (the cells of one table cell) of ``method``'s
-    ``metric``; None when no entry reports that number."""
+    ``metric``, among those of our backbone when there are any; None when no entry reports that number."""
     first = ours[0]
     candidates = [r for r in published() if r.method == method and r.dataset == first.dataset and r.metric == metric
                   and _kind(r) == _kind(first) and r.labels.fraction == first.labels.fraction]
     if not candidates:
         return None
+    backbones = {record.backbone.name for record in ours}
+    candidates = [r for r in candidates if {r.backbone.name} == backbones] or candidates
     matters = has_code_reading(method)
     compared = [(compare(r, ours, reading_matters=matters), i, r) for i, r in enumerate(candidates)]
-    comparison, _, reference = min(compared, key=lambda item: (item[0].distance, item[1]))
+    comparison, _, reference = min(compared, key=lambda item: (item[0].distance, len(item[0].differ), item[1]))
     return PaperMatch(reference, comparison)
 
 

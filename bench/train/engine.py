@@ -45,8 +45,7 @@ from bench.train.distributed import (
     rank_share,
     world_size,
 )
-from bench.train.optim import build_optimizer
-from bench.train.schedule import lr_factor
+from bench.train.optim import build_optimizer, clip_gradients, schedule_groups
 
 MODEL = "model.pt"
 #: the history field of the online kNN monitor (``train.knn_every``): validation 20-NN top-1, what the pruner reads
@@ -90,8 +89,10 @@ def build_method(cfg: RunConfig, splits: DatasetSplits) -> Method:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         backbone = build_backbone(cfg.backbone, channels)
+        second = cfg.method.second_backbone(cfg.backbone)  # built after the first: its own initial weights
+        extra = {} if second is None else {"backbone_b": build_backbone(second, channels)}
         cls = method_class(cfg.method.name)
-        return cls(backbone, cfg.method, num_classes=splits.train.num_classes, image_shape=(channels, size, size))
+        return cls(backbone, cfg.method, num_classes=splits.train.num_classes, image_shape=(channels, size, size), **extra)
 
 
 def autocast(cfg: RunConfig, device: torch.device):
@@ -164,8 +165,6 @@ def _train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None, conso
 
     method.prepare(pretrain, cfg.train.cache_dir)
     optimizer = build_optimizer(method, cfg.optimizer, cfg.batch_size)
-    for group in optimizer.param_groups:
-        group["peak_lr"] = group["lr"]
     maker = ViewMaker(build_recipe(cfg.augment), pretrain.mean, pretrain.std, pretrain.image_size, clean=method.needs_clean_view)
     channels_last = device.type == "cuda" and cfg.train.channels_last
 
@@ -241,9 +240,7 @@ def _train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None, conso
                                    workers=cfg.train.workers, views=maker.plan(cfg.seed, epoch))
             for b, (images, labels, index) in enumerate(batches, start=start_batch):
                 step = epoch * steps_per_epoch + b
-                factor = lr_factor(cfg.schedule, step, total_steps, steps_per_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = group["peak_lr"] * factor
+                schedule_groups(optimizer, cfg.optimizer, cfg.schedule, step, total_steps, steps_per_epoch)
                 views = maker(images, labels, index, generator)
                 if channels_last:
                     views.crops = [v.contiguous(memory_format=torch.channels_last) for v in views.crops]
@@ -255,7 +252,7 @@ def _train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None, conso
                 if world > 1:
                     average_gradients(method)
                 if cfg.train.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.train.grad_clip)
+                    clip_gradients(method.parameters(), cfg.train.grad_clip, cfg.train.grad_clip_mode)
                 optimizer.step()
                 method.on_step_end(step, total_steps)
 

@@ -1,23 +1,29 @@
-"""Optimizers (SGD, LARS, Adam, AdamW) with the parameter groups SSL papers use.
+"""Optimizers (SGD, LARS, Adam, AdamW) with the parameter groups SSL papers use, and what changes per step.
 
 Biases and normalisation parameters (any parameter with ndim <= 1) can be excluded from weight
-decay and from LARS adaptation. The learning rate is given at a reference batch size and scaled by
-an explicit, logged rule (linear or square root), never silently; the batch is the global one, summed
-over the processes of a distributed run.
+decay and from LARS adaptation, and a ViT's position embedding and class token from weight decay; a
+method shapes its groups through ``Method.param_groups`` (bench.models.param_groups). The learning rate
+is given at a reference batch size and scaled by an explicit, logged rule (linear or square root), never
+silently; the batch is the global one, summed over the processes of a distributed run. Each step the
+engine sets every group's lr from the schedule (``schedule_groups``), the weight decay from its cosine
+schedule (DINO) when one is set, and clips the gradients (``clip_gradients``: the global norm, or each
+parameter's own norm as DINO does).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Annotated, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
-from bench.schema import FROM_YAML, ConfigModel
 from bench.lars import LARS
-
+from bench.models.param_groups import ParamGroup, default_groups
+from bench.schema import FROM_YAML, ConfigModel
+from bench.train.schedule import ScheduleConfig, cosine_value, lr_factor
 
 
 class OptimizerConfig(ConfigModel):
@@ -31,7 +37,17 @@ class OptimizerConfig(ConfigModel):
     momentum: float = Field(0.9, ge=0, lt=1)
     betas: Annotated[tuple[float, float], FROM_YAML] = (0.9, 0.999)
     exclude_bias_bn: bool = Field(True, description="no weight decay (and no LARS adaptation) on biases and norm parameters")
+    exclude_tokens: bool = Field(True, description="no weight decay on a ViT's position embedding and class/mask tokens "
+                                 "(timm's no_weight_decay; the DINO and MAE pre-training code decays them)")
+    weight_decay_end: float | None = Field(None, ge=0, description="cosine schedule of the weight decay from weight_decay "
+                                           "to this value over the run, per step (DINO: 0.04 -> 0.4); null: constant")
     lars_eta: float = Field(0.001, gt=0, description="LARS trust coefficient")
+
+    @model_validator(mode="after")
+    def _schedule_needs_decay(self) -> OptimizerConfig:
+        if self.weight_decay_end is not None and self.weight_decay == 0:
+            raise ValueError("weight_decay_end schedules the decayed groups, but weight_decay is 0; set weight_decay")
+        return self
 
     def scaled_lr(self, batch_size: int) -> float:
         """The peak lr for the global ``batch_size`` (summed over all processes of a distributed run)."""
@@ -41,22 +57,22 @@ class OptimizerConfig(ConfigModel):
 
 
 def param_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict]:
-    """Trainable parameters split into decayed and non-decayed groups."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if cfg.exclude_bias_bn and p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay, "lars_exclude": False}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0, "lars_exclude": True})
-    return groups
+    """Trainable parameters as torch parameter groups: the model's own ``param_groups(cfg)`` (a method's), else
+    the default rule (bench.models.param_groups); decayed groups first."""
+    groups: list[ParamGroup] = model.param_groups(cfg) if hasattr(model, "param_groups") else default_groups(model, cfg)
+    return [{"params": g.params, "weight_decay": g.weight_decay, "lars_exclude": g.lars_exclude, "lr_scale": g.lr_scale,
+             "fixed_lr": g.fixed_lr} for g in groups if g.params]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig, batch_size: int) -> torch.optim.Optimizer:
-    """The optimizer of ``model``'s trainable parameters at the lr scaled for the global ``batch_size``."""
+    """The optimizer of ``model``'s trainable parameters at the lr scaled for the global ``batch_size``.
+
+    Each group keeps its ``peak_lr`` (the scaled lr times its ``lr_scale``) for ``schedule_groups``.
+    """
     lr = cfg.scaled_lr(batch_size)
     groups = param_groups(model, cfg)
+    for g in groups:
+        g["lr"] = g["peak_lr"] = lr * g.pop("lr_scale")
     if cfg.name == "lars":
         return LARS(groups, lr=lr, momentum=cfg.momentum, eta=cfg.lars_eta)
     for g in groups:
@@ -66,3 +82,27 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig, batch_size: int) -> 
     if cfg.name == "adam":
         return torch.optim.Adam(groups, lr=lr, betas=cfg.betas)
     return torch.optim.AdamW(groups, lr=lr, betas=cfg.betas)
+
+
+def schedule_groups(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, schedule: ScheduleConfig, step: int,
+                    total_steps: int, steps_per_epoch: int) -> None:
+    """Set each group's lr (warm-up and decay of its peak, unless fixed) and, with ``weight_decay_end``, the
+    weight decay of the decayed groups for ``step``."""
+    factor = lr_factor(schedule, step, total_steps, steps_per_epoch)
+    for group in optimizer.param_groups:
+        if not group.get("fixed_lr", False):
+            group["lr"] = group["peak_lr"] * factor
+        if cfg.weight_decay_end is not None and group["weight_decay"] > 0:
+            group["weight_decay"] = cosine_value(cfg.weight_decay, cfg.weight_decay_end, step, total_steps)
+
+
+def clip_gradients(params: Iterable[nn.Parameter], max_norm: float, mode: Literal["global", "per_param"]) -> None:
+    """Rescale gradients to norm <= ``max_norm``: all of them together (``global``), or each parameter's own
+    gradient (``per_param``, DINO's ``clip_gradients``); no host synchronisation."""
+    if mode == "global":
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if grads:
+        norms = torch._foreach_norm(grads)
+        torch._foreach_mul_(grads, [torch.clamp(max_norm / (n + 1e-6), max=1.0) for n in norms])

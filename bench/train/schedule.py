@@ -31,3 +31,8 @@ def lr_factor(cfg: ScheduleConfig, step: int, total_steps: int, steps_per_epoch:
     span = max(1, total_steps - warmup - 1)
     progress = min(1.0, (step - warmup) / span)
     return cfg.final_lr + (1.0 - cfg.final_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def cosine_value(start: float, end: float, step: int, total_steps: int) -> float:
+    """Half a cosine from ``start`` at step 0 towards ``end`` at ``total_steps`` (DINO's ``cosine_scheduler``)."""
+    return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * step / max(total_steps, 1)))
