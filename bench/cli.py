@@ -211,7 +211,28 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssl-bench", description="Benchmark harness for self-supervised learning")
     sub = parser.add_subparsers(dest="command", required=True)
+    _run_parsers(sub)
+    _report_parsers(sub)
+    _tool_parsers(sub)
+    return parser
 
+
+def _suite_parser(sub: argparse._SubParsersAction, name: str, text: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=text)
+    p.add_argument("suite", type=Path, help="suite YAML file (see suites/)")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override a suite or run-config key, e.g. epochs=1 dataset=shapes storage.url=...")
+    return p
+
+
+def _as_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--as-run", type=int, metavar="N",
+                   help="show the N-th variant of the suite that `run` queued (default: the one run last)")
+    p.add_argument("--as-file", action="store_true", help="show the suite file as it is now (as --set does)")
+
+
+def _run_parsers(sub: argparse._SubParsersAction) -> None:
+    """``train`` (one run) and the suite commands that queue, run and watch cells."""
     p = sub.add_parser("train", help="pre-train and evaluate one method on one dataset")
     p.add_argument("--method", help="method name (see `ssl-bench list`)")
     p.add_argument("--dataset", help="dataset name (see `ssl-bench list`)")
@@ -221,35 +242,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in the run directory")
     p.set_defaults(func=cmd_train)
 
-    def suite_parser(name: str, text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=text)
-        p.add_argument("suite", type=Path, help="suite YAML file (see suites/)")
-        p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                       help="override a suite or run-config key, e.g. epochs=1 dataset=shapes storage.url=...")
-        return p
-
-    def as_run_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--as-run", type=int, metavar="N",
-                       help="show the N-th variant of the suite that `run` queued (default: the one run last)")
-        p.add_argument("--as-file", action="store_true", help="show the suite file as it is now (as --set does)")
-
-    p = suite_parser("validate", "check a suite and show its cells, writing nothing")
+    p = _suite_parser(sub, "validate", "check a suite and show its cells, writing nothing")
     p.set_defaults(func=cmd_validate)
     for name, text, search in (("run", "queue a suite's cells and start workers", False),
                                ("search", "run a suite's hyper-parameter search (its `search` block)", True)):
-        p = suite_parser(name, text)
+        p = _suite_parser(sub, name, text)
         p.add_argument("--launcher", choices=["local", "slurm", "print"], help="default: the suite's launcher.name")
         p.add_argument("--workers", type=int, help="workers to start (default: one per GPU, else the suite's)")
         p.add_argument("--storage", help="Optuna storage URL (default: the suite's, else sqlite:///results/optuna.db)")
         p.add_argument("--dry-run", action="store_true", help="show the cells and their estimated cost without queueing anything")
         p.add_argument("--retry-failed", action="store_true", help="queue failed cells again")
         p.set_defaults(func=cmd_run, require_search=search)
-    p = suite_parser("status", "the state of every cell of a suite (waiting, running, complete, failed, pruned)")
+    p = _suite_parser(sub, "status", "the state of every cell of a suite (waiting, running, complete, failed, pruned)")
     p.add_argument("--storage", help="Optuna storage URL (default: the suite's, else sqlite:///results/optuna.db)")
-    as_run_options(p)
+    _as_run_options(p)
     p.set_defaults(func=cmd_status)
 
-    p = suite_parser("table", "a paper-style table of a suite's results: mean ± std over seeds per rows x cols")
+
+def _report_parsers(sub: argparse._SubParsersAction) -> None:
+    """The commands that read results: ``table``, ``compare``, ``leaderboard``."""
+    p = _suite_parser(sub, "table", "a paper-style table of a suite's results: mean ± std over seeds per rows x cols")
     p.add_argument("--rows", nargs="+", default=["method"], metavar="KEY",
                    help="row keys: axes, run-config keys or method params, e.g. method, projector, vicreg.projector")
     p.add_argument("--cols", nargs="+", default=["dataset"], metavar="KEY", help="column keys (as --rows)")
@@ -265,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="a file, or a directory: <dir>/<suite>/tables/<name>.<ext> (default: print)")
     p.add_argument("--tracking", metavar="URI",
                    help="MLflow tracking URI (default: the suite's, $MLFLOW_TRACKING_URI, else sqlite:///results/mlflow.db)")
-    as_run_options(p)
+    _as_run_options(p)
     p.set_defaults(func=cmd_table)
 
     p = sub.add_parser("compare", help="a few runs side by side: the config keys that differ and their final metrics")
@@ -273,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", type=Path, help="the suite they ran in (its tracking store and experiment)")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="suite overrides, as for run")
     p.add_argument("--tracking", metavar="URI", help="MLflow tracking URI (default: the suite's, else $MLFLOW_TRACKING_URI)")
-    as_run_options(p)
+    _as_run_options(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("leaderboard", help="a static site: one sortable, filterable table across suites, a page per suite")
@@ -285,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as-file", action="store_true", help="show the suite files as they are now (default: as each last ran)")
     p.set_defaults(func=cmd_leaderboard)
 
+
+def _tool_parsers(sub: argparse._SubParsersAction) -> None:
+    """Detection transfer, the worker a launcher starts, ``perf`` and ``list``."""
     p = sub.add_parser("transfer", help="detection transfer of one pre-trained backbone (COCO-format data)")
     p.add_argument("source", help="a run directory or its model.pt (`none`: a random-init backbone)")
     p.add_argument("--config", type=Path, help="YAML of the detection stage (backend, coco or synthetic, detector, ...)")
@@ -311,7 +326,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list the registered methods, backbones and datasets")
     p.set_defaults(func=cmd_list)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
