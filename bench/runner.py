@@ -14,7 +14,7 @@ from bench.core.files import write_atomic
 from bench.data.registry import DatasetSplits, load_dataset
 from bench.eval.protocols import evaluate_backbone, load_eval_datasets
 from bench.tracking.fingerprint import fingerprint, write_fingerprint
-from bench.train.distributed import world_size
+from bench.core.collectives import world_size
 from bench.train.engine import RANKME_METRIC, RANKME_MONITOR, cell_scope, pick_device, train
 
 METRICS = "metrics.json"

@@ -33,16 +33,8 @@ from bench.orchestrate.queue import default_storage_url
 from bench.orchestrate.worker import work
 from bench.runner import METRICS
 from bench.train.checkpoint import CHECKPOINT
-from bench.train.distributed import (
-    all_reduce,
-    average_gradients,
-    convert_sync_batch_norm,
-    free_port,
-    is_distributed,
-    process_group,
-    rank,
-    world_size,
-)
+from bench.core.collectives import all_reduce, is_distributed, rank, world_size
+from bench.train.distributed import average_gradients, convert_sync_batch_norm, free_port, process_group
 from bench.train.engine import MODEL, Preempted, train
 
 WORLD = 2

@@ -35,7 +35,7 @@ from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.branches import second_branch
 from bench.models.heads import HeadSpec, mlp
 from bench.models.param_groups import DecayRules, ParamGroup, no_decay_names, split_groups
-from bench.train.distributed import gather_with_grad
+from bench.core.collectives import gather_with_grad
 
 
 class BarlowTwinsParams(MethodParams):

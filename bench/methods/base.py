@@ -7,7 +7,7 @@ step; evaluation only ever uses ``backbone``. ``param_groups`` decides how the o
 (weight decay, lr scale, fixed lr); a method's ``presets`` are named recipes (its paper's ViT setting) that fill
 several sections of the run config at once.
 
-With several processes (bench.train.distributed) every rank runs ``forward`` on its share of the global
+With several processes (bench.train.distributed, bench.core.collectives) every rank runs ``forward`` on its share of the global
 batch and the engine averages the gradients: a loss that is a mean over samples needs nothing more; a loss
 built from batch statistics (negatives, covariances, codes) gathers the embeddings with ``gather_with_grad``
 and computes the one-process loss on them, and state updates (queues, running statistics, EMA targets)

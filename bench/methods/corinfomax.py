@@ -57,7 +57,7 @@ from bench.data.views import Views
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.models.heads import HeadSpec, mlp, out_dim
-from bench.train.distributed import gather_with_grad
+from bench.core.collectives import gather_with_grad
 
 
 class CorInfoMaxParams(MethodParams):

@@ -47,7 +47,7 @@ from bench.methods.branches import MOMENTUM_TARGET
 from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
 from bench.methods.multicrop import check_global_crops, crop_pair_cross_entropy, multicrop_forward
 from bench.models.heads import HeadSpec, parse_spec
-from bench.train.distributed import all_reduce
+from bench.core.collectives import all_reduce
 
 
 class DINOParams(MethodParams):

@@ -41,7 +41,7 @@ from bench.errors import ConfigError
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.models.vit import ViTBackbone, sincos_2d
-from bench.train.distributed import rank, world_size
+from bench.core.collectives import rank, world_size
 
 
 class MAEParams(MethodParams):

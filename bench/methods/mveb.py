@@ -57,7 +57,7 @@ from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.branches import MOMENTUM_TARGET
 from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
 from bench.models.heads import HeadSpec, mlp
-from bench.train.distributed import gather_with_grad
+from bench.core.collectives import gather_with_grad
 
 
 class MVEBParams(MethodParams):

@@ -48,7 +48,7 @@ from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.vicreg import variance_hinge
 from bench.models.heads import HeadSpec, mlp
-from bench.train.distributed import gather_with_grad
+from bench.core.collectives import gather_with_grad
 from bench.representations import (
     AUGMENTED,
     REPRESENTATIONS,

@@ -38,7 +38,7 @@ from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.branches import second_branch
 from bench.models.heads import HeadSpec, mlp
-from bench.train.distributed import gather_with_grad
+from bench.core.collectives import gather_with_grad
 
 
 class SimCLRParams(MethodParams):

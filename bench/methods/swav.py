@@ -39,7 +39,7 @@ from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.multicrop import check_global_crops, crop_pair_cross_entropy, multicrop_forward
 from bench.models.heads import HeadSpec, mlp, out_dim
-from bench.train.distributed import all_reduce, world_size
+from bench.core.collectives import all_reduce, world_size
 
 
 class SwAVParams(MethodParams):

@@ -34,17 +34,8 @@ from bench.eval.knn import knn_eval
 from bench.methods import Method, method_class
 from bench.models.backbones import build_backbone
 from bench.train.checkpoint import CHECKPOINT, atomic_save, load_checkpoint, rng_state, set_rng_state
-from bench.train.distributed import (
-    all_reduce,
-    any_rank,
-    average_gradients,
-    convert_sync_batch_norm,
-    gather_with_grad,
-    is_main,
-    rank,
-    rank_share,
-    world_size,
-)
+from bench.core.collectives import all_reduce, any_rank, gather_with_grad, is_main, rank, world_size
+from bench.train.distributed import average_gradients, convert_sync_batch_norm, rank_share
 from bench.train.optim import build_optimizer, clip_gradients, schedule_groups
 
 MODEL = "model.pt"
