@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,12 +9,13 @@ from rich.console import Console
 
 from bench.config.run import RunConfig, config_id
 from bench.core.cost import cell_clock, cost_metrics, stage
-from bench.core.files import write_atomic
+from bench.core.files import write_json
 from bench.data.registry import DatasetSplits, load_dataset
 from bench.eval.protocols import evaluate_backbone, load_eval_datasets
 from bench.tracking.fingerprint import fingerprint, write_fingerprint
 from bench.core.collectives import world_size
-from bench.train.engine import RANKME_METRIC, RANKME_MONITOR, cell_scope, pick_device, train
+from bench.core.device import pick_device
+from bench.train.engine import RANKME_METRIC, RANKME_MONITOR, cell_scope, train
 
 METRICS = "metrics.json"
 
@@ -62,6 +62,3 @@ def split_sizes(splits: DatasetSplits) -> dict[str, int]:
     """Images per split: pre-training, probe fitting (train), selection (val) and the reported test split."""
     return {"pretrain": len(splits.pretrain), "train": len(splits.train), "val": len(splits.val or []), "test": len(splits.test)}
 
-
-def write_json(obj: dict, path: Path) -> None:
-    write_atomic(path, json.dumps(obj, indent=2))

@@ -29,7 +29,7 @@ from bench.errors import ConfigError
 from bench.stores import sqlite_file
 from bench.tracking.fingerprint import TAG_PREFIX, device_model
 from bench.tracking.mlflow_runs import CELL_ID, ROLE, STATUS, flatten_params, retry_locked, tracking_uri
-from bench.train.engine import pick_device
+from bench.core.device import pick_device
 
 NO_ESTIMATE = "no estimate: no completed cell with the same method/backbone/dataset"
 DEVICE_TAG = f"{TAG_PREFIX}hardware.device"

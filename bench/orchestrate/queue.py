@@ -11,7 +11,6 @@ from its own checkpoint.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.util
 import threading
 import warnings
@@ -25,6 +24,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from bench.core.files import file_lock
 from bench.config.as_run import RECORD_PREFIX, RunHistory, SuiteRun, by_first_run, next_record, suite_key
 from bench.config.search import DEFAULT_SEARCH_METRIC, metric_split
 from bench.config.suite import Cell, Suite
@@ -83,13 +83,8 @@ def queue_lock(url: str) -> Iterator[None]:
     if store is None:
         yield
         return
-    path = store.with_name(store.name + ".lock")
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(store.with_name(store.name + ".lock")):
+        yield
 
 
 def create_study(suite: Suite, storage: RDBStorage, tracking: dict[str, str], sets: Sequence[str],

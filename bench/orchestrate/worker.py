@@ -11,7 +11,6 @@ since a diverged or misconfigured cell would fail the same way again.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import json
 import os
@@ -66,7 +65,9 @@ from bench.runner import METRICS, run
 from bench.tracking.mlflow_runs import SuiteTracker
 from bench.transfer.stage import run_stage
 from bench.train.distributed import rank_zero_of
-from bench.train.engine import MODEL, Preempted, pick_device, train
+from bench.core.device import pick_device
+from bench.core.files import file_lock
+from bench.train.engine import MODEL, Preempted, train
 
 POLL_S = 2.0
 
@@ -263,13 +264,8 @@ def _guarded(work: Callable[[], tuple[dict[str, float], dict | None]], run_dir: 
 @contextlib.contextmanager
 def cell_lock(run_dir: Path) -> Iterator[None]:
     """One process at a time trains a cell directory (two suites may hold the same cell)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(run_dir / ".lock"):
+        yield
 
 
 def finished_report(run_dir: Path, config: RunConfig) -> dict | None:

@@ -29,7 +29,8 @@ from bench.data.registry import DatasetSplits, load_dataset
 from bench.data.views import Views, build_recipe, torchvision_pipeline
 from bench.perf.scenarios import Scenario
 from bench.train.checkpoint import CHECKPOINT
-from bench.train.engine import TrainResult, autocast, build_method, cell_scope, pick_device, train
+from bench.core.device import pick_device
+from bench.train.engine import TrainResult, autocast, build_method, cell_scope, train
 from bench.train.optim import build_optimizer
 
 GIB = 2**30

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from rich.console import Console
 from rich.table import Table
 
-from bench import runner
+from bench.core import files
 from bench.perf.scenarios import SCENARIOS
 
 NEEDS_CUDA = "unmeasured: needs CUDA"
@@ -114,6 +114,6 @@ def write_json(results: dict, out_dir: Path) -> Path:
     """Write ``results`` to ``out_dir/<UTC timestamp>-<host>.json`` and return the path."""
     host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "host"
     path = out_dir / f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-{host}.json"
-    runner.write_json(results, path)
+    files.write_json(results, path)
     return path
 

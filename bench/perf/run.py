@@ -24,7 +24,7 @@ from bench.perf.references import measure_scenario
 from bench.perf.report import check_targets, note, print_report, write_json
 from bench.tracking.mlflow_runs import git_commit
 from bench.perf.scenarios import SCENARIOS, select_scenarios
-from bench.train.engine import pick_device
+from bench.core.device import pick_device
 
 
 class PerfOptions(BaseModel):

@@ -9,10 +9,8 @@ memory-mapped.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +28,7 @@ from rich.progress import (
 )
 
 from bench.data.base import ImageSet
+from bench.core.files import atomic_path, file_lock
 from bench.errors import ConfigError
 
 CacheDtype = Literal["float16", "float32"]
@@ -62,30 +61,23 @@ def _normalized(images: torch.Tensor, split: ImageSet) -> torch.Tensor:
 
 
 def _compute_into(path: Path, split: ImageSet, compute: Callable[[torch.Tensor], torch.Tensor], dtype: CacheDtype, chunk: int) -> None:
-    """Fill a temporary .npy chunk by chunk, then rename it to ``path``; the temporary goes on failure."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+    """Fill a temporary .npy chunk by chunk, then rename it to ``path`` (``atomic_path``); the temporary goes on failure."""
     console = Console(stderr=True)
     progress = Progress(TextColumn(f"[bold]caching {path.name}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         console=console, disable=not console.is_terminal, transient=True)
-    try:
+    with atomic_path(path) as tmp, progress, torch.no_grad():
         out = None
-        with progress, torch.no_grad():
-            task = progress.add_task("cache", total=len(split))
-            for start in range(0, len(split), chunk):
-                values = compute(_normalized(split.images[start : start + chunk], split)).float().cpu().numpy()
-                if out is None:
-                    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(split), values.shape[1]))
-                out[start : start + len(values)] = values
-                if not np.isfinite(out[start : start + len(values)]).all():
-                    raise ConfigError(f"{path.name}: values overflow {dtype} (or are not finite); set method.cache_dtype=float32")
-                progress.advance(task, len(values))
+        task = progress.add_task("cache", total=len(split))
+        for start in range(0, len(split), chunk):
+            values = compute(_normalized(split.images[start : start + chunk], split)).float().cpu().numpy()
+            if out is None:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(split), values.shape[1]))
+            out[start : start + len(values)] = values
+            if not np.isfinite(out[start : start + len(values)]).all():
+                raise ConfigError(f"{path.name}: values overflow {dtype} (or are not finite); set method.cache_dtype=float32")
+            progress.advance(task, len(values))
         out.flush()
         del out
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def cached_representation(
@@ -105,8 +97,7 @@ def cached_representation(
     """
     path = cache_path(cache_dir, dataset_identity(split), representation, params, dtype)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(path.with_suffix(".lock")):
         if not path.exists():
             _compute_into(path, split, compute, dtype, chunk)
     return np.load(path, mmap_mode="r")

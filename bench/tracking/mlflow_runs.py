@@ -67,7 +67,7 @@ from bench.config.search import metric_split
 from bench.errors import ConfigError
 from bench.stores import sqlite_file
 from bench.tracking.fingerprint import DIFF_FILE, FINGERPRINT_FILE, fingerprint_tags, git_commit
-from bench.train.engine import pick_device
+from bench.core.device import pick_device
 
 Status = Literal["complete", "failed", "pruned"]
 

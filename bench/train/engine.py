@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from bench.config.run import RunConfig, config_id, resolve_run_config
+from bench.core.device import pick_device
 from bench.core.cost import active_clock, stage, timed
 from bench.core.torch_state import torch_scope
 from bench.data.loader import epoch_permutation, iter_batches
@@ -59,14 +60,6 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     resumed_from: float = 0.0  #: epochs (fractional mid-epoch) restored from a checkpoint; 0 for a fresh run
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
-    return torch.device(name)
 
 
 def cell_scope(cfg: RunConfig):

@@ -28,10 +28,11 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from bench.data.loader import epoch_permutation
 from bench.errors import ConfigError
-from bench.runner import write_json
+from bench.core.files import write_json
 from bench.schema import ConfigModel
 from bench.train.checkpoint import CHECKPOINT, atomic_save, load_checkpoint, rng_state, set_rng_state
-from bench.train.engine import Preempted, SigtermFlag, pick_device
+from bench.core.device import pick_device
+from bench.train.engine import Preempted, SigtermFlag
 from bench.transfer.coco import CocoConfig, CocoDetection, load_coco
 from bench.transfer.evaluate import coco_evaluate, to_coco_results
 from bench.transfer.source import read_pretrained
