@@ -44,10 +44,12 @@ def run(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None, c
             evaluation = evaluate_backbone(result.method.backbone, result.splits, cfg.eval, result.device, cfg.seed, extra)
         cost = cost_metrics(clock, gpus=world_size(), image_epochs=cfg.epochs * len(splits.pretrain))
     metrics = evaluation.metrics
-    last = result.history[-1]
-    metrics.update({"train.loss": last["loss"], "train.images_per_s": last["images_per_s"], "train.seconds": result.seconds})
-    if RANKME_MONITOR in last:  # the monitor read the final backbone: a label-free objective (search.metric)
-        metrics["val.rankme"] = last[RANKME_MONITOR]
+    metrics["train.seconds"] = result.seconds
+    if result.history:  # none with epochs: 0 (the backbone at its initialisation)
+        last = result.history[-1]
+        metrics.update({"train.loss": last["loss"], "train.images_per_s": last["images_per_s"]})
+        if RANKME_MONITOR in last:  # the monitor read the final backbone: a label-free objective (search.metric)
+            metrics["val.rankme"] = last[RANKME_MONITOR]
     metrics.update(cost)
     report = {"status": "complete", "config_id": config_id(cfg), "metrics": metrics, "selection": evaluation.selection,
               "test_reads": evaluation.test_reads, "splits": split_sizes(result.splits), "history": result.history,

@@ -93,6 +93,8 @@ class Method(nn.Module):
     needs_clean_view: ClassVar[bool] = False
     #: the paper's optimizer, as OptimizerConfig fields; suites override any of them
     optimizer: ClassVar[dict[str, Any]] = {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4}
+    #: a reference row that learns nothing (bench/methods/baselines.py): trained for 0 epochs, listed apart
+    baseline: ClassVar[bool] = False
 
     def __init__(self, backbone: nn.Module, params: MethodParams, *, num_classes: int, image_shape: tuple[int, int, int]):
         super().__init__()
