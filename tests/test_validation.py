@@ -19,7 +19,7 @@ from bench.errors import ConfigError
 from bench.eval.features import Features, extract_features
 from bench.eval.protocols import score_on_test, select_on_val
 from bench.orchestrate.search import objective_value, report_epoch
-from bench.report.reference import metric_lookup
+from bench.report.ours import published_key
 from bench.train.engine import MONITOR, monitor_bank, train
 
 CPU = torch.device("cpu")
@@ -169,8 +169,8 @@ def test_the_search_objective_reads_val_and_refuses_a_test_metric(guarded_run):
 
 
 def test_val_metrics_are_no_dataset_and_val_is_no_dataset_name():
-    assert metric_lookup("val.linear.top1") is None and metric_lookup("val.cifar10.knn20.top1") is None
-    assert metric_lookup("cifar10.linear.top1").evaluated_on == "cifar10"
+    assert published_key("val.linear.top1") is None and published_key("val.cifar10.knn20.top1") is None
+    assert published_key("cifar10.linear.top1").dataset == "cifar10"
     with pytest.raises(ValueError, match="'val' would read as the validation split"):
         EvalConfig(datasets=[{"name": "val"}])
     with pytest.raises(ConfigError, match="eval: .*'linear' was replaced by 'probes'"):
