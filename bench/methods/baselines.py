@@ -3,9 +3,10 @@
 - ``random_init``: the backbone as initialised for the cell's seed, evaluated frozen in eval mode (batch norm at its
   initial statistics), one cell per seed;
 - ``raw_pixels``: the normalised pixels flattened (``bench.models.pixels``), downsampled to ``pixels_size`` when the
-  images are larger; deterministic, so one cell (seed 0).
+  images are larger; deterministic, so one cell (seed 0). It has no backbone: the runner evaluates the pixels
+  (``bench.eval.protocols.evaluate_pixels``) and writes no model file.
 
-Both train for 0 epochs (``epochs: 0``: no optimizer step, the model file is still written) and go through every
+Both have ``epochs: 0`` (random init: no optimizer step, the model file is still written) and go through every
 evaluation of their cell like any method. A suite's ``baselines`` key makes their cells (bench/config/baselines.py);
 the reports show them as rows "random init" and "raw pixels" under the methods, never marked best.
 """
@@ -17,12 +18,10 @@ from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
-from torch import nn
 
 from bench.data.views import Views
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams
-from bench.models.pixels import PixelFeatures
 
 
 class Baseline(StrEnum):
@@ -63,10 +62,7 @@ class RawPixelsParams(MethodParams):
 
 @register_method
 class RawPixels(_Untrained):
-    """The backbone of the config is replaced by the pixels themselves (a suite's raw-pixel cell leaves it at its default)."""
+    """Its params only: the runner builds no model for it and evaluates the pixels themselves (``evaluate_pixels``)."""
 
     name: ClassVar[str] = Baseline.RAW_PIXELS.value
     Params: ClassVar[type[MethodParams]] = RawPixelsParams
-
-    def __init__(self, backbone: nn.Module, params: RawPixelsParams, *, num_classes: int, image_shape: tuple[int, int, int]):
-        super().__init__(PixelFeatures(image_shape, params.pixels_size), params, num_classes=num_classes, image_shape=image_shape)
