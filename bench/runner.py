@@ -1,4 +1,9 @@
-"""One run end to end: pre-train, evaluate, and write ``metrics.json`` beside the checkpoint."""
+"""One run end to end: pre-train, evaluate, and write ``metrics.json`` beside the checkpoint.
+
+The baselines (bench/methods/baselines.py) go through the same run: ``random_init`` trains for 0 epochs (the backbone
+at its initialisation for the seed) and is evaluated like any backbone; ``raw_pixels`` trains nothing at all and is
+evaluated on the normalised, flattened pixels (``evaluate_pixels``).
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,12 @@ from bench.config.run import RunConfig, config_id
 from bench.core.cost import cell_clock, cost_metrics, stage
 from bench.core.files import write_json
 from bench.data.registry import DatasetSplits, load_dataset
-from bench.eval.protocols import evaluate_backbone, load_eval_datasets
+from bench.eval.protocols import evaluate_backbone, evaluate_pixels, load_eval_datasets
+from bench.methods.baselines import Baseline
 from bench.tracking.fingerprint import fingerprint, write_fingerprint
 from bench.core.collectives import world_size
 from bench.core.device import pick_device
-from bench.train.engine import RANKME_METRIC, RANKME_MONITOR, cell_scope, train
+from bench.train.engine import RANKME_METRIC, RANKME_MONITOR, TrainResult, cell_scope, train
 
 METRICS = "metrics.json"
 
@@ -40,19 +46,25 @@ def run(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None, c
             with stage("fingerprint"):
                 record = fingerprint(cfg, splits, settings.as_record(), device)
                 write_fingerprint(record, run_dir)
-            result = train(cfg, run_dir, splits=splits, console=console, on_epoch=on_epoch)
-            evaluation = evaluate_backbone(result.method.backbone, result.splits, cfg.eval, result.device, cfg.seed, extra)
+            result: TrainResult | None = None
+            if cfg.method.name == Baseline.RAW_PIXELS:  # nothing to train: the pixels are the features
+                evaluation = evaluate_pixels(splits, cfg.eval, device, cfg.seed, extra, size=cfg.method.pixels_size)
+            else:
+                result = train(cfg, run_dir, splits=splits, console=console, on_epoch=on_epoch)
+                evaluation = evaluate_backbone(result.method.backbone, splits, cfg.eval, result.device, cfg.seed, extra)
         cost = cost_metrics(clock, gpus=world_size(), image_epochs=cfg.epochs * len(splits.pretrain))
-    metrics = evaluation.metrics
-    last = result.history[-1]
-    metrics.update({"train.loss": last["loss"], "train.images_per_s": last["images_per_s"], "train.seconds": result.seconds})
-    if RANKME_MONITOR in last:  # the monitor read the final backbone: a label-free objective (search.metric)
-        metrics[RANKME_METRIC] = last[RANKME_MONITOR]
+    history = result.history if result is not None else []
+    metrics = evaluation.metrics | {"train.seconds": result.seconds if result is not None else 0.0}
+    if history:  # none with epochs: 0 (the backbone at its initialisation) or raw pixels
+        last = history[-1]
+        metrics.update({"train.loss": last["loss"], "train.images_per_s": last["images_per_s"]})
+        if RANKME_MONITOR in last:  # the monitor read the final backbone: a label-free objective (search.metric)
+            metrics[RANKME_METRIC] = last[RANKME_MONITOR]
     metrics.update(cost)
     report = {"status": "complete", "config_id": config_id(cfg), "metrics": metrics, "selection": evaluation.selection,
-              "test_reads": evaluation.test_reads, "splits": split_sizes(result.splits), "history": result.history,
-              "resumed_from_epoch": result.resumed_from, "torch": settings.as_record(), "fingerprint": record,
-              "cost": {"device": record["hardware"]["device"], "gpus": world_size(), "memory": clock.memory},
+              "test_reads": evaluation.test_reads, "splits": split_sizes(splits), "history": history,
+              "resumed_from_epoch": result.resumed_from if result is not None else 0.0, "torch": settings.as_record(),
+              "fingerprint": record, "cost": {"device": record["hardware"]["device"], "gpus": world_size(), "memory": clock.memory},
               "config": cfg.model_dump(mode="json")}
     write_json(report, run_dir / METRICS)
     return report

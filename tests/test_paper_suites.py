@@ -1,13 +1,15 @@
 """The seed papers' experiments as suites (suites/<paper>_*.yaml, baselines_*, detection_coco).
 
-Each suite validates and expands to exactly its paper's grid; the cells the papers share (each ablation table's
-anchor) are one cell across suites; every suite runs at smoke scale through ``ssl-bench run`` and ``ssl-bench
+Each suite validates and expands to exactly its paper's grid plus its baseline cells (random init per dataset,
+backbone, evaluations and seed; raw pixels per dataset and evaluations); the cells the papers share (each ablation
+table's anchor, the baselines) are one cell across suites; every suite runs at smoke scale through ``ssl-bench run`` and ``ssl-bench
 worker`` with ``--set`` overrides; and ``eval.datasets`` evaluates a backbone on a second labeled set (SidAE's
 STL-10 -> CIFAR-10 transfer).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +29,7 @@ from bench.eval.features import extract_features
 from bench.eval.knn import knn_eval
 from bench.eval.protocols import evaluate_backbone
 from bench.methods import all_methods
+from bench.methods.baselines import Baseline
 from bench.models.backbones import BackboneConfig, build_backbone
 from bench.runner import run
 
@@ -34,7 +37,8 @@ SUITES = Path(__file__).resolve().parents[1] / "suites"
 METHODS = 16  # every registered method that trains any backbone (bench/methods), the supervised baseline and the DAE included
 ALL_METHODS = 17  # and MAE, which needs a ViT
 
-#: suite -> cells of its paper's grid (pre-training cells, plus one detection cell per source where there is one)
+#: suite -> cells of its paper's grid (pre-training cells, plus one detection cell per source where there is one); its
+#: baseline cells come on top (``_grid`` leaves them out)
 PAPER_CELLS = {
     "mvmr_loss_terms": 7,  # Table 6: non-empty subsets of {L1, L2, L3}, 2^3 - 1
     "mvmr_representations": 31,  # Table A1: non-empty subsets of 5 representations, 2^5 - 1
@@ -118,6 +122,11 @@ def _cells(name: str, sets: Sequence[str] = ()) -> list[Cell]:
     return cells + stage_cells(suite, cells)
 
 
+def _grid(cells: list[Cell]) -> list[Cell]:
+    """The cells of the paper's grid: every cell but the baselines'."""
+    return [cell for cell in cells if cell.config.method.name not in set(Baseline)]
+
+
 def test_every_paper_suite_has_its_grid_and_smoke_settings():
     assert {p.stem for p in SUITES.glob("*.yaml")} - {"quickstart", "smoke"} == set(PAPER_CELLS) == set(SMOKE)
 
@@ -125,14 +134,26 @@ def test_every_paper_suite_has_its_grid_and_smoke_settings():
 @pytest.mark.parametrize("name", sorted(PAPER_CELLS))
 def test_suite_expands_to_its_paper_grid(name):
     cells = _cells(name)
-    assert len(cells) == PAPER_CELLS[name]
+    grid = _grid(cells)
+    assert len(grid) == PAPER_CELLS[name]
     assert len({cell.id for cell in cells}) == len(cells)
     assert "Published numbers" in load_suite(_path(name)).description
+    assert load_suite(_path(name)).baselines == [Baseline.RANDOM_INIT, Baseline.RAW_PIXELS]
+    by_method = {b: [c.config for c in cells if c.config.method.name == b] for b in Baseline}
+    assert by_method[Baseline.RANDOM_INIT] and all(c.epochs == 0 for c in by_method[Baseline.RANDOM_INIT])
+
+    def keys(configs, *sections):
+        return sorted({json.dumps([c.model_dump(mode="json")[s] for s in sections]) for c in configs})
+    random_init = ("dataset", "backbone", "eval", "seed")  # a random-init cell per these of the grid, a raw-pixel one per fewer
+    assert keys(by_method[Baseline.RANDOM_INIT], *random_init) == keys([c.config for c in grid], *random_init)
+    assert len(by_method[Baseline.RANDOM_INIT]) == len(keys(by_method[Baseline.RANDOM_INIT], *random_init))
+    assert keys(by_method[Baseline.RAW_PIXELS], "dataset", "eval") == keys([c.config for c in grid], "dataset", "eval")
+    assert len(by_method[Baseline.RAW_PIXELS]) == len(keys(by_method[Baseline.RAW_PIXELS], "dataset", "eval"))
 
 
 @pytest.mark.parametrize("name", ["baselines_cifar10", "baselines_cifar100", "baselines_stl10", "detection_coco", "baselines_cifar10_vit"])
 def test_baselines_and_detection_cover_every_registered_method(name):
-    cells = expand_suite(load_suite(_path(name)))
+    cells = _grid(expand_suite(load_suite(_path(name))))
     assert len(all_methods()) == ALL_METHODS
     any_backbone = [m for m, cls in all_methods().items() if not cls.needs_vit]
     assert len(any_backbone) == METHODS
@@ -140,8 +161,8 @@ def test_baselines_and_detection_cover_every_registered_method(name):
 
 
 def _shared(names: list[str]) -> list[Cell]:
-    """The cells that every one of the suites ``names`` holds."""
-    by_suite = [{cell.id: cell for cell in expand_suite(load_suite(_path(name)))} for name in names]
+    """The cells of the papers' grids that every one of the suites ``names`` holds."""
+    by_suite = [{cell.id: cell for cell in _grid(expand_suite(load_suite(_path(name))))} for name in names]
     return [cell for cell_id, cell in by_suite[0].items() if all(cell_id in cells for cells in by_suite[1:])]
 
 
@@ -154,6 +175,15 @@ def _shared(names: list[str]) -> list[Cell]:
 ])
 def test_tables_of_one_paper_share_their_anchor_cells(names, shared):
     assert len(_shared(names)) == shared
+
+
+@pytest.mark.parametrize("names, shared", [
+    (["corinfomax_alpha", "corinfomax_lr", "corinfomax_main"], 2),  # CIFAR-100, ResNet-18, seed 0: random init, raw pixels
+    (["sidae_main", "sidae_w_sweep"], 6),  # CIFAR-10, ResNet-18: random init for 5 seeds, raw pixels
+])
+def test_suites_that_evaluate_alike_share_their_baseline_cells(names, shared):
+    by_suite = [{c.id for c in expand_suite(load_suite(_path(name))) if c.config.method.name in set(Baseline)} for name in names]
+    assert len(set.intersection(*by_suite)) == shared
 
 
 def test_anchor_cells_hold_the_papers_best_settings():

@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from bench.config.run import EvalConfig
+from bench.data.base import ImageSet
+from bench.data.registry import DatasetSplits
 from bench.eval.features import Features
 from bench.eval.probes import ProbeInputs
-from bench.eval.protocols import score_on_test, select_features
+from bench.eval.protocols import evaluate_pixels, score_on_test, select_features
 
 CPU = torch.device("cpu")
 
@@ -51,3 +53,25 @@ def test_disabled_protocols_are_skipped():
     none = EvalConfig(knn=False, probes=[])
     selected = select_features(_inputs(train, val), none, seed=0)
     assert score_on_test(selected, test, none) == {} and selected.selection == {}
+
+
+def _grey(pixels: list[list[int]], labels: list[int]) -> ImageSet:
+    """2x2 one-channel images with mean 0.5 and std 0.5: pixel 0 -> -1, 255 -> +1 once normalised."""
+    images = torch.tensor(pixels, dtype=torch.uint8).view(-1, 1, 2, 2)
+    return ImageSet("grey", images, torch.tensor(labels), ["white", "black"], (0.5,), (0.5,))
+
+
+def test_raw_pixel_knn_matches_hand_computation():
+    """The bank (train + val): white (class 0) and black (class 1). Normalised, a query votes for the one it shares more
+    pixels with: (0,0,0,255) -> (-1,-1,-1,1) has cosine 0.5 with black and -0.5 with white. Unnormalised pixels would
+    call every query white (black is the zero vector), 1 of 4 right; normalised ones get 3 of 4."""
+    bank = _grey([[255] * 4, [0] * 4], [0, 1])
+    test = _grey([[0, 0, 0, 255], [255, 255, 255, 0], [255, 0, 0, 0], [255, 255, 0, 255]], [1, 0, 1, 1])
+    # nearest by hand: black (right), white (right), black (right), white (wrong)
+    splits = DatasetSplits(pretrain=bank, train=bank, val=bank, test=test)
+    cfg = EvalConfig(probes=[], knn_k=[1], diagnostics=False)
+    evaluation = evaluate_pixels(splits, cfg, CPU, seed=0)
+    assert evaluation.metrics["knn1.top1"] == 0.75
+    assert evaluation.metrics["val.knn1.top1"] == 1.0 and evaluation.test_reads == 1
+    pooled = evaluate_pixels(splits, cfg, CPU, seed=0, size=1)  # each image its mean pixel: -0.5, 0.5, -0.5, 0.5
+    assert pooled.metrics["knn1.top1"] == 0.75

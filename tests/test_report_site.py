@@ -327,28 +327,23 @@ def test_leaderboard_in_chromium(browser, base, stores, cell_runs, tmp_path):
     assert not [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
 
 
-#: recorded knn20.top1 and linear.top1 of the quickstart's four methods and two baselines, two seeds each; the
-#: baselines' kNN is made the highest, to show they are never marked best
+#: recorded knn20.top1 and linear.top1 of the quickstart's four methods and two seeds each, of random init (two seeds)
+#: and raw pixels (one cell: deterministic); the baselines' kNN is made the highest, to show they are never marked best
 QUICKSTART = {"simclr": [(0.612, 0.655), (0.598, 0.641)], "vicreg": [(0.587, 0.630), (0.603, 0.622)],
               "barlow_twins": [(0.571, 0.604), (0.566, 0.611)], "supervised": [(0.702, 0.734), (0.711, 0.729)],
-              "random_init": [(0.801, 0.402), (0.795, 0.398)], "raw_pixels": [(0.805, 0.361), (0.803, 0.359)]}
-#: cells of these methods stand for the baselines' cells, whose MLflow tag ``ssl_bench.method`` names the baseline
-STAND_INS = {"byol": "random_init", "simsiam": "raw_pixels"}
+              "random_init": [(0.801, 0.402), (0.795, 0.398)], "raw_pixels": [(0.805, 0.361)]}
 
 
 def test_quickstart_leaderboard_has_a_row_per_method_and_baseline(browser, stores, tmp_path):
-    """The quickstart's shape (4 methods + 2 baselines, 2 seeds) logged without training: 6 rows in Chromium."""
-    methods = [m for m in QUICKSTART if m not in STAND_INS.values()] + list(STAND_INS)
+    """The quickstart's shape (4 methods, 2 seeds, its baselines' cells) logged without training: 6 rows in Chromium."""
     suite = suite_from_yaml(yaml.safe_dump({"name": "report_quickstart", "defaults": DEFAULTS, "seeds": [0, 1],
-                                            "matrix": {"method": methods}}))
+                                            "matrix": {"method": list(QUICKSTART)[:4]}, "baselines": list(QUICKSTART)[4:]}))
     tracker = SuiteTracker(stores[0], suite.name)
     parent = tracker.parent_run(suite.name, suite.to_yaml())
-    for number, cell in enumerate(expand_suite(suite)):
-        method = STAND_INS.get(cell.config.method.name, cell.config.method.name)
+    for number, cell in enumerate(expand_suite(suite)):  # the baselines' cells tagged ssl_bench.method by their config
         run = tracker.start_cell(parent, cell.id, cell.config, suite=suite.name, axes=cell.axes,
                                  trial={"study": suite.name, "number": number, "id": number})
-        tracker.client.set_tag(run, "ssl_bench.method", method)
-        knn, linear = QUICKSTART[method][cell.config.seed]
+        knn, linear = QUICKSTART[cell.config.method.name][cell.config.seed]
         tracker.log_epoch(run, {"epoch": 1, "loss": 1.0, MONITOR: knn})
         tracker.finish_cell(run, status="complete", metrics={"knn20.top1": knn, "linear.top1": linear})
     index = build_leaderboard([suite], tmp_path, uri=stores[0], storage=stores[1])
@@ -356,6 +351,9 @@ def test_quickstart_leaderboard_has_a_row_per_method_and_baseline(browser, store
     rows = browser.execute_script(READ_ROWS)
     names = ["simclr", "vicreg", "barlow_twins", "supervised", "random init", "raw pixels"]
     assert [row["cells"]["method"]["text"] for row in rows] == names  # the baselines under the methods
+    config = {row["cells"]["method"]["text"]: [row["cells"][c]["text"] for c in ("backbone", "epochs", "batch size")] for row in rows}
+    assert config["simclr"] == ["small_cnn", "2", "64"]  # a baseline shows no batch size, raw pixels no backbone
+    assert config["random init"] == ["small_cnn", "0", EMPTY] and config["raw pixels"] == [EMPTY, "0", EMPTY]
     for row, method in zip(rows, QUICKSTART):
         for k, metric in enumerate(METRICS):
             _summary_shown(row["cells"][metric], pd.Series([values[k] for values in QUICKSTART[method]]))

@@ -19,6 +19,7 @@ from bench.errors import ConfigError
 from bench.orchestrate import preflight
 from bench.eval.linear import LinearConfig
 from bench.eval.logreg import LogRegConfig
+from bench.methods.baselines import Baseline
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
 SEARCH = """
@@ -46,6 +47,9 @@ MALFORMED: list[tuple[str, str]] = [
     ("name: t\nmatrix: {method: [simclr, simclrr]}", "matrix.method: unknown method 'simclrr'; choose one of"),
     ("name: t\ndefaults: {method: simclrr}", "defaults: unknown method 'simclrr'"),
     ("name: t\ndescription: no method", "defaults.method: missing; set it"),
+    ("name: t\ndefaults: {method: simclr}\nbaselines: [random_int]", "baselines.0: Input should be 'random_init' or 'raw_pixels'"),
+    ("name: t\ndefaults: {method: random_init, epochs: 3}", "defaults.epochs: Value error, random_init is a baseline that learns nothing; set epochs: 0"),
+    ("name: t\n" + KNN + SEARCH + "baselines: [raw_pixels]", "baselines: Value error, a search suite has no fixed cells to compare with"),
     ("name: t\nmatrix: {method: [simclr]}\nablations: {simclrr.temperature: [0.1]}",
      "ablations.simclrr.temperature: unknown method 'simclrr'"),
     ("name: t\nmatrix: {method: [simclr]}\nablations: {simclr.temperature: []}",
@@ -417,17 +421,51 @@ def test_bundled_suites_are_valid(path):
 @pytest.mark.parametrize("name, n_cells, n_models", [("sidae_main", 45, 6), ("baselines_cifar10", 16, 16)])
 def test_preflight_builds_each_distinct_model_once_and_misses_only_the_data(name, n_cells, n_models, monkeypatch):
     """Every method of the baselines and SidAE's 45 cells build on the meta device, each distinct model once; the
-    only problems left are the dataset roots, which are not on this machine."""
+    only problems left are the dataset roots, which are not on this machine (the baseline cells, on the same data,
+    are checked once the suite's own cells pass: test_preflight_checks_the_baseline_cells)."""
     built = []
     build = preflight._build_problems
     monkeypatch.setattr(preflight, "_build_problems", lambda *args: built.append(args) or build(*args))
-    cells = expand_suite(load_suite(SUITES / f"{name}.yaml"))
+    cells = [c for c in expand_suite(load_suite(SUITES / f"{name}.yaml")) if c.config.method.name not in set(Baseline)]
     with pytest.raises(ConfigError) as err:
         load_suite(SUITES / f"{name}.yaml", checks=preflight.suite_checks())
     problems = str(err.value).splitlines()[1:]
     assert problems and all(re.match(r"  (defaults|zip\.0)\.dataset\.root: dataset root data/\w+ does not exist", line) for line in problems)
     models = {(c.config.method.model_dump_json(), c.config.backbone.model_dump_json(), image_shape(c.config.dataset)) for c in cells}
     assert (len(cells), len(models), len(built)) == (n_cells, n_models, n_models)
+
+
+def test_preflight_checks_the_baseline_cells(monkeypatch):
+    """The quickstart's data is generated: its preflight passes, and builds the baselines' models too."""
+    built = []
+    build = preflight._build_problems
+    monkeypatch.setattr(preflight, "_build_problems", lambda *args: built.append(args) or build(*args))
+    load_suite(SUITES / "quickstart.yaml", checks=preflight.suite_checks())
+    assert {method.name for method, _, _ in built} == {"simclr", "vicreg", "barlow_twins", "supervised", *Baseline}
+
+
+def test_baseline_cells_are_shared_by_the_cells_that_evaluate_alike(tmp_path):
+    """random init: a cell per dataset, backbone, evaluations and seed; raw pixels: per dataset and evaluations. What
+    a method trains with (its hyper-parameters, optimizer, epochs) never reaches them."""
+    path = write(tmp_path, """
+name: b
+defaults: {dataset: {name: shapes, n_train: 100}, epochs: 2}
+evaluations: {knn_k: [5]}
+matrix: {method: [simclr, vicreg], backbone.width: [4, 8]}
+ablations: {simclr.optimizer.lr: [0.1, 0.2]}
+seeds: [0, 1]
+baselines: [random_init, raw_pixels]
+""")
+    cells = expand_suite(load_suite(path))
+    baselines = [c for c in cells if c.config.method.name in set(Baseline)]
+    assert len(cells) - len(baselines) == 12
+    assert [(c.axes["method"], c.axes.get("backbone.width"), c.axes["seed"]) for c in baselines] == [
+        ("random_init", 4, 0), ("random_init", 4, 1), ("random_init", 8, 0), ("random_init", 8, 1), ("raw_pixels", None, 0)]
+    assert all(c.config.epochs == 0 and c.config.optimizer == baselines[0].config.optimizer for c in baselines)
+    assert baselines[0].config.backbone.width == 4 and baselines[2].config.backbone.width == 8
+    alone = write(tmp_path, "name: c\ndefaults: {method: byol, dataset: {name: shapes, n_train: 100}, epochs: 5, "
+                            "backbone: {width: 8}}\nevaluations: {knn_k: [5]}\nseeds: [1]\nbaselines: [random_init]", "c.yaml")
+    assert expand_suite(load_suite(alone))[1].id == baselines[3].id  # another suite, method and epochs: one cell
 
 
 def test_exponent_floats_are_numbers_and_text_stays_text(tmp_path):

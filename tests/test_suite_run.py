@@ -313,3 +313,33 @@ def test_worker_refuses_the_stored_suite_before_claiming_a_cell(method, expected
     err = " ".join(capsys.readouterr().err.split())
     assert err.startswith("error: the suite of study 'w': invalid suite") and expected.format(data=data.parent) in err
     assert {t.state for t in study.get_trials()} == {TrialState.WAITING} and not any(work_dir.iterdir())
+
+
+def test_baselines_run_as_cells_of_the_suite_and_are_rows_of_its_table(results, tmp_path, capsys):
+    """random init (the seed's initialisation, 0 epochs) and raw pixels (no model at all) run through the same worker,
+    are logged with the tags the reports read, and are the rows "random init" and "raw pixels" of the table."""
+    path = write_suite(tmp_path / "b.yaml", "with_baselines", matrix={"method": ["simclr"]}, seeds=[0],
+                       defaults={**TINY["defaults"], "epochs": 1},
+                       evaluations={"probes": [{"name": "linear", "epochs": 2}], "knn_k": [20]},
+                       baselines=["random_init", "raw_pixels"])
+    cells = expand_suite(load_suite(path))
+    assert [c.axes["method"] for c in cells] == ["simclr", "random_init", "raw_pixels"]
+    assert main(["run", str(path), "--launcher", "print"]) == 0
+    summary = work(default_storage_url(), "with_baselines")
+    assert sorted(summary.complete) == sorted(c.id for c in cells) and not summary.failed
+    runs = child_runs("with_baselines").set_index("tags.ssl_bench.method")
+    assert sorted(runs.index) == ["random_init", "raw_pixels", "simclr"]
+    for method in runs.index:  # every evaluation of the suite, on val and test, and the cost, like an SSL cell
+        for metric in ["knn20.top1", "val.knn20.top1", "linear.top1", "val.linear.top1", "cost.gpu_hours", "cost.wall.total"]:
+            assert 0 <= runs.loc[method, f"metrics.{metric}"] < 1e6, (method, metric)
+    assert runs.loc["random_init", "params.epochs"] == "0" and runs.loc["random_init", "metrics.cost.image_epochs"] == 0
+    assert "metrics.train.loss" not in runs or runs["metrics.train.loss"].isna()[["random_init", "raw_pixels"]].all()
+    cell_dir = {c.axes["method"]: results / "cells" / c.id for c in cells}
+    assert (cell_dir["random_init"] / "model.pt").exists() and not (cell_dir["raw_pixels"] / "model.pt").exists()
+    assert runs.loc["simclr", "metrics.knn20.top1"] != runs.loc["random_init", "metrics.knn20.top1"]
+    capsys.readouterr()
+    assert main(["table", str(path), "--metric", "knn20.top1"]) == 0
+    rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
+    assert list(rows)[2:] == ["simclr", "random init", "raw pixels"]  # after the header and its rule: baselines last
+    for method, label in [("simclr", "simclr"), ("random_init", "random init"), ("raw_pixels", "raw pixels")]:
+        assert f"{100 * runs.loc[method, 'metrics.knn20.top1']:.1f}" in rows[label]

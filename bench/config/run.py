@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic import Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator, model_validator
 
 from bench.config.overrides import merge_sections, normalize_sections
 from bench.data.registry import DatasetConfig, dataset_spec, image_shape
@@ -122,7 +122,7 @@ class RunConfig(ConfigModel):
     augment: str | list[ViewSpec] = Field(description="view recipe name or explicit list of views")
     optimizer: OptimizerConfig
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    epochs: int = Field(100, ge=1)
+    epochs: int = Field(100, ge=0, description="0: no training, the backbone is evaluated at its initialisation for the seed")
     batch_size: int = Field(256, ge=2)
     seed: int = 0
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -138,6 +138,14 @@ class RunConfig(ConfigModel):
     @classmethod
     def _known_dataset(cls, v: DatasetConfig) -> DatasetConfig:
         dataset_spec(v.name)
+        return v
+
+    @field_validator("epochs")
+    @classmethod
+    def _baselines_train_nothing(cls, v: int, info: ValidationInfo) -> int:
+        method = info.data.get("method")
+        if v and method is not None and method_class(method.name).baseline:
+            raise ValueError(f"{method.name} is a baseline that learns nothing; set epochs: 0")
         return v
 
 

@@ -4,7 +4,8 @@
 it is given: the preflight's models and data files) and raises one ConfigError listing every problem by its YAML
 key path. ``expand_suite`` gives the cells in a fixed order:
 the matrix product (zip entries are one axis each), each cell multiplied by its method's ablations, then
-by the seeds. A cell's id is the hash of its resolved config, so the same run in two suites is one cell.
+by the seeds, then the cells of the suite's ``baselines`` (bench/config/baselines.py). A cell's id is the hash of its
+resolved config, so the same run in two suites is one cell.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 from pydantic import (
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -41,11 +43,13 @@ from bench.config.run import (
     format_validation_error,
     resolve_run_config,
 )
+from bench.config.baselines import baseline_cells
 from bench.config.search import SearchConfig
 from bench.config.yamlfile import dump_yaml, parse_yaml, read_yaml
 from bench.errors import ConfigError
 from bench.methods import method_class
-from bench.schema import ConfigModel, PathField
+from bench.methods.baselines import Baseline
+from bench.schema import FROM_YAML, ConfigModel, PathField
 from bench.transfer.stage import DetectionStage, stage_cell_id
 
 #: database backends an Optuna storage URL may name
@@ -155,12 +159,25 @@ class Suite(ConfigModel):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     launcher: LauncherConfig = Field(default_factory=LauncherConfig)
     search: SearchConfig | None = Field(None, description="hyper-parameter search instead of a fixed set of cells")
+    baselines: list[Annotated[Baseline, FROM_YAML]] = Field(
+        default_factory=list, description="reference rows that learn nothing, each a cell per dataset, backbone and "
+        f"evaluations of the suite's cells (random_init: per seed): {', '.join(Baseline)}")
 
     @field_validator("name")
     @classmethod
     def _plain_name(cls, v: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", v):
             raise ValueError("use only letters, digits, '_', '.' and '-' (the name becomes a study and an experiment name)")
+        return v
+
+    @field_validator("baselines")
+    @classmethod
+    def _baselines_of_fixed_cells(cls, v: list[Baseline], info: ValidationInfo) -> list[Baseline]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"{[b.value for b in v]} lists a baseline twice")
+        if v and info.data.get("search") is not None:
+            raise ValueError("a search suite has no fixed cells to compare with; list the baselines in a suite of the "
+                             "configurations the search found")
         return v
 
     def to_yaml(self) -> str:
@@ -199,11 +216,12 @@ class Checks:
 
 
 def stage_cells(suite: Suite, cells: list[Cell]) -> list[Cell]:
-    """The dependent detection cells of a suite with ``evaluations.detection`` (none otherwise)."""
+    """The dependent detection cells of a suite with ``evaluations.detection`` (none otherwise), baselines' none."""
     stage = suite.evaluations.detection if suite.evaluations else None
     if stage is None:
         return []
-    return [Cell(stage_cell_id(c.id, stage), c.config, {**c.axes, "stage": "detection"}, depends_on=c.id) for c in cells]
+    return [Cell(stage_cell_id(c.id, stage), c.config, {**c.axes, "stage": "detection"}, depends_on=c.id) for c in cells
+            if not method_class(c.config.method.name).baseline]
 
 
 class _Setting(NamedTuple):
@@ -455,7 +473,17 @@ def _expand(suite: Suite, checks: Checks | None = None) -> list[Cell]:
     _check_unique(cells, _axis_paths(suite))
     if checks is not None:
         _raise_if(_checked(suite, [(cell, made_by[cell.id]) for cell in cells], checks))
-    return cells
+    return cells + _baseline_cells(suite, cells, checks)
+
+
+def _baseline_cells(suite: Suite, cells: list[Cell], checks: Checks | None) -> list[Cell]:
+    """The cells of the suite's ``baselines`` that are no cell of it already; what ``checks`` find in them."""
+    ids = {cell.id for cell in cells}
+    made = [Cell(config_id(config), config, axes) for config, axes in baseline_cells([(c.config, c.axes) for c in cells], suite.baselines)]
+    made = [cell for cell in made if cell.id not in ids]
+    if checks is not None:
+        _raise_if([f"baselines: {line}" for cell in made for line in checks.cell(cell.config)])
+    return made
 
 
 def _checked(suite: Suite, cells: list[tuple[Cell, list[_Setting]]], checks: Checks) -> list[str]:

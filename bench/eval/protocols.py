@@ -30,6 +30,7 @@ from bench.eval.finetune import finetune
 from bench.eval.fractions import class_balanced_subset
 from bench.eval.knn import knn_eval
 from bench.eval.probes import ProbeInputs, select_probe
+from bench.models.pixels import PixelFeatures
 
 #: the split prefix of validation metrics: ``val.linear.top1``
 VAL = "val"
@@ -91,9 +92,11 @@ def evaluate_backbone(backbone: nn.Module, splits: DatasetSplits, cfg: EvalConfi
 
 
 def evaluate_pixels(splits: DatasetSplits, cfg: EvalConfig, device: torch.device, seed: int,
-                    extra: dict[str, DatasetSplits] | None = None) -> Evaluation:
-    """The raw-pixel baseline: every protocol on the normalised, flattened pixels (``nn.Flatten`` as the backbone)."""
-    return evaluate_backbone(nn.Flatten(), splits, cfg, device, seed, extra)
+                    extra: dict[str, DatasetSplits] | None = None, *, size: int | None = None) -> Evaluation:
+    """The raw-pixel baseline: every evaluation of ``cfg`` on the normalised, flattened pixels (``PixelFeatures`` as
+    the backbone), average-pooled to ``size`` px first when the images are larger."""
+    shape = (splits.train.channels, splits.train.image_size, splits.train.image_size)
+    return evaluate_backbone(PixelFeatures(shape, size), splits, cfg, device, seed, extra)
 
 
 def load_eval_datasets(datasets: list[DatasetConfig], channels: int) -> dict[str, DatasetSplits]:

@@ -21,15 +21,22 @@ def method_class(name: str) -> type[Method]:
 
 
 def all_methods() -> dict[str, type[Method]]:
+    """Every registered method that learns; the baselines (``Method.baseline``) are ``baseline_methods()``."""
     _import_methods()
-    return dict(METHODS)
+    return {name: cls for name, cls in METHODS.items() if not cls.baseline}
+
+
+def baseline_methods() -> dict[str, type[Method]]:
+    """The registered baselines: reference rows that learn nothing (``random_init``, ``raw_pixels``)."""
+    _import_methods()
+    return {name: cls for name, cls in METHODS.items() if cls.baseline}
 
 
 def _import_methods() -> None:
     from bench.methods import (  # noqa: F401
-        barlow_twins, byol, corinfomax, dino, mae, mocov2, mocov3, mveb, mvmr, sidae, simclr, simsiam, supervised, swav, vicreg,
-        wmse,
+        barlow_twins, baselines, byol, corinfomax, dino, mae, mocov2, mocov3, mveb, mvmr, sidae, simclr, simsiam, supervised, swav,
+        vicreg, wmse,
     )
 
 
-__all__ = ["Method", "MethodParams", "METHODS", "register_method", "method_class", "all_methods"]
+__all__ = ["Method", "MethodParams", "METHODS", "register_method", "method_class", "all_methods", "baseline_methods"]

@@ -121,6 +121,8 @@ class Method(nn.Module):
     shared_weights_reason: ClassVar[str] = (
         "VICReg (Analysis 'Weight sharing', Table 5): only SimCLR, Barlow Twins and VICReg handle branches with "
         "separate weights or architectures")
+    #: a reference row that learns nothing (bench/methods/baselines.py): trained for 0 epochs, listed apart
+    baseline: ClassVar[bool] = False
 
     def __init__(self, backbone: nn.Module, params: MethodParams, *, num_classes: int, image_shape: tuple[int, int, int]):
         super().__init__()

@@ -111,9 +111,9 @@ def estimate(pending: Iterable[PendingCell], completed: Iterable[CompletedCell])
 
 
 def _seconds(cells: list[PendingCell], basis: list[CompletedCell]) -> tuple[float, float, float]:
-    rates = [c.train_seconds / c.image_epochs for c in basis]
+    rates = [c.train_seconds / c.image_epochs for c in basis if c.image_epochs] or [0.0]  # none: 0-epoch cells (baselines)
     rest = [c.total_seconds - c.train_seconds for c in basis]
-    images = statistics.median(c.image_epochs / c.epochs for c in basis)
+    images = statistics.median([c.image_epochs / c.epochs for c in basis if c.epochs] or [0.0])
     work = sum(c.epochs for c in cells) * images
     n = len(cells)
     return (statistics.median(rates) * work + statistics.median(rest) * n, min(rates) * work + min(rest) * n,
@@ -138,7 +138,7 @@ def completed_cells(uri: str) -> list[CompletedCell]:
             if "cost.image_epochs" not in metrics or DEVICE_TAG not in tags or tags.get(CELL_ID) in found:
                 continue
             sig = signature(params, gpus=int(metrics["cost.gpus"]), device=tags[DEVICE_TAG])
-            found[tags[CELL_ID]] = CompletedCell(tags[CELL_ID], sig, int(params["epochs"]), metrics["cost.wall.train"],
+            found[tags[CELL_ID]] = CompletedCell(tags[CELL_ID], sig, int(params["epochs"]), metrics.get("cost.wall.train", 0.0),
                                                   metrics["cost.wall.total"], metrics["cost.image_epochs"])
         token = page.token
         if not token:

@@ -9,6 +9,7 @@ from typing import Any
 from rich.table import Table
 
 from bench.config.suite import Cell
+from bench.methods.baselines import Baseline
 from bench.orchestrate.queue import CellState
 
 STYLE = {"complete": "green", "failed": "red", "running": "yellow", "pruned": "magenta", "retrying": "yellow"}
@@ -17,6 +18,11 @@ SHOWN_METRICS = ("knn20.top1", "logreg.top1", "linear.top1")
 
 def _fmt(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
+
+
+def _method(value: Any) -> str:
+    """A method as its row names it: ``simclr``, or a baseline's label (``random init``)."""
+    return Baseline(value).label if value in set(Baseline) else _fmt(value)
 
 
 def _split(axes: dict[str, Any]) -> tuple[dict[str, str], str]:
@@ -28,7 +34,7 @@ def _split(axes: dict[str, Any]) -> tuple[dict[str, str], str]:
         if method is not None and owner == method and rest:
             own.append(f"{rest}={_fmt(value)}")
         else:
-            shared[key] = _fmt(value)
+            shared[key] = _method(value) if key == "method" else _fmt(value)
     return shared, " ".join(own)
 
 

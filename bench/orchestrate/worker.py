@@ -211,9 +211,10 @@ def _run_pretraining(ctx: Context, live: optuna.Trial, trial: FrozenTrial) -> tu
 
 
 def run_cell(config: RunConfig, run_dir: Path, on_epoch: Callable[[dict], None], gpus: int) -> dict:
-    """Train and evaluate a cell; with ``gpus`` > 1 this process is rank 0 of that many training processes."""
+    """Train and evaluate a cell; with ``gpus`` > 1 this process is rank 0 of that many training processes (none for a
+    cell that trains for 0 epochs: a baseline)."""
     group = contextlib.nullcontext()
-    if gpus > 1:
+    if gpus > 1 and config.epochs:
         group = rank_zero_of(gpus, pick_device(config.train.device).type, functools.partial(train, config, run_dir))
     with group:
         return run(config, run_dir, console=Console(quiet=True), on_epoch=on_epoch)

@@ -1,32 +1,21 @@
 """How values are written in every report: numbers of a metric, key values, and the baseline rows' names.
 
 Accuracy metrics (``*.top1``, ``*.top5``: fractions in MLflow) are shown in percent with one decimal, any other
-metric with three significant digits. The baselines are rows that are no SSL method (``Baseline``): their cells'
-method is ``random_init`` or ``raw_pixels``; they are named "random init" and "raw pixels", listed after the
-methods and never marked best.
+metric with three significant digits. The baselines are rows that are no SSL method (``Baseline``, the methods of
+bench/methods/baselines.py): their cells' method is ``random_init`` or ``raw_pixels``; they are named "random init"
+and "raw pixels", listed after the methods and never marked best.
 """
 
 from __future__ import annotations
 
 import math
-from enum import StrEnum
 from typing import Any
 
+from bench.methods.baselines import Baseline
 from bench.report.metric_key import parse_metric
 
 #: the text of a table cell that has no number
 EMPTY = "–"
-
-
-class Baseline(StrEnum):
-    """Reference rows that are no SSL method: the backbone at initialisation, and the raw pixels."""
-
-    RANDOM_INIT = "random_init"
-    RAW_PIXELS = "raw_pixels"
-
-    @property
-    def label(self) -> str:
-        return self.value.replace("_", " ")
 
 
 def is_baseline(method: Any) -> bool:

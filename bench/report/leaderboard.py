@@ -30,9 +30,11 @@ from mlflow import MlflowClient
 from rich.console import Console
 
 import bench
+from bench.config.baselines import KEPT
 from bench.config.search import SearchConfig
 from bench.config.suite import Suite
 from bench.errors import ConfigError
+from bench.methods.baselines import Baseline
 from bench.report.labels import EMPTY, format_value, is_baseline, label_text, method_label
 from bench.report.metric_key import Family, MetricKey, parse_metric
 from bench.report.pivot import pivot
@@ -86,7 +88,7 @@ def leaderboard_rows(suite: Suite, df: pd.DataFrame) -> pd.DataFrame:
         first = group.iloc[0]
         counts = Counter(group["status"])
         complete = group[group["status"] == "complete"]
-        rows.append({"suite": suite.name, **{name: first[column] for name, column in GROUP_COLUMNS.items()},
+        rows.append({"suite": suite.name, **{name: _group_value(first, column) for name, column in GROUP_COLUMNS.items()},
                      "setting": prefix + " ".join(f"{key}={label_text(first[key])}" for key in setting if first[key] != EMPTY),
                      "not complete": ", ".join(f"{counts[s]} {s}" for s in STATUSES if s != "complete" and counts[s]),
                      "runs": tuple(complete["run_id"]), "paper": {metric: group_reference(group, metric) for metric in metrics},
@@ -94,6 +96,15 @@ def leaderboard_rows(suite: Suite, df: pd.DataFrame) -> pd.DataFrame:
                      **{metric: summarize(complete[metric].dropna().tolist()) for metric in metrics}})
     rows.sort(key=lambda row: is_baseline(row["method"]))  # stable: the suite's order, baselines last
     return pd.DataFrame(rows, columns=[*ROW_COLUMNS, *metrics])
+
+
+def _group_value(row: pd.Series, column: str) -> Any:
+    """A configuration column of a row; a baseline row shows only what its cells keep (``config.baselines.KEPT``) and
+    its 0 epochs: no batch size (it trains nothing), and raw pixels no backbone."""
+    method = row["method"]
+    if is_baseline(method) and column.split(".")[0] not in {"method", "dataset", "epochs", *KEPT[Baseline(method)]}:
+        return EMPTY
+    return row[column]
 
 
 def protocol_order(metric: str) -> tuple:
@@ -204,8 +215,8 @@ def _cell(column: str, value: Any) -> str:
         return f'<td><a href="{html.escape(value)}/index.html">{html.escape(value)}</a></td>'
     if column == "method":
         return f"<td>{html.escape(method_label(value))}</td>"
-    if column in NUMERIC:
-        return f'<td class="num" data-sort="{value}">{html.escape(label_text(value))}</td>'
+    if column in NUMERIC:  # a baseline's batch size is EMPTY: sorted last
+        return f'<td class="num" data-sort="{"" if value == EMPTY else value}">{html.escape(label_text(value))}</td>'
     css = ' class="status"' if column == "not complete" and value else ""
     return f"<td{css}>{html.escape(label_text(value))}</td>"
 

@@ -110,8 +110,10 @@ def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None,
           on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
     """Pre-train ``cfg.method`` and return the trained method with its per-epoch history.
 
-    Resumes from ``run_dir/checkpoint.pt`` when present. Raises DivergedError on a non-finite loss
-    (the last good checkpoint is kept) and Preempted after writing a checkpoint on SIGTERM.
+    With ``cfg.epochs`` 0 it returns the method at its initialisation for the seed: no optimizer is built and no
+    step taken, and the model file is written all the same. Resumes from ``run_dir/checkpoint.pt`` when present.
+    Raises DivergedError on a non-finite loss (the last good checkpoint is kept) and Preempted after writing a
+    checkpoint on SIGTERM.
     ``on_epoch`` receives each epoch's history record once its checkpoint is written (trackers log it,
     a search pruner may raise from it).
 
@@ -133,6 +135,10 @@ def _train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None, conso
                           f"(launcher.gpus_per_cell); use a multiple of {world}")
     splits = splits or load_dataset(cfg.dataset)
     method = build_method(cfg, splits)
+    if cfg.epochs == 0:  # the method at its initialisation for the seed: no optimizer, no step, no checkpoint
+        method = method.to(device)
+        _save_model(method, cfg, [], run_dir)
+        return TrainResult(method, splits, device)
     synced = world > 1 and cfg.train.sync_bn
     if synced:
         method = convert_sync_batch_norm(method)
@@ -283,13 +289,18 @@ def _train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None, conso
                 raise Preempted(f"SIGTERM at the end of epoch {epoch + 1}; checkpoint written to {run_dir}")
             if on_epoch is not None:
                 on_epoch(record)
-    if is_main():
-        atomic_save({"model": method.state_dict(), "backbone": method.backbone.state_dict(),
-                     "config": cfg.model_dump(mode="json"), "history": result.history}, run_dir / MODEL)
+    _save_model(method, cfg, result.history, run_dir)
     if synced:  # rank 0 evaluates alone: hand back plain batch norm with the trained state
         result.method = build_method(cfg, splits).to(device)
         result.method.load_state_dict(method.state_dict())
     return result
+
+
+def _save_model(method: Method, cfg: RunConfig, history: list[dict], run_dir: Path) -> None:
+    """The cell's model file (``MODEL``): the method's and the backbone's state, the config and the history (rank 0)."""
+    if is_main():
+        atomic_save({"model": method.state_dict(), "backbone": method.backbone.state_dict(),
+                     "config": cfg.model_dump(mode="json"), "history": history}, run_dir / MODEL)
 
 
 def _check_finite(first_bad: torch.Tensor, steps_per_epoch: int) -> None:
