@@ -144,6 +144,7 @@ def cmd_transfer(args: argparse.Namespace, console: Console) -> int:
 
     from bench.config import apply_overrides
     from bench.config.run import TrainConfig, format_validation_error
+    from bench.tracking.mlflow_runs import SuiteTracker, tracking_uri
     from bench.train.engine import MODEL
     from bench.transfer.stage import DetectionStage, run_stage
 
@@ -160,6 +161,10 @@ def cmd_transfer(args: argparse.Namespace, console: Console) -> int:
     for key, value in metrics.items():
         table.add_row(key, f"{value:.4f}")
     console.print(table)
+    tracker = SuiteTracker(tracking_uri(args.tracking), args.experiment)
+    run_id = tracker.finished_run(f"{args.source}-{stage.backend}", role="transfer", metrics=metrics,
+                                  params={"source": args.source, **stage.model_dump(mode="json")})
+    console.print(f"MLflow run {run_id} (experiment {args.experiment!r}, {tracker.uri})")
     return 0
 
 
@@ -257,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="e.g. coco.root=/data/coco detector.schedule=1x, or synthetic={} for the generated set")
     p.add_argument("--out", type=Path, default=Path("results/transfer"), help="run directory (checkpoints, detection.json)")
+    p.add_argument("--tracking", metavar="URI", help="MLflow tracking URI of the result (default: $MLFLOW_TRACKING_URI, "
+                   "else sqlite:///results/mlflow.db)")
+    p.add_argument("--experiment", default="transfer", help="MLflow experiment of the result's run (default: transfer)")
     p.set_defaults(func=cmd_transfer)
 
     p = sub.add_parser("worker", help="run waiting cells of a suite's study until none is left")

@@ -1,4 +1,5 @@
-"""detectron2 backend without detectron2: weight conversion, protocol configs, dataset lookup, error messages."""
+"""detectron2 backend: weight conversion, protocol configs, dataset lookup and error messages (without detectron2),
+then real CPU fine-tuning through ``ssl-bench transfer`` and a suite's detection stage (with detectron2)."""
 
 import importlib.util
 import json
@@ -14,8 +15,8 @@ from bench.config import resolve_run_config
 from bench.errors import ConfigError, DataError
 from bench.models.backbones import BackboneConfig, build_backbone
 from bench.train.checkpoint import atomic_save
-from bench.transfer.detectron2 import (CocoSource, VocSource, convert_checkpoint, dataset_sources, detection_config,
-                                       detectron2_metrics, train_detectron2, write_config)
+from bench.transfer.detectron2 import Detectron2Config, convert_checkpoint, detection_config, mask_format, write_config
+from bench.transfer.detectron2_train import CocoSource, VocSource, dataset_sources, detectron2_metrics, train_detectron2
 
 BLOCKS = {2: 3, 3: 4, 4: 6, 5: 3}  # bottlenecks per stage of ResNet-50 (res2..res5)
 BN = ("weight", "bias", "running_mean", "running_var")
@@ -155,7 +156,7 @@ PROTOCOLS = {
 @pytest.mark.parametrize("protocol", list(PROTOCOLS))
 def test_protocol_config_carries_moco_fields(protocol, tmp_path):
     arch, mask_on, sizes, steps, max_iter, warmup = PROTOCOLS[protocol]
-    cfg = detection_config(protocol, tmp_path / "w.pkl", output_dir=tmp_path / "out")
+    cfg = detection_config(Detectron2Config(protocol=protocol), tmp_path / "w.pkl", output_dir=tmp_path / "out")
     m = cfg["MODEL"]
     assert m["META_ARCHITECTURE"] == "GeneralizedRCNN" and m["WEIGHTS"] == str(tmp_path / "w.pkl")
     assert m["MASK_ON"] is mask_on
@@ -173,30 +174,38 @@ def test_protocol_config_carries_moco_fields(protocol, tmp_path):
         assert m["ROI_BOX_HEAD"]["NORM"] == m["ROI_MASK_HEAD"]["NORM"] == "SyncBN"
         assert (m["ROI_BOX_HEAD"]["NUM_CONV"], m["ROI_BOX_HEAD"]["NUM_FC"]) == (4, 1)
         assert m["RESNETS"]["OUT_FEATURES"] == m["FPN"]["IN_FEATURES"] == ["res2", "res3", "res4", "res5"]
-    assert m["ROI_HEADS"]["NUM_CLASSES"] == (80 if mask_on else 20)
-    assert cfg["INPUT"]["FORMAT"] == "RGB"
-    assert cfg["INPUT"]["MIN_SIZE_TRAIN"] == sizes and cfg["INPUT"]["MIN_SIZE_TEST"] == 800
+    assert m["ROI_HEADS"]["NUM_CLASSES"] == (80 if mask_on else 20) and m["ROI_HEADS"]["BATCH_SIZE_PER_IMAGE"] == 512
+    assert m["DEVICE"] == "cuda"
+    assert cfg["INPUT"] == {"FORMAT": "RGB", "MASK_FORMAT": "polygon", "MIN_SIZE_TRAIN": sizes, "MIN_SIZE_TEST": 800,
+                            "MAX_SIZE_TRAIN": 1333, "MAX_SIZE_TEST": 1333}
     s = cfg["SOLVER"]
     assert (s["IMS_PER_BATCH"], s["BASE_LR"], s["STEPS"], s["MAX_ITER"], s["WARMUP_ITERS"]) == (16, 0.02, steps, max_iter, warmup)
-    assert cfg["TEST"] == {"EVAL_PERIOD": 0, "PRECISE_BN": {"ENABLED": True}}
+    assert cfg["TEST"] == {"EVAL_PERIOD": 0, "PRECISE_BN": {"ENABLED": True, "NUM_ITER": 200}}
     assert cfg["OUTPUT_DIR"] == str(tmp_path / "out")
 
-    half = detection_config(protocol, tmp_path / "w.pkl", output_dir=tmp_path / "out", ims_per_batch=8)["SOLVER"]
+    half = detection_config(Detectron2Config(protocol=protocol, ims_per_batch=8), tmp_path / "w.pkl", output_dir=tmp_path)["SOLVER"]
     assert half["IMS_PER_BATCH"] == 8 and half["BASE_LR"] == pytest.approx(0.01)
     assert half["STEPS"] == [2 * x for x in steps] and half["MAX_ITER"] == 2 * max_iter and half["WARMUP_ITERS"] == 2 * warmup
 
+    short = detection_config(Detectron2Config(protocol=protocol, ims_per_batch=8, iterations=90), tmp_path / "w.pkl",
+                             output_dir=tmp_path)["SOLVER"]  # steps in proportion, warm-up cut to the run
+    assert (short["MAX_ITER"], short["STEPS"], short["WARMUP_ITERS"]) == (90, [round(90 * x / max_iter) for x in steps], 90)
+    assert detection_config(Detectron2Config(protocol=protocol, iterations=1), tmp_path / "w.pkl",
+                            output_dir=tmp_path)["SOLVER"]["STEPS"] == []  # no step at or after the last iteration
+
 
 def test_datasets_and_yaml(tmp_path):
-    cfg = detection_config("coco_r50_fpn_1x", tmp_path / "w.pkl", output_dir=tmp_path, train_split="train",
-                           val_split="val", num_classes=3, eval_period=500)
+    cfg = detection_config(Detectron2Config(eval_period=500), tmp_path / "w.pkl", output_dir=tmp_path, train_split="train",
+                           val_split="val", num_classes=3)
     assert cfg["DATASETS"] == {"TRAIN": ["ssl_bench_coco_train"], "TEST": ["ssl_bench_coco_val"]}
     assert cfg["MODEL"]["ROI_HEADS"]["NUM_CLASSES"] == 3 and cfg["TEST"]["EVAL_PERIOD"] == 500
     assert yaml.safe_load(write_config(cfg, tmp_path / "cfg" / "config.yaml").read_text()) == cfg
 
-    voc = detection_config("voc_r50_c4_24k", tmp_path / "w.pkl", output_dir=tmp_path)
+    voc = detection_config(Detectron2Config(protocol="voc_r50_c4_24k"), tmp_path / "w.pkl", output_dir=tmp_path)
     assert voc["DATASETS"] == {"TRAIN": ["ssl_bench_voc_2007_trainval", "ssl_bench_voc_2012_trainval"],
                                "TEST": ["ssl_bench_voc_2007_test"]}
-    message = one_line_config_error(lambda: detection_config("voc_r50_c4_24k", tmp_path / "w.pkl", output_dir=tmp_path, num_classes=3))
+    message = one_line_config_error(lambda: detection_config(Detectron2Config(protocol="voc_r50_c4_24k"), tmp_path / "w.pkl",
+                                                             output_dir=tmp_path, num_classes=3))
     assert "coco_* protocols only" in message
 
 
@@ -206,7 +215,8 @@ def test_dataset_sources_find_coco_and_voc_files(tmp_path):
         (coco / split).mkdir(parents=True)
         (coco / "annotations").mkdir(exist_ok=True)
         (coco / "annotations" / f"instances_{split}.json").write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
-    cfg = detection_config("coco_r50_c4_1x", tmp_path / "w.pkl", output_dir=tmp_path, train_split="train", val_split="val")
+    cfg = detection_config(Detectron2Config(protocol="coco_r50_c4_1x"), tmp_path / "w.pkl", output_dir=tmp_path,
+                           train_split="train", val_split="val")
     assert dataset_sources(cfg, coco) == [
         CocoSource("ssl_bench_coco_train", coco / "annotations" / "instances_train.json", coco / "train"),
         CocoSource("ssl_bench_coco_val", coco / "annotations" / "instances_val.json", coco / "val"),
@@ -221,7 +231,7 @@ def test_dataset_sources_find_coco_and_voc_files(tmp_path):
         (voc / folder / "JPEGImages").mkdir()
         for split in splits:
             (voc / folder / "ImageSets" / "Main" / f"{split}.txt").write_text("000001\n")
-    cfg = detection_config("voc_r50_c4_24k", tmp_path / "w.pkl", output_dir=tmp_path)
+    cfg = detection_config(Detectron2Config(protocol="voc_r50_c4_24k"), tmp_path / "w.pkl", output_dir=tmp_path)
     assert dataset_sources(cfg, voc) == [
         VocSource("ssl_bench_voc_2007_trainval", voc / "VOC2007", "trainval", 2007),
         VocSource("ssl_bench_voc_2012_trainval", voc / "VOC2012", "trainval", 2012),
@@ -234,14 +244,30 @@ def test_dataset_sources_find_coco_and_voc_files(tmp_path):
 
 def test_detectron2_metrics_are_fractions_of_the_summary():
     results = {"bbox": {"AP": 40.0, "AP50": 60.5, "AP75": 43.0, "APs": 20.0, "APm": 44.0, "APl": 52.0, "AP-person": 55.0},
-               "segm": {"AP": 35.0, "AP50": 57.0}}
+               "segm": {"AP": 35.0, "AP50": 57.0, "APm": float("nan")}}  # NaN: no ground-truth object of that size
     assert detectron2_metrics(results) == pytest.approx({"bbox.AP": 0.40, "bbox.AP50": 0.605, "bbox.AP75": 0.43, "bbox.APs": 0.20,
                                                          "bbox.APm": 0.44, "bbox.APl": 0.52, "segm.AP": 0.35, "segm.AP50": 0.57})
 
 
 @pytest.mark.skipif(importlib.util.find_spec("detectron2") is not None, reason="detectron2 is installed here")
 def test_train_without_detectron2_says_how_to_get_it(tmp_path):
-    cfg = detection_config("coco_r50_fpn_1x", tmp_path / "w.pkl", output_dir=tmp_path)
+    cfg = detection_config(Detectron2Config(), tmp_path / "w.pkl", output_dir=tmp_path)
     message = one_line_config_error(lambda: train_detectron2(cfg, dataset_root=tmp_path))
     assert message.startswith("detectron2 is not installed: use the GPU worker image (docker/)")
     assert "backend: torchvision" in message
+
+
+def test_mask_format_follows_the_annotations(tmp_path):
+    from bench.transfer.coco import read_coco
+    from bench.transfer.synthetic import generate_coco_shapes
+
+    synthetic = read_coco(generate_coco_shapes(tmp_path, n_train=2, n_val=1), "train")
+    assert mask_format(synthetic) == "bitmask"  # RLE instance masks
+    coco = {"images": [{"id": 1, "file_name": "a.png", "height": 20, "width": 20}], "categories": [{"id": 1, "name": "x"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "area": 25, "iscrowd": 0,
+                             "segmentation": [[0, 0, 5, 0, 5, 5, 0, 5]]},
+                            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [9, 9, 2, 2], "area": 4, "iscrowd": 1,
+                             "segmentation": {"size": [20, 20], "counts": [189, 2, 18, 2, 189]}}]}
+    (tmp_path / "annotations").mkdir(exist_ok=True)
+    (tmp_path / "annotations" / "instances_poly.json").write_text(json.dumps(coco))
+    assert mask_format(read_coco(tmp_path, "poly")) == "polygon"  # COCO 2017: polygons, RLE only for crowds

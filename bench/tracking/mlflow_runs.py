@@ -4,7 +4,7 @@ Nothing here touches MLflow's global "active run", so several cells may log from
 
 Names written to MLflow:
 
-- tags: ``ssl_bench.role`` (``parent`` | ``cell``), ``ssl_bench.suite``, ``ssl_bench.status``
+- tags: ``ssl_bench.role`` (``parent`` | ``cell`` | ``transfer``, a run of ``ssl-bench transfer``), ``ssl_bench.suite``, ``ssl_bench.status``
   (``running`` | ``complete`` | ``failed`` | ``pruned``), ``ssl_bench.fail_reason``; on cells also
   ``ssl_bench.cell_id``, ``ssl_bench.method``, ``ssl_bench.dataset``, ``ssl_bench.seed``, ``ssl_bench.host``,
   ``ssl_bench.device``, ``mlflow.source.git.commit``, ``mlflow.parentRunId`` and ``optuna.study``,
@@ -197,6 +197,16 @@ class SuiteTracker:
         """Tag the suite's status and end its parent run FINISHED / FAILED."""
         retry_locked(self.client.set_tag, parent_id, STATUS, status)
         retry_locked(self.client.set_terminated, parent_id, RUN_STATUS[status])
+
+    def finished_run(self, name: str, *, role: str, params: dict[str, Any], metrics: dict[str, float]) -> str:
+        """One run outside any suite (``ssl-bench transfer``): params flattened, final metrics at step 0, FINISHED."""
+        tags = {ROLE: role, STATUS: "complete", "ssl_bench.host": socket.gethostname(), "mlflow.source.git.commit": git_commit()}
+        run_id = retry_locked(self.client.create_run, self.experiment_id, tags=tags, run_name=name).info.run_id
+        now = _now_ms()
+        retry_locked(self.client.log_batch, run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                     params=[Param(k, v) for k, v in flatten_params(params).items()])
+        retry_locked(self.client.set_terminated, run_id, RUN_STATUS["complete"])
+        return run_id
 
     def cell_runs(self) -> pd.DataFrame:
         """The experiment's cell runs, one row each, in ``mlflow.search_runs``' columns (``metrics.*`` etc.)."""

@@ -3,7 +3,7 @@
 ``evaluations: {detection: {...}}`` does not change what a pre-training cell learns (it is left out of the
 cell's id). Each pre-training cell gets a detection cell whose id hashes the source id and the stage; a worker
 claims it only once its source is complete, fine-tunes a detector from the source's ``model.pt`` (torchvision
-backend, or detectron2 when it is importable) and adds the COCO metrics, prefixed ``detection.``, to the
+backend, or detectron2 where it is installed) and adds the COCO metrics, prefixed ``detection.``, to the
 source cell's MLflow run, so tables show them like any other metric (``--metric detection.bbox.AP50``).
 """
 
@@ -15,8 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from bench.errors import ConfigError
-from bench.transfer.coco import CocoConfig, load_coco
+from bench.transfer.coco import CocoConfig
+from bench.transfer.detectron2 import Detectron2Config
 from bench.transfer.torchvision_det import DetectionConfig
 
 PREFIX = "detection."
@@ -43,9 +43,7 @@ class DetectionStage(BaseModel):
     coco: CocoConfig | None = Field(None, description="a COCO-format dataset on disk (COCO 2017 layout)")
     synthetic: SyntheticSet | None = Field(None, description="the generated shapes set instead of a dataset on disk")
     detector: DetectionConfig = Field(default_factory=DetectionConfig, description="torchvision backend protocol")
-    protocol: Literal["coco_r50_c4_1x", "coco_r50_c4_2x", "coco_r50_fpn_1x", "coco_r50_fpn_2x", "voc_r50_c4_24k"] = Field(
-        "coco_r50_fpn_1x", description="detectron2 backend protocol")
-    ims_per_batch: int = Field(16, ge=1, description="detectron2 backend: images per iteration (schedule scaled from 16)")
+    detectron2: Detectron2Config = Field(default_factory=Detectron2Config, description="detectron2 backend protocol")
 
     @model_validator(mode="after")
     def _one_dataset(self) -> DetectionStage:
@@ -80,15 +78,7 @@ def run_stage(stage: DetectionStage, source: Path | None, run_dir: Path, cache_d
 
         metrics = detection_transfer(stage.detector, source, coco, run_dir)
     else:
-        from bench.transfer.detectron2 import convert_checkpoint, detection_config, train_detectron2
+        from bench.transfer.detectron2_train import detectron2_transfer
 
-        if source is None:
-            raise ConfigError("the detectron2 backend starts from a pre-trained checkpoint; give one, or use backend: torchvision")
-        weights = run_dir / "backbone.pkl"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        convert_checkpoint(source, weights)
-        classes = len(load_coco(coco).train.classes)
-        cfg = detection_config(stage.protocol, weights, output_dir=run_dir, train_split=coco.train_split,
-                               val_split=coco.val_split, num_classes=classes, ims_per_batch=stage.ims_per_batch)
-        metrics = train_detectron2(cfg, dataset_root=coco.root)
+        metrics = detectron2_transfer(stage.detectron2, source, coco, run_dir)
     return {f"{PREFIX}{key}": value for key, value in metrics.items()}
