@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import mlflow
 import optuna
 import pytest
@@ -75,6 +77,29 @@ def test_detection_of_a_failed_source_fails_with_that_reason(suite_file):
     reasons = sorted(t.user_attrs["fail_reason"].split(":")[0] for t in trials)
     assert [t.state for t in trials] == [TrialState.FAIL] * 2
     assert reasons[0] == "diverged" and reasons[1].startswith("source cell")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("detectron2") is None, reason="detectron2 is not installed (.ci/run installs it "
+                    "from ../shared/vendor/detectron2-8a9d885.tar.gz where that archive is)")
+def test_a_detectron2_detection_cell_adds_finite_metrics_to_its_source_run(suite_file):
+    """The detectron2 backend in a suite: a ResNet-50 pre-training cell, then its dependent R50-FPN detection cell
+    (2 CPU iterations at the synthetic images' own size) whose COCO metrics join the source's MLflow run."""
+    data = yaml.safe_load(suite_file.read_text())
+    data["seeds"] = [0]
+    data["defaults"].update({"backbone": {"name": "resnet50"}, "batch_size": 32, "dataset": {"name": "shapes", "n_train": 64, "n_test": 32}})
+    data["evaluations"]["detection"] = {
+        "backend": "detectron2", "synthetic": {"n_train": 4, "n_val": 2},
+        "detectron2": {"protocol": "coco_r50_fpn_1x", "ims_per_batch": 2, "iterations": 2, "roi_batch_size": 32,
+                       "precise_bn_iterations": 1, "num_workers": 0, "device": "cpu"}}
+    suite_file.write_text(yaml.safe_dump(data))
+    assert main(["run", str(suite_file), "--workers", "1"]) == 0
+    trials = optuna.load_study(study_name="det", storage=default_storage_url()).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    mlflow.set_tracking_uri(default_storage_url().replace("optuna.db", "mlflow.db"))
+    [cell] = mlflow.search_runs(experiment_names=["det"], filter_string="tags.`ssl_bench.role` = 'cell'").to_dict("records")
+    detection = {k: v for k, v in cell.items() if k.startswith("metrics.detection.") and ".train." not in k}
+    assert {"metrics.detection.bbox.AP50", "metrics.detection.segm.AP50"} <= detection.keys()
+    assert all(0.0 <= v <= 1.0 for v in detection.values()), detection  # finite, none NaN
 
 
 @pytest.mark.parametrize("reason,retries,waits", [

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from bench.errors import ConfigError, DataError
 from bench.train.engine import Preempted, pick_device
 from bench.transfer.coco import CocoConfig, load_coco
@@ -47,7 +49,6 @@ def detectron2_transfer(options: Detectron2Config, source: Path | None, coco: Co
     if options.protocol.startswith("voc"):
         raise ConfigError(f"protocol {options.protocol} reads a Pascal VOC devkit, not the COCO-format set of the detection "
                           "stage: choose a coco_* protocol, or call bench.transfer.detectron2_train.train_detectron2")
-    _require_detectron2()
     splits = load_coco(coco)
     sizes = resolve_sizes(protocol_sizes(options.protocol), splits.train.coco, splits.val.coco,
                           min_sizes=options.min_sizes, max_size=options.max_size, test_size=options.test_size)
@@ -55,11 +56,16 @@ def detectron2_transfer(options: Detectron2Config, source: Path | None, coco: Co
     require_fit(f"detectron2_{protocol_arch(options.protocol)}", options.ims_per_batch, largest_input(splits.train.coco, sizes),
                 options.roi_batch_size, device, "lower detectron2.ims_per_batch, detectron2.roi_batch_size or the training "
                 "sizes (detectron2.min_sizes, detectron2.max_size)")
+    _require_detectron2()
     weights = run_dir / "backbone.pkl"
     convert_checkpoint(source, weights)
     cfg = detection_config(options, weights, output_dir=run_dir, train_split=coco.train_split, val_split=coco.val_split,
                            num_classes=len(splits.train.classes), masks=mask_format(splits.train.coco), sizes=sizes,
                            device=device.type)
+    Console(stderr=True).print(
+        f"fine-tuning detectron2 {options.protocol} from {source}: {cfg['SOLVER']['MAX_ITER']} iterations of "
+        f"{options.ims_per_batch} images, shorter side {list(sizes.min_sizes)} px (test {sizes.test_size}), longer side <= "
+        f"{sizes.max_size}, {cfg['INPUT']['MASK_FORMAT']} masks, on {device.type} -> {run_dir}", markup=False, highlight=False)
     return train_detectron2(cfg, dataset_root=coco.root)
 
 

@@ -4,9 +4,9 @@ The COCO protocols resize the shorter side to 640..800 px (test: 800) with the l
 Images far smaller than that (the 64 px synthetic shapes, thumbnails) would be blown up more than tenfold,
 which costs memory and time and teaches nothing, so with such data every size left unset follows the images:
 training and test at the largest shorter side of the images, the cap at their largest longer side (no image
-is resized then, unless the images of a set differ in size). "Far smaller" means a largest shorter side of at
-most ``FAR_SMALLER`` times the protocol's smallest training size; COCO (480-640 px images) and VOC keep the
-protocol's sizes.
+is resized then, unless the images of a set differ in size; see ``resolve_sizes``). "Far smaller" means a
+largest shorter side of at most ``FAR_SMALLER`` times the protocol's smallest training size; COCO (480-640 px
+images) and VOC keep the protocol's sizes.
 """
 
 from __future__ import annotations
@@ -46,14 +46,22 @@ def follows_images(protocol: Sizes, train: COCO, val: COCO) -> bool:
 
 def resolve_sizes(protocol: Sizes, train: COCO, val: COCO, *, min_sizes: list[int] | None = None,
                   max_size: int | None = None, test_size: int | None = None) -> Sizes:
-    """The sizes of one fine-tuning: each one given here as is, each one left None the protocol's or the images'."""
-    base = protocol
-    if follows_images(protocol, train, val):
-        (train_short, train_long), (val_short, val_long) = _extent(train), _extent(val)
-        base = Sizes((train_short,), max(train_long, val_long), val_short)
-    return Sizes(tuple(min_sizes) if min_sizes is not None else base.min_sizes,
-                 max_size if max_size is not None else base.max_size,
-                 test_size if test_size is not None else base.test_size)
+    """The sizes of one fine-tuning: each one given here as is, each one left None the protocol's, or the images'.
+
+    Following the images (``follows_images``) with S and L the largest shorter and longer sides of both splits:
+    training at S, testing at the largest training size, the longer side capped at the largest size times L / S,
+    so that a training or test size set alone scales the images without distorting the cap.
+    """
+    if not follows_images(protocol, train, val):
+        return Sizes(tuple(min_sizes) if min_sizes is not None else protocol.min_sizes,
+                     max_size if max_size is not None else protocol.max_size,
+                     test_size if test_size is not None else protocol.test_size)
+    (train_short, train_long), (val_short, val_long) = _extent(train), _extent(val)
+    shorter, longer = max(train_short, val_short), max(train_long, val_long)
+    train_sizes = tuple(min_sizes) if min_sizes is not None else (shorter,)
+    test = test_size if test_size is not None else max(train_sizes)
+    cap = max_size if max_size is not None else math.ceil(max(*train_sizes, test) * longer / shorter)
+    return Sizes(train_sizes, cap, test)
 
 
 def resized(width: int, height: int, size: int, max_size: int) -> tuple[int, int]:

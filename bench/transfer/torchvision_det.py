@@ -255,9 +255,13 @@ def detection_transfer(cfg: DetectionConfig, source: Path | None, coco: CocoConf
     torch.manual_seed(cfg.seed)
     model = build_detector(cfg, state, arch, len(splits.train.classes)).to(device)
     identity = {"config": cfg.model_dump(mode="json"), "source": None if source is None else str(source), "arch": arch}
+    console = console or Console(stderr=True)
+    console.print(f"fine-tuning {cfg.detector} {arch}-FPN from {source or 'random init'}: {cfg.total_iterations} iterations of "
+                  f"{cfg.batch_size} images, shorter side {cfg.min_sizes} px (test {cfg.test_size}), longer side <= {cfg.max_size} "
+                  f"-> {run_dir}", markup=False, highlight=False)
     with SigtermStop() as stop:
         stop.watch_backward(model)
-        seconds = _fine_tune(cfg, model, splits.train, identity, run_dir, stop, console or Console(stderr=True))
+        seconds = _fine_tune(cfg, model, splits.train, identity, run_dir, stop, console)
         try:
             with stop.abortable():
                 metrics = evaluate_detector(model, splits.val, cfg, device)
