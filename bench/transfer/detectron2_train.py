@@ -224,7 +224,7 @@ def _trainer_class(stop: SigtermStop) -> type:
             self.register_hooks([Preemption()])
 
         def run_step(self):
-            with stop.abortable() as self.end_region:
+            with stop.abortable(self.model) as self.end_region:
                 super().run_step()
 
         @classmethod

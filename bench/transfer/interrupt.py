@@ -5,7 +5,8 @@ iterations (bench.train.engine.SigtermFlag) is not enough. Inside ``abortable()`
 at once instead: Python runs a signal handler between two bytecodes of the main thread, that is between two
 torch operations of a forward pass, and ``watch_backward`` registers a no-op gradient hook on every trained
 parameter so that a backward pass, which runs in C++, returns to Python once per parameter. Outside the
-regions (optimizer step, checkpoint writing) SIGTERM only sets the flag, so a checkpoint is never half-updated.
+regions (optimizer step, checkpoint writing) SIGTERM only sets the flag, so a checkpoint is never half-updated;
+a dropped region puts the model's buffers back (a training forward pass updates BatchNorm's statistics).
 """
 
 from __future__ import annotations
@@ -37,14 +38,17 @@ class SigtermStop(SigtermFlag):
             raise Preempted("SIGTERM")
 
     @contextlib.contextmanager
-    def abortable(self) -> Iterator[Callable[[], None]]:
+    def abortable(self, model: nn.Module | None = None) -> Iterator[Callable[[], None]]:
         """A region whose work SIGTERM may drop: Preempted at entry when SIGTERM came already, or the moment it comes.
 
-        It yields a function that ends the region early (detectron2's training step ends it after backward, before
+        ``model``'s buffers (BatchNorm's running statistics, which a training forward pass updates) are put back as
+        they were at entry when the region is dropped, so the checkpoint written next is the state before it. It
+        yields a function that ends the region early (detectron2's training step ends it after backward, before
         the optimizer step that runs inside the same call).
         """
         if self.raised:
             raise Preempted("SIGTERM")
+        buffers = [] if model is None else [(b, b.detach().clone()) for b in model.buffers()]
         open_ = True
 
         def end() -> None:
@@ -56,6 +60,12 @@ class SigtermStop(SigtermFlag):
         self._depth += 1
         try:
             yield end
+        except Preempted:
+            end()
+            with torch.no_grad():
+                for buffer, saved in buffers:
+                    buffer.copy_(saved)
+            raise
         finally:
             end()
 

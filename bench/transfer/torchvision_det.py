@@ -305,7 +305,7 @@ def _fine_tune(cfg: DetectionConfig, model: nn.Module, data: CocoDetection, iden
         for iteration, indices in _batches(data, cfg, start):
             rng = rng_state()  # what a resumed run needs to redo this iteration exactly
             try:
-                with stop.abortable():  # SIGTERM drops this iteration's data, forward and backward
+                with stop.abortable(model):  # SIGTERM drops this iteration's data, forward and backward
                     value = _gradients(model, optimizer, data, indices, masks, cfg, iteration, device)
             except Preempted:
                 seconds += time.perf_counter() - t0
