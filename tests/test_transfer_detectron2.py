@@ -322,3 +322,35 @@ def test_transfer_command_fine_tunes_and_logs_finite_ap_to_mlflow(protocol, pret
     assert trained["INPUT"]["MASK_FORMAT"] == "bitmask" and trained["MODEL"]["DEVICE"] == "cpu"
     assert trained["INPUT"]["MIN_SIZE_TRAIN"] == [64] and trained["INPUT"]["MIN_SIZE_TEST"] == 64  # the images' own size
     assert (tmp_path / "out" / "backbone.pkl").is_file() and (tmp_path / "out" / "model_final.pth").is_file()
+
+
+@needs_detectron2
+def test_a_model_without_predictions_scores_ap_zero_with_a_warning(tmp_path):
+    """detectron2's COCOEvaluator reports NaN for every metric when no image got a detection; ours records AP 0."""
+    import torch
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
+    from detectron2.structures import Boxes, Instances
+
+    from bench.transfer.detectron2_train import _trainer_class
+    from bench.transfer.evaluate import NoPredictionsWarning
+    from bench.transfer.interrupt import SigtermStop
+    from bench.transfer.synthetic import generate_coco_shapes
+
+    root = generate_coco_shapes(tmp_path, n_train=1, n_val=2)
+    name = "ssl_bench_test_no_predictions"
+    register_coco_instances(name, {}, str(root / "annotations" / "instances_val.json"), str(root / "val"))
+    cfg = get_cfg()
+    cfg.OUTPUT_DIR = str(tmp_path / "out")
+    evaluator = _trainer_class(SigtermStop()).build_evaluator(cfg, name)
+    evaluator.reset()
+    nothing = Instances((64, 64), pred_boxes=Boxes(torch.zeros(0, 4)), scores=torch.zeros(0), pred_classes=torch.zeros(0, dtype=torch.long))
+    evaluator.process([{"image_id": 1}, {"image_id": 2}], [{"instances": nothing}, {"instances": nothing}])
+    try:
+        with pytest.warns(NoPredictionsWarning):
+            results = evaluator.evaluate()
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    assert detectron2_metrics(results) == {"bbox.AP": 0.0, "bbox.AP50": 0.0, "bbox.AP75": 0.0, "bbox.APs": 0.0}
