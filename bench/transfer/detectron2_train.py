@@ -3,8 +3,10 @@
 ``detectron2_transfer`` is the stage's entry: it converts the checkpoint, writes the protocol's config for the
 data (sizes, mask format; bench/transfer/detectron2.py), checks that an iteration fits the device's memory and
 trains. Preemption follows bench/transfer/interrupt.py: SIGTERM drops the running iteration's forward and
-backward at once, or is honoured after the iteration's hooks (LR schedule, periodic checkpoint) and evaluation;
-a checkpoint of the iterations done is written and the next call resumes from it.
+backward at once and stops an evaluation at once; elsewhere (the optimizer step, the hooks: LR schedule,
+periodic checkpoint, and precise BN after the last iteration, which runs ``precise_bn_iterations`` forward
+passes to its end first) it is honoured when the iteration's hooks are done. A checkpoint of the iterations
+done is written (``model_preempted.pth``) and the next call resumes from it.
 """
 
 from __future__ import annotations

@@ -8,9 +8,11 @@ ROI heads. The constants of each model were fitted to the peak resident memory o
 the resident memory before the detector was built (the calibration sampled the synthetic shapes resized to
 the sizes below): per_pixel from 256 and 512 px square inputs at 64 ROIs per image, per_roi from 64 and 512
 ROIs at 256 px, base what is left at 256 px and 64 ROIs (weights, gradients, momentum, framework buffers).
-On CUDA the float32 activations are about the same and bf16 autocast (torchvision) halves them, so there the
-estimate errs high. A configuration is refused only when the estimate exceeds the device's free memory; one
-that passes may still run out where other processes take memory meanwhile.
+On CUDA the CPU estimate is scaled by ``CUDA_SCALE``: detectron2's model zoo reports 3.4 GB of training memory
+for Mask R-CNN R50-FPN 1x at 2 images per GPU (float32, COCO), where these constants give 5.8 GB (two 1088x800
+inputs, 512 ROIs each); bf16 autocast (torchvision backend) needs less still, so there the estimate errs high.
+A configuration is refused only when the estimate exceeds the device's free memory; one that passes may still
+run out where other processes take memory meanwhile.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import torch
 from bench.errors import ConfigError
 
 GIB = 2**30
+#: CUDA memory of a training iteration / the CPU-calibrated estimate (3.4 GB measured by detectron2 / 5.8 GB, above)
+CUDA_SCALE = 0.6
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ def available_bytes(device: torch.device) -> int | None:
 
 def require_fit(model: str, images: int, pixels: int, rois: int, device: torch.device, fix: str) -> None:
     """ConfigError with the numbers when the estimate of one training iteration exceeds ``device``'s free memory."""
-    need = training_bytes(model, images, pixels, rois)
+    need = training_bytes(model, images, pixels, rois) * (CUDA_SCALE if device.type == "cuda" else 1.0)
     free = available_bytes(device)
     if free is not None and need > free:
         where = "free CUDA" if device.type == "cuda" else "available RAM"
