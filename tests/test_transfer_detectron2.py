@@ -180,7 +180,7 @@ def test_protocol_config_carries_moco_fields(protocol, tmp_path):
                             "MAX_SIZE_TRAIN": 1333, "MAX_SIZE_TEST": 1333}
     s = cfg["SOLVER"]
     assert (s["IMS_PER_BATCH"], s["BASE_LR"], s["STEPS"], s["MAX_ITER"], s["WARMUP_ITERS"]) == (16, 0.02, steps, max_iter, warmup)
-    assert cfg["TEST"] == {"EVAL_PERIOD": 0, "PRECISE_BN": {"ENABLED": True, "NUM_ITER": 200}}
+    assert cfg["TEST"] == {"EVAL_PERIOD": 0, "DETECTIONS_PER_IMAGE": 100, "PRECISE_BN": {"ENABLED": True, "NUM_ITER": 200}}
     assert cfg["OUTPUT_DIR"] == str(tmp_path / "out")
 
     half = detection_config(Detectron2Config(protocol=protocol, ims_per_batch=8), tmp_path / "w.pkl", output_dir=tmp_path)["SOLVER"]
@@ -279,9 +279,9 @@ needs_detectron2 = pytest.mark.skipif(importlib.util.find_spec("detectron2") is 
                                       reason="detectron2 is not installed (.ci/run installs it from "
                                              "../shared/vendor/detectron2-8a9d885.tar.gz where that archive is)")
 #: a handful of iterations on two images at the synthetic images' own 64 px (sizes left unset: they follow the data),
-#: few proposals (C4 runs res5 on each) and one batch of precise BN
-TINY = {"ims_per_batch": 2, "iterations": 2, "roi_batch_size": 32, "proposals": 20, "precise_bn_iterations": 1,
-        "num_workers": 0, "device": "cpu"}
+#: few proposals and detections (C4 runs res5 on each, and again on each detection for its mask), one batch of precise BN
+TINY = {"ims_per_batch": 2, "iterations": 2, "roi_batch_size": 16, "proposals": 10, "detections": 10,
+        "precise_bn_iterations": 1, "num_workers": 0, "device": "cpu"}
 
 
 @pytest.fixture(scope="module")

@@ -89,7 +89,7 @@ def test_a_detectron2_detection_cell_adds_finite_metrics_to_its_source_run(suite
     data["defaults"].update({"backbone": {"name": "resnet50"}, "batch_size": 32, "dataset": {"name": "shapes", "n_train": 64, "n_test": 32}})
     data["evaluations"]["detection"] = {
         "backend": "detectron2", "synthetic": {"n_train": 4, "n_val": 2},
-        "detectron2": {"protocol": "coco_r50_fpn_1x", "ims_per_batch": 2, "iterations": 2, "roi_batch_size": 32,
+        "detectron2": {"protocol": "coco_r50_fpn_1x", "ims_per_batch": 2, "iterations": 2, "roi_batch_size": 16, "detections": 10,
                        "precise_bn_iterations": 1, "num_workers": 0, "device": "cpu"}}
     suite_file.write_text(yaml.safe_dump(data))
     assert main(["run", str(suite_file), "--workers", "1"]) == 0

@@ -183,6 +183,7 @@ class Detectron2Config(BaseModel):
     test_size: int | None = Field(None, ge=1, description="shorter-side test size; None: 800 or the images'")
     roi_batch_size: int = Field(512, ge=1, description="proposals sampled per image for the ROI heads' loss")
     proposals: int | None = Field(None, ge=1, description="RPN proposals kept per image at test time; None: the protocol's 1000")
+    detections: int = Field(100, ge=1, description="detections kept per image at test time (COCO's AP counts up to 100)")
     precise_bn_iterations: int = Field(200, ge=0, description="batches of precise BN statistics after training (0: none)")
     eval_period: int = Field(0, ge=0, description="evaluate every N iterations too (0: once, at the end)")
     checkpoint_every: int = Field(5000, ge=1, description="write a detectron2 checkpoint every N iterations")
@@ -270,7 +271,7 @@ def detection_config(options: Detectron2Config, weights: Path, *, output_dir: Pa
         "DATALOADER": {"NUM_WORKERS": options.num_workers},
         "SOLVER": _solver(sched, options),
         # §C.2 Base-RCNN-C4-BN.yaml: precise BN
-        "TEST": {"EVAL_PERIOD": options.eval_period,
+        "TEST": {"EVAL_PERIOD": options.eval_period, "DETECTIONS_PER_IMAGE": options.detections,
                  "PRECISE_BN": {"ENABLED": options.precise_bn_iterations > 0, "NUM_ITER": max(options.precise_bn_iterations, 1)}},
         "OUTPUT_DIR": str(output_dir),
     }
