@@ -8,10 +8,10 @@ Exit codes: 0 success, 2 bad input (config, data, command line), 3 training dive
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -23,12 +23,11 @@ EXIT_CELLS_FAILED = 5
 
 
 def _load_yaml(path: Path) -> dict:
-    if not path.exists():
+    from bench.config.yamlfile import read_yaml
+
+    if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
     return data
@@ -58,11 +57,15 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _suite(args: argparse.Namespace):
-    """The suite and all its cells: pre-training cells, then the detection cells that depend on them."""
-    from bench.config.suite import expand_suite, load_suite, stage_cells
+def _suite(args: argparse.Namespace, *, preflight: bool = False):
+    """The suite and all its cells: pre-training cells, then the detection cells that depend on them.
 
-    suite = load_suite(args.suite, args.set)
+    With ``preflight`` the suite's models are built and its data files looked for too (bench/orchestrate/preflight.py).
+    """
+    from bench.config.suite import expand_suite, load_suite, stage_cells
+    from bench.orchestrate.preflight import suite_checks
+
+    suite = load_suite(args.suite, args.set, suite_checks() if preflight else None)
     cells = expand_suite(suite)
     return suite, cells + stage_cells(suite, cells)
 
@@ -70,7 +73,7 @@ def _suite(args: argparse.Namespace):
 def cmd_validate(args: argparse.Namespace, console: Console) -> int:
     from bench.orchestrate.view import cells_table
 
-    suite, cells = _suite(args)
+    suite, cells = _suite(args, preflight=True)
     console.print(cells_table(cells, f"suite {suite.name}: {len(cells)} cells"))
     if suite.search:
         console.print(f"search: {len(suite.search.space)} parameters, {suite.search.sampler} sampler, "
@@ -82,14 +85,17 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from bench.orchestrate.launch import run_suite, storage_url
     from bench.orchestrate.view import cells_table, failure_lines, states_table
 
-    suite, cells = _suite(args)
+    suite, cells = _suite(args, preflight=True)
     if args.require_search and not suite.search:
         raise ConfigError(f"{args.suite}: `ssl-bench search` needs a search block; use `ssl-bench run` for a matrix suite")
     if args.dry_run:
+        from bench.orchestrate.estimate import estimate_table
+
         console.print(cells_table(cells, f"suite {suite.name}: {len(cells)} cells (dry run: nothing queued)"))
+        console.print(estimate_table(suite, cells))
         return 0
     states = run_suite(suite, cells, storage_url(suite, args.storage), launcher=args.launcher or suite.launcher.name,
-                       workers=args.workers, console=console, retry_failed=args.retry_failed)
+                       workers=args.workers, console=console, retry_failed=args.retry_failed, sets=args.set)
     if states is None:
         return 0
     console.print(states_table(states, f"suite {suite.name}"))
@@ -107,14 +113,24 @@ def cmd_worker(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_status(args: argparse.Namespace, console: Console) -> int:
+    from bench.config.as_run import shown_suite
+    from bench.config.suite import expand_suite, stage_cells
     from bench.orchestrate.launch import current_states, load_study, storage_url
-    from bench.orchestrate.queue import cell_states
+    from bench.orchestrate.queue import cell_states, study_history
     from bench.orchestrate.view import failure_lines, states_table
 
-    suite, cells = _suite(args)
+    def history(suite):
+        url = storage_url(suite, args.storage)
+        return study_history(load_study(suite, url), url)
+
+    shown = shown_suite(args.suite, args.set, as_run=args.as_run, as_file=args.as_file, history=history)
+    suite = shown.suite
+    cells = expand_suite(suite)
+    cells += stage_cells(suite, cells)
     url = storage_url(suite, args.storage)
     study = load_study(suite, url)
     states = cell_states(None, cells) if study is None else current_states(study, cells, suite)
+    console.print(shown.line, markup=False, highlight=False)
     console.print(states_table(states, f"suite {suite.name} ({url})"))
     for line in failure_lines(states):
         console.print(line, style="red", markup=False, highlight=False)
@@ -213,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a suite or run-config key, e.g. epochs=1 dataset=shapes storage.url=...")
         return p
 
+    def as_run_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--as-run", type=int, metavar="N",
+                       help="show the N-th variant of the suite that `run` queued (default: the one run last)")
+        p.add_argument("--as-file", action="store_true", help="show the suite file as it is now (as --set does)")
+
     p = suite_parser("validate", "check a suite and show its cells, writing nothing")
     p.set_defaults(func=cmd_validate)
     for name, text, search in (("run", "queue a suite's cells and start workers", False),
@@ -221,24 +242,29 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--launcher", choices=["local", "slurm", "print"], help="default: the suite's launcher.name")
         p.add_argument("--workers", type=int, help="workers to start (default: one per GPU, else the suite's)")
         p.add_argument("--storage", help="Optuna storage URL (default: the suite's, else sqlite:///results/optuna.db)")
-        p.add_argument("--dry-run", action="store_true", help="show the cells without queueing anything")
+        p.add_argument("--dry-run", action="store_true", help="show the cells and their estimated cost without queueing anything")
         p.add_argument("--retry-failed", action="store_true", help="queue failed cells again")
         p.set_defaults(func=cmd_run, require_search=search)
     p = suite_parser("status", "the state of every cell of a suite (waiting, running, complete, failed, pruned)")
     p.add_argument("--storage", help="Optuna storage URL (default: the suite's, else sqlite:///results/optuna.db)")
+    as_run_options(p)
     p.set_defaults(func=cmd_status)
 
     p = suite_parser("table", "a paper-style table of a suite's results: mean ± std over seeds per rows x cols")
     p.add_argument("--rows", nargs="+", default=["method"], metavar="KEY",
                    help="row keys: axes, run-config keys or method params, e.g. method, projector, vicreg.projector")
     p.add_argument("--cols", nargs="+", default=["dataset"], metavar="KEY", help="column keys (as --rows)")
-    p.add_argument("--metric", default="knn20.top1", help="a final metric, e.g. linear.top1, knn20.top1, diag.effective_rank")
+    p.add_argument("--metric", default="knn20.top1",
+                   help="a final metric, e.g. linear.top1, knn20.top1, val.knn20.top1 (validation), diag.effective_rank")
     p.add_argument("--format", choices=["md", "csv", "tex", "html"], help="default: from --out's suffix, else md")
-    p.add_argument("--baseline", metavar="VALUE", help="a value of the first row key (e.g. simclr): adds the difference to that row")
-    p.add_argument("--paper", action="store_true", help="add published numbers beside ours (needs --rows method --cols dataset)")
+    p.add_argument("--baseline", metavar="VALUE",
+                   help="a value of the first row key (e.g. simclr): adds the difference to that row and a t-test")
+    p.add_argument("--paper", action="store_true", help="add the published number closest to each cell's protocol, marked "
+                   "† (some must-match field differs) or ‡ (not stated), footnotes naming the fields")
     p.add_argument("--out", type=Path, help="a file, or a directory: <dir>/<suite>/tables/<name>.<ext> (default: print)")
     p.add_argument("--tracking", metavar="URI",
                    help="MLflow tracking URI (default: the suite's, $MLFLOW_TRACKING_URI, else sqlite:///results/mlflow.db)")
+    as_run_options(p)
     p.set_defaults(func=cmd_table)
 
     p = sub.add_parser("compare", help="a few runs side by side: the config keys that differ and their final metrics")
@@ -246,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", type=Path, help="the suite they ran in (its tracking store and experiment)")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="suite overrides, as for run")
     p.add_argument("--tracking", metavar="URI", help="MLflow tracking URI (default: the suite's, else $MLFLOW_TRACKING_URI)")
+    as_run_options(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("leaderboard", help="a static site: one sortable, filterable table across suites, a page per suite")
@@ -254,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking", metavar="URI",
                    help="MLflow tracking URI (default: each suite's, $MLFLOW_TRACKING_URI, else sqlite:///results/mlflow.db)")
     p.add_argument("--storage", help="Optuna storage URL of search suites (default: the suite's, else sqlite:///results/optuna.db)")
+    p.add_argument("--as-file", action="store_true", help="show the suite files as they are now (default: as each last ran)")
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("transfer", help="detection transfer of one pre-trained backbone (COCO-format data)")
@@ -290,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # the reports read small artifacts (a suite, a config); MLflow would draw a progress bar for each
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)  # wide tables in logs and pipes
     err = Console(stderr=True, soft_wrap=True)
     from bench.train.engine import Preempted

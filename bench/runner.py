@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 
 from bench.config.run import RunConfig, config_id
+from bench.core.cost import cell_clock, cost_metrics, stage
+from bench.core.files import write_atomic
 from bench.data.registry import DatasetSplits, load_dataset
 from bench.eval.protocols import evaluate_backbone, load_eval_datasets
-from bench.train.engine import train
+from bench.tracking.fingerprint import fingerprint, write_fingerprint
+from bench.train.distributed import world_size
+from bench.train.engine import RANKME_MONITOR, cell_scope, pick_device, train
 
 METRICS = "metrics.json"
 
@@ -25,21 +28,40 @@ def run(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None, c
         on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train (resuming if a checkpoint exists), evaluate, and return ``{metrics, history, ...}``.
 
-    Every dataset is loaded first, so a missing file fails the run before training."""
-    splits = splits or load_dataset(cfg.dataset)
-    extra = load_eval_datasets(cfg.eval.datasets, splits.train.channels)
-    result = train(cfg, run_dir, splits=splits, console=console, on_epoch=on_epoch)
-    metrics = evaluate_backbone(result.method.backbone, result.splits, cfg.eval, result.device, cfg.seed, extra)
+    Every dataset is loaded first, so a missing file fails the run before training. The cell's fingerprint is
+    written to ``run_dir`` before it trains; its ``cost.*`` metrics time every stage (``bench.core.cost``).
+    """
+    device = pick_device(cfg.train.device)
+    with cell_clock(device) as clock:
+        with stage("load"):
+            splits = splits or load_dataset(cfg.dataset)
+            extra = load_eval_datasets(cfg.eval.datasets, splits.train.channels)
+        with cell_scope(cfg) as settings:
+            with stage("fingerprint"):
+                record = fingerprint(cfg, splits, settings.as_record(), device)
+                write_fingerprint(record, run_dir)
+            result = train(cfg, run_dir, splits=splits, console=console, on_epoch=on_epoch)
+            evaluation = evaluate_backbone(result.method.backbone, result.splits, cfg.eval, result.device, cfg.seed, extra)
+        cost = cost_metrics(clock, gpus=world_size(), image_epochs=cfg.epochs * len(splits.pretrain))
+    metrics = evaluation.metrics
     last = result.history[-1]
     metrics.update({"train.loss": last["loss"], "train.images_per_s": last["images_per_s"], "train.seconds": result.seconds})
-    report = {"status": "complete", "config_id": config_id(cfg), "metrics": metrics, "history": result.history,
-              "resumed_from_epoch": result.resumed_from, "config": cfg.model_dump(mode="json")}
+    if RANKME_MONITOR in last:  # the monitor read the final backbone: a label-free objective (search.metric)
+        metrics["val.rankme"] = last[RANKME_MONITOR]
+    metrics.update(cost)
+    report = {"status": "complete", "config_id": config_id(cfg), "metrics": metrics, "selection": evaluation.selection,
+              "test_reads": evaluation.test_reads, "splits": split_sizes(result.splits), "history": result.history,
+              "resumed_from_epoch": result.resumed_from, "torch": settings.as_record(), "fingerprint": record,
+              "cost": {"device": record["hardware"]["device"], "gpus": world_size(), "memory": clock.memory},
+              "config": cfg.model_dump(mode="json")}
     write_json(report, run_dir / METRICS)
     return report
 
 
+def split_sizes(splits: DatasetSplits) -> dict[str, int]:
+    """Images per split: pre-training, probe fitting (train), selection (val) and the reported test split."""
+    return {"pretrain": len(splits.pretrain), "train": len(splits.train), "val": len(splits.val or []), "test": len(splits.test)}
+
+
 def write_json(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=2))

@@ -47,7 +47,7 @@ def run_ablation_suite(base: Path) -> Path:
     suite = {
         "name": "report_ablation",
         "defaults": DEFAULTS,
-        "evaluations": {"linear": {"epochs": 5}, "knn_k": [20]},
+        "evaluations": {"probes": [{"name": "linear", "epochs": 5}], "knn_k": [20]},
         "matrix": {"method": ["simclr", "vicreg"], "dataset": ["shapes", "digits"]},
         "ablations": {"simclr.projector": ["16-8"], "vicreg.projector": ["16-16", "32-32"],
                       "vicreg.optimizer.lr": [1.0e-3, huge]},
@@ -72,7 +72,7 @@ def run_search_suite(base: Path) -> Path:
     suite = {
         "name": "report_search",
         "defaults": {**DEFAULTS, "method": "simclr", "epochs": 3},
-        "evaluations": {"linear": None, "knn_k": [20]},
+        "evaluations": {"probes": [], "knn_k": [20]},
         "ablations": {"simclr.projector": ["16-8"]},
         "search": {"space": {"optimizer.lr": {"type": "float", "low": 1.0e-6, "high": 1.0e-2, "log": True},
                              "method.temperature": {"type": "float", "low": 0.05, "high": 1.0}},

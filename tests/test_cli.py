@@ -10,7 +10,7 @@ from bench.cli import main
 from bench.runner import METRICS
 
 TINY = ["--set", "dataset.n_train=128", "--set", "dataset.n_test=40", "--set", "backbone.width=4", "--set", "batch_size=32",
-        "--set", "epochs=1", "--set", "method.projector=16-8", "--set", "eval.linear.epochs=2", "--set", "train.progress=false"]
+        "--set", "epochs=1", "--set", "method.projector=16-8", "--set", "eval.probes=[logreg, {name: linear, epochs: 2}]", "--set", "train.progress=false"]
 
 
 @pytest.mark.parametrize(
@@ -57,7 +57,7 @@ def test_bad_yaml_file(capsys, tmp_path):
     bad = tmp_path / "run.yaml"
     bad.write_text("method: simclr\n  epochs: [1, 2\n")
     assert main(["train", "--config", str(bad), "--out", str(tmp_path / "run")]) == 2
-    assert "not valid YAML" in capsys.readouterr().err
+    assert "invalid YAML at line 2" in capsys.readouterr().err
 
 
 def test_train_prints_metrics_and_writes_them(capsys, tmp_path):

@@ -61,7 +61,7 @@ def write_suite(path: Path, name: str, postgres: str, tracking: str) -> Path:
         "name": name,
         "defaults": {**DEFAULTS, "dataset": {"name": "shapes", "n_train": 384, "n_test": 64}, "epochs": EPOCHS,
                      "train": {"progress": False, "checkpoint_every": 1}},
-        "evaluations": {"linear": None, "knn_k": [5], "diagnostics": False},
+        "evaluations": {"probes": [], "knn_k": [5], "diagnostics": False},
         "matrix": {"method": ["simclr"]},
         "ablations": {"simclr.projector": ["16-8"]},
         "seeds": SEEDS,

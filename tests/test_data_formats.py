@@ -14,14 +14,15 @@ from PIL import Image
 
 from bench.data.folder import FolderSet
 from bench.data.loader import iter_batches
-from bench.data.registry import DatasetConfig, DatasetSplits, load_dataset
+from bench.data.registry import DatasetConfig, DatasetSplits, read_dataset
 from bench.errors import ConfigError, DataError
 
 RNG = np.random.default_rng(0)
 
 
 def load(name: str, root: Path, **kwargs) -> DatasetSplits:
-    return load_dataset(DatasetConfig(name=name, root=root, **kwargs))
+    """The splits as the files give them (``load_dataset`` then holds out the validation split, tests/test_validation.py)."""
+    return read_dataset(DatasetConfig(name=name, root=root, **kwargs))
 
 
 # ---------------------------------------------------------------- CIFAR
@@ -326,18 +327,20 @@ def test_imagefolder_imagenet_layout_through_iter_batches(tmp_path: Path) -> Non
         assert (image.short() - expected).abs().max() <= tolerance
 
 
-def test_folderset_resizes_shorter_side_and_crops_centre(tmp_path: Path) -> None:
+def test_folderset_item_is_the_whole_image_and_batches_are_eval_crops(tmp_path: Path) -> None:
     gradient = np.zeros((16, 32, 3), dtype=np.uint8)
     gradient[:, :, 0] = np.arange(32, dtype=np.uint8) * 8  # red = 8 * column
     save_image(tmp_path / "wide.png", gradient)
     save_image(tmp_path / "big.png", solid((9, 99, 199), 64, 48))
     folder = FolderSet("t", [tmp_path / "wide.png", tmp_path / "big.png"], torch.tensor([0, 0]), ["x"], image_size=16)
     image, label, index = folder[0]
-    assert image.shape == (3, 16, 16) and label == 0 and index == 0
-    assert image[0, 5].tolist() == [8 * c for c in range(8, 24)]  # columns 8..23 of the 32 wide image
-    big, _, index = folder[1]
-    assert index == 1 and big.shape == (3, 16, 16)
-    assert big[:, 0, 0].tolist() == [9, 99, 199] and big.amin() == 9 and big[2].amax() == 199
+    assert label == 0 and index == 0 and torch.equal(image, torch.from_numpy(gradient).permute(2, 0, 1))
+    images, _, index = next(iter_batches(folder, 2, torch.device("cpu")))
+    assert index.tolist() == [0, 1] and images.shape == (2, 3, 16, 16)
+    # shorter side 16 -> round(16 / 0.875) = 18 (the image becomes 18 x 36), then the centre 16 columns 10..25
+    source_column = (torch.arange(10, 26) + 0.5) * 32 / 36 - 0.5
+    assert (images[0, 0, 5].float() - 8 * source_column).abs().max() <= 0.5
+    assert images[1, :, 0, 0].tolist() == [9, 99, 199] and images[1].amin() == 9 and images[1, 2].amax() == 199
 
 
 def test_imagefolder_classes_file(tmp_path: Path) -> None:

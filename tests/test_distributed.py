@@ -192,7 +192,7 @@ def test_a_two_process_cell_trains_like_one_process(tmp_path, monkeypatch):
             "epochs": 2, "batch_size": 32, "optimizer": {"name": "sgd", "lr": 0.01, "lr_scaling": "none"},
             "schedule": {"warmup_epochs": 0}, "train": {"progress": False, "sync_bn": True, "deterministic": True},
         },
-        "evaluations": {"linear": None, "knn_k": [20]},
+        "evaluations": {"probes": [], "knn_k": [20]},
         "launcher": {"gpus_per_cell": 2},
     }
     path = tmp_path / "ddp.yaml"

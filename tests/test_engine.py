@@ -16,13 +16,13 @@ from bench.config import resolve_run_config
 from bench.errors import DivergedError
 from bench.runner import METRICS
 from bench.train.checkpoint import CHECKPOINT
-from bench.train.engine import MODEL, Preempted, train
+from bench.train.engine import MODEL, MONITOR, Preempted, train
 
 TINY = [
     "method=simclr", "method.projector=32-16", "dataset=shapes", "dataset.n_train=1024", "dataset.n_test=64",
     "backbone.width=8", "batch_size=32", "epochs=4", "optimizer.name=sgd", "optimizer.lr=0.05",
     "train.deterministic=true", "train.threads=1", "train.checkpoint_every=1", "train.progress=false",
-    "eval.linear.epochs=2",
+    "eval.probes=[logreg, {name: linear, epochs: 2}]",
 ]
 
 
@@ -135,7 +135,7 @@ def test_history_records_loss_lr_and_throughput(tmp_path):
     assert [h["epoch"] for h in result.history] == [1, 2]
     for h in result.history:
         assert h["images_per_s"] > 0 and h["lr"] > 0 and torch.isfinite(torch.tensor(h["loss"]))
-        assert 0 <= h["knn_top1"] <= 1
+        assert 0 <= h[MONITOR] <= 1
 
 
 def test_a_checkpoint_of_another_config_is_refused(tmp_path):

@@ -110,7 +110,7 @@ def test_knn_refuses_unlabeled_samples():
 def test_linear_probe_separable_blobs_near_perfect():
     train_f, train_y = blobs(1000, 32, 10, seed=3, spread=0.3)
     test_f, test_y = blobs(500, 32, 10, seed=4, spread=0.3)
-    cfg = LinearConfig(epochs=10, lr=0.1)
+    cfg = LinearConfig(epochs=10, lrs=[0.1])
     got = linear_probe(train_f, train_y, test_f, test_y, 10, cfg)
     assert set(got) == {"linear.top1", "linear.top5"}
     assert got["linear.top1"] > 0.98 and got["linear.top5"] == 1.0
@@ -121,7 +121,7 @@ def test_linear_probe_random_labels_is_chance():
     g = torch.Generator().manual_seed(3)
     train_f, test_f = torch.randn(1000, 32, generator=g), torch.randn(2000, 32, generator=g)
     train_y, test_y = torch.randint(0, 10, (1000,), generator=g), torch.randint(0, 10, (2000,), generator=g)
-    got = linear_probe(train_f, train_y, test_f, test_y, 10, LinearConfig(epochs=10, optimizer="adam", lr=0.01))
+    got = linear_probe(train_f, train_y, test_f, test_y, 10, LinearConfig(epochs=10, optimizer="adam", lrs=[0.01]))
     assert abs(got["linear.top1"] - 0.1) < 0.03
     assert abs(got["linear.top5"] - 0.5) < 0.05
 

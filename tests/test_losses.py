@@ -294,32 +294,38 @@ def test_paper_defaults() -> None:
     assert SimCLRParams().model_dump() == {
         "name": "simclr",
         "projector": "2048-128",
+        "reading": "paper",
         "projector_last_bn": False,
         "temperature": 0.1,
     }
     assert BYOLParams().model_dump() == {
         "name": "byol",
         "projector": "4096-256",
+        "reading": "paper",
         "predictor": "4096-256",
         "tau_base": 0.996,
     }
     assert SimSiamParams().model_dump() == {
         "name": "simsiam",
         "projector": "2048-2048-2048",
+        "reading": "paper",
         "projector_last_bn_affine": False,
         "predictor": "512-2048",
     }
-    assert BarlowTwinsParams().model_dump() == {"name": "barlow_twins", "projector": "8192-8192-8192", "lambd": 0.0051}
+    assert BarlowTwinsParams().model_dump() == {"name": "barlow_twins", "projector": "8192-8192-8192", "reading": "paper",
+                                                 "lambd": 0.005}
     assert VICRegParams().model_dump() == {
         "name": "vicreg",
         "projector": "8192-8192-8192",
+        "reading": "paper",
         "sim_coeff": 25.0,
         "std_coeff": 25.0,
         "cov_coeff": 1.0,
         "gamma": 1.0,
         "eps": 1e-4,
+        "variance_branches": "sum",
     }
-    assert SupervisedParams().model_dump() == {"name": "supervised", "projector": ""}
+    assert SupervisedParams().model_dump() == {"name": "supervised", "projector": "", "reading": "paper"}
 
 
 @pytest.mark.parametrize(

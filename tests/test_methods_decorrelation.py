@@ -351,6 +351,7 @@ def test_paper_defaults_recipes_and_optimizers() -> None:
     assert CorInfoMaxParams().model_dump() == {
         "name": "corinfomax",
         "projector": "4096-4096-128",
+        "reading": "paper",
         "projector_bn": False,
         "alpha": 1000.0,
         "lambd": 0.01,
@@ -359,6 +360,7 @@ def test_paper_defaults_recipes_and_optimizers() -> None:
     assert WMSEParams().model_dump() == {
         "name": "wmse",
         "projector": "1024-64",
+        "reading": "paper",
         "w_size": 128,
         "w_iter": 1,
         "w_eps": 0.0,

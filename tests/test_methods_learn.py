@@ -49,7 +49,7 @@ TEST_BED = {
     "schedule": {"warmup_epochs": 1},
     "augment": [{"scale": [0.2, 1.0], "jitter": [0.4, 0.4, 0.4, 0.5], "jitter_p": 0.8, "gray_p": 0.5}] * 2,
     "train": {"checkpoint_every": 0, "progress": False},
-    "eval": {"linear": None},
+    "eval": {"probes": []},
 }
 HALF_CROPS = "augment=[{scale: [0.5, 1.0], jitter: [0.4, 0.4, 0.4, 0.5], gray_p: 0.5}, {scale: [0.5, 1.0], jitter: [0.4, 0.4, 0.4, 0.5], gray_p: 0.5}]"
 SMALL_BATCH = [HALF_CROPS, "batch_size=64"]
@@ -98,7 +98,7 @@ def baseline():
     cfg = config("simclr")
     splits = load_dataset(cfg.dataset)
     backbone = build_method(cfg, splits).backbone
-    return splits, evaluate_backbone(backbone, splits, cfg.eval, torch.device("cpu"), cfg.seed)["knn20.top1"]
+    return splits, evaluate_backbone(backbone, splits, cfg.eval, torch.device("cpu"), cfg.seed).metrics["knn20.top1"]
 
 
 def test_every_method_has_a_budget_on_the_same_test_bed():

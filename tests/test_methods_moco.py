@@ -230,13 +230,16 @@ def test_mocov3_heads_follow_the_paper() -> None:
     method = _build("mocov3")
     last_bn = method.projector[-1]
     assert isinstance(last_bn, torch.nn.BatchNorm1d) and not last_bn.affine
-    assert isinstance(method.predictor[-1], torch.nn.Linear) and method.predictor[-1].bias is not None
+    assert isinstance(method.predictor[-1], torch.nn.BatchNorm1d) and method.predictor[-1].affine  # the paper: BN on every layer
+    code = _build("mocov3", reading="code")  # the official code: a plain Linear last
+    assert isinstance(code.predictor[-1], torch.nn.Linear) and code.predictor[-1].bias is not None
 
 
 def test_paper_defaults_recipes_and_optimizers() -> None:
     assert MoCoV2Params().model_dump() == {
         "name": "mocov2",
         "projector": "2048-128",
+        "reading": "paper",
         "queue_size": 65536,
         "temperature": 0.2,
         "momentum": 0.999,
@@ -247,8 +250,9 @@ def test_paper_defaults_recipes_and_optimizers() -> None:
     assert MoCoV3Params().model_dump() == {
         "name": "mocov3",
         "projector": "4096-4096-256",
+        "reading": "paper",
         "predictor": "4096-256",
-        "predictor_last_bn": False,
+        "predictor_last_bn": True,
         "temperature": 1.0,
         "momentum": 0.99,
     }

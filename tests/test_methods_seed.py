@@ -321,6 +321,7 @@ def test_paper_defaults_and_optimizers() -> None:
     assert MVEBParams().model_dump() == {
         "name": "mveb",
         "projector": "2048-2048-2048",
+        "reading": "paper",
         "beta": 0.01,
         "target": "momentum",
         "tau_base": 0.996,
@@ -330,6 +331,7 @@ def test_paper_defaults_and_optimizers() -> None:
     assert SidAEParams().model_dump() == {
         "name": "sidae",
         "projector": "2048-2048-2048",
+        "reading": "paper",
         "projector_last_bn_affine": False,
         "predictor": "512-2048",
         "w": 0.5,
@@ -338,6 +340,7 @@ def test_paper_defaults_and_optimizers() -> None:
     assert DAEParams().model_dump() == {
         "name": "dae",
         "projector": "2048-2048-2048",
+        "reading": "paper",
         "projector_last_bn_affine": False,
         "target": "clean",
     }

@@ -9,6 +9,7 @@ from bench.config.suite import expand_suite, load_suite
 from bench.data.registry import DatasetConfig, load_dataset
 from bench.methods import all_methods
 from bench.runner import run
+from bench.train.engine import MONITOR
 
 SMOKE = Path(__file__).resolve().parent.parent / "suites" / "smoke.yaml"
 
@@ -34,5 +35,5 @@ def test_method_trains_and_evaluates(method, cells, splits, tmp_path):
     report = run(cfg, tmp_path, splits=splits)
     assert report["status"] == "complete"
     assert all(math.isfinite(h["loss"]) for h in report["history"])
-    assert 0 <= report["metrics"]["knn20.top1"] <= 1 and 0 <= report["history"][-1]["knn_top1"] <= 1
+    assert 0 <= report["metrics"]["knn20.top1"] <= 1 and 0 <= report["history"][-1][MONITOR] <= 1
     assert (tmp_path / "model.pt").exists()

@@ -173,7 +173,7 @@ def _family(name: str) -> str:
 def test_suite_runs_at_smoke_scale(name, smoke_base):
     storage = f"sqlite:///{smoke_base}/optuna.db"
     sets = ["epochs=1", "dataset={name: shapes, n_train: 64, n_test: 64}", "backbone={name: small_cnn, width: 4}", "batch_size=32",
-            "train.progress=false", "train.checkpoint_every=0", "evaluations.linear.epochs=1",
+            "train.progress=false", "train.checkpoint_every=0", "evaluations.probes=[logreg, {name: linear, epochs: 1}]",
             f"tracking.mlflow_uri=sqlite:///{smoke_base}/mlflow.db", f"storage.runs_dir={smoke_base}/cells",
             f"train.cache_dir={smoke_base}/cache", *(s.replace(TEACHER, str(smoke_base / "teacher.pt")) for s in SMOKE[name])]
     cells = _cells(name, sets)
@@ -192,8 +192,8 @@ def _transfer_metrics(extra: list[DatasetConfig]) -> tuple[dict[str, float], tor
     torch.manual_seed(0)
     backbone = build_backbone(BackboneConfig(name="small_cnn", width=4), 3)
     splits = load_dataset(DatasetConfig(name="shapes", n_train=100, n_test=50))
-    cfg = EvalConfig(linear=None, knn_k=[5], diagnostics=False, datasets=extra)
-    return evaluate_backbone(backbone, splits, cfg, torch.device("cpu"), seed=0), backbone
+    cfg = EvalConfig(probes=[], knn_k=[5], diagnostics=False, datasets=extra)
+    return evaluate_backbone(backbone, splits, cfg, torch.device("cpu"), seed=0).metrics, backbone
 
 
 def test_eval_datasets_add_prefixed_metrics_of_the_frozen_backbone_on_another_set():
@@ -201,11 +201,13 @@ def test_eval_datasets_add_prefixed_metrics_of_the_frozen_backbone_on_another_se
     metrics, backbone = _transfer_metrics([other])
     alone, _ = _transfer_metrics([])
     splits = load_dataset(other)
-    train_f, train_y = extract_features(backbone, splits.train, torch.device("cpu"))
-    test_f, test_y = extract_features(backbone, splits.test, torch.device("cpu"))
-    expected = knn_eval(train_f, train_y, test_f, test_y, 10, ks=(5,), temperature=0.07)
-    assert metrics == {**alone, **{f"shapes.{key}": value for key, value in expected.items()}}
-    assert set(alone) == {"knn5.top1", "knn5.top5"}
+    (train_f, train_y), (val_f, val_y), (test_f, test_y) = (extract_features(backbone, s, torch.device("cpu"))
+                                                            for s in (splits.train, splits.val, splits.test))
+    chosen = knn_eval(train_f, train_y, val_f, val_y, 10, ks=(5,), temperature=0.07)  # the bank: train
+    final = knn_eval(torch.cat([train_f, val_f]), torch.cat([train_y, val_y]), test_f, test_y, 10, ks=(5,), temperature=0.07)
+    assert metrics == {**alone, **{f"shapes.{key}": value for key, value in final.items()},
+                       **{f"val.shapes.{key}": value for key, value in chosen.items()}}
+    assert set(alone) == {"knn5.top1", "knn5.top5", "val.knn5.top1", "val.knn5.top5"}
 
 
 def test_eval_datasets_refuse_other_channels_repeated_names_and_unknown_sets():

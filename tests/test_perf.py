@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from PIL import Image
 from pydantic import ValidationError
 from rich.console import Console
 
@@ -19,6 +20,7 @@ from bench.eval.linear import LinearConfig
 from bench.models.backbones import BackboneConfig, build_backbone
 from bench.perf import PerfOptions, perf
 from bench.perf.evaluation import compare_linear_protocols, knn_seconds
+from bench.perf.folder import FolderSizes, measure_folder_decode
 from bench.perf.memory import fits_on_device, largest_batch
 from bench.perf.mvmr import mvmr_cache
 from bench.perf.report import NEEDS_CUDA, Target, check_targets
@@ -87,7 +89,7 @@ def tiny_probe():
 
 def test_linear_probe_on_cache_agrees_with_the_full_network_protocol(tiny_probe):
     backbone, splits = tiny_probe
-    cfg = LinearConfig(epochs=4, batch_size=64)
+    cfg = LinearConfig(epochs=4, batch_size=64, lrs=[0.4])  # 0.1 at batch 64
     same_views = SCENARIOS[QUICKEST].run_config(CPU, compute_bound=True).augment[0]
     exact = compare_linear_protocols(backbone, splits.train, splits.test, 10, cfg, CPU, augment=same_views)
     # un-augmented, both protocols train the same head on the same features in the same order
@@ -167,3 +169,16 @@ def test_mvmr_cache_benchmark_runs_both_modes(tmp_path):
     assert out["mvmr.cached_images_per_s"] > 0 and out["mvmr.recomputed_images_per_s"] > 0
     assert out["mvmr.cache_speedup"] == out["mvmr.cached_images_per_s"] / out["mvmr.recomputed_images_per_s"]
     assert list((tmp_path / "cache").glob("*.npy"))  # the cached mode wrote its representations
+
+
+def test_folder_decode_section_times_ours_and_the_pil_dataloader(tmp_path):
+    sizes = FolderSizes(n_images=6, batch_size=3, image_size=32, repeats=1, workers=0)
+    figures = measure_folder_decode(sizes, CPU, tmp_path)
+    ours, pil, evals = (figures[f"folder.{k}_images_per_s"] for k in ("ours", "pil", "eval"))
+    assert min(ours, pil, evals) > 0 and figures["folder.ours_vs_pil"] == pytest.approx(ours / pil)
+    assert figures["folder.decode"] == "host" and figures["folder.n_images"] == 6 and figures["folder.views"] == 2
+    assert figures["folder.workers"] == 0
+    assert "folder.ours_workers_decode_images_per_s" not in figures  # CUDA only
+    files = sorted((tmp_path / "folder-decode").iterdir())
+    with Image.open(files[0]) as first, Image.open(files[1]) as second:
+        assert (first.size, second.size, first.format) == ((500, 375), (375, 500), "JPEG")

@@ -15,15 +15,19 @@ import pandas as pd
 import pytest
 from matplotlib.container import ErrorbarContainer
 from mlflow import MlflowClient
+import yaml
 from PIL import Image
 from rich.console import Console
+from scipy import stats
+from suite_fixtures import DEFAULTS
 
-from bench.config.suite import load_suite
+from bench.config.suite import expand_suite, load_suite, suite_from_yaml
 from bench.errors import ConfigError
+from bench.report.labels import EMPTY
 from bench.report.leaderboard import build_leaderboard, cmd_leaderboard
-from bench.report.plots import is_protocol, suite_plots
-from bench.report.table import EMPTY
+from bench.report.plots import suite_plots
 from bench.tracking.mlflow_runs import SuiteTracker
+from bench.train.engine import MONITOR
 
 pytestmark = pytest.mark.xdist_group("report")  # shares the session's report suites (tests/conftest.py)
 
@@ -88,14 +92,9 @@ def _errorbars(figure) -> dict[str, list[tuple[float, float, float]]]:
     return drawn
 
 
-def test_protocol_metrics_leave_out_training_and_feature_figures_under_any_prefix():
-    assert all(map(is_protocol, ["linear.top1", "knn20.top1", "linear_1pct.top1", "cifar10.linear.top1", "detection.bbox.AP"]))
-    assert not any(map(is_protocol, ["diag.effective_rank", "train.seconds", "detection.train.seconds", "detection.train.iterations"]))
-
-
 def test_ablation_plots_equal_the_runs(ablation, stores, cell_runs, tmp_path):
     plots = {p.name: p for p in suite_plots(ablation, tmp_path, uri=stores[0], storage=stores[1])}
-    assert set(plots) == {f"ablation_{a}_{m}" for a in AXES for m in METRICS} | {"curves_train-loss", "curves_knn-top1"}
+    assert set(plots) == {f"ablation_{a}_{m}" for a in AXES for m in METRICS} | {"curves_train-loss", "curves_val-knn20.top1"}
     for plot in plots.values():
         _files_ok(plot)
     complete = cell_runs[(cell_runs["tags.ssl_bench.suite"] == "report_ablation") & (cell_runs["tags.ssl_bench.status"] == "complete")]
@@ -133,7 +132,7 @@ def test_curves_equal_the_metric_histories(ablation, stores, cell_runs, tmp_path
     client = MlflowClient(tracking_uri=stores[0])
     mine = cell_runs[cell_runs["tags.ssl_bench.suite"] == "report_ablation"]
     ran = set(mine.index[mine["tags.ssl_bench.status"].isin(["complete", "pruned"])])
-    for name, metric in (("curves_train-loss", "train/loss"), ("curves_knn-top1", "knn/top1")):
+    for name, metric in (("curves_train-loss", "train/loss"), ("curves_val-knn20.top1", "val/knn20.top1")):
         lines = {line.get_gid(): line.get_xydata().tolist() for line in plots[name].figure.axes[0].lines}
         assert set(lines) == ran
         for run_id, xy in lines.items():
@@ -144,7 +143,7 @@ def test_curves_equal_the_metric_histories(ablation, stores, cell_runs, tmp_path
 
 def test_search_plots_equal_the_trials(search, stores, tmp_path):
     plots = {p.name: p for p in suite_plots(search, tmp_path, uri=stores[0], storage=stores[1])}
-    assert set(plots) == {"curves_train-loss", "curves_knn-top1", "search_history", "search_importances"}
+    assert set(plots) == {"curves_train-loss", "curves_val-knn20.top1", "search_history", "search_importances"}
     for plot in plots.values():
         _files_ok(plot)
     study = optuna.load_study(study_name="report_search", storage=stores[1])
@@ -174,7 +173,7 @@ def test_leaderboard_of_a_search_without_trials(search, stores, tmp_path):
         build_leaderboard([search, search], tmp_path, uri=stores[0], storage=stores[1])
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser():
     missing = [path for path in (CHROMIUM, CHROMEDRIVER) if shutil.which(path) is None]
     if missing:
@@ -192,12 +191,14 @@ def browser():
 
 
 READ_ROWS = """
-const headers = Array.from(document.querySelectorAll('#leaderboard thead th')).map(th => th.textContent.trim());
+const headers = Array.from(document.querySelectorAll('#leaderboard thead th')).map(th => th.dataset.metric || th.textContent.trim());
 return Array.from(document.querySelectorAll('#leaderboard tbody tr')).map(tr => ({
   hidden: tr.hidden,
   text: tr.textContent,
   cells: Object.fromEntries(Array.from(tr.cells).map((td, i) => [headers[i], {
-    text: td.textContent.trim(), sort: td.dataset.sort, std: td.dataset.std, runs: td.dataset.runs}]))}));
+    text: td.textContent.trim(), sort: td.dataset.sort, std: td.dataset.std, n: td.dataset.n, low: td.dataset.ciLow,
+    high: td.dataset.ciHigh, runs: td.dataset.runs, bold: td.querySelector('strong') !== null,
+    mean: td.querySelector('.mean')?.textContent, ci: td.querySelector('.ci')?.textContent}]))}));
 """
 
 
@@ -208,83 +209,155 @@ def _header_button(driver, name: str):
     return button
 
 
-def test_leaderboard_in_chromium(browser, base, stores, cell_runs, tmp_path):
+def _sorts_and_filters(browser, column: str, title: str, words: str) -> list[dict]:
+    """Sort by ``column`` (headed ``title``) both ways and by method, then filter with ``words``; the rows shown."""
     from selenium.webdriver.common.by import By
 
-    args = argparse.Namespace(suites=[base / "report_ablation.yaml", base / "report_search.yaml"], out=tmp_path / "site",
-                              tracking=stores[0], storage=stores[1])
-    console = Console(file=io.StringIO(), width=300)
-    assert cmd_leaderboard(args, console) == 0  # what `ssl-bench leaderboard SUITES --out DIR` runs
-    index = tmp_path / "site" / "index.html"
-    assert f"wrote {index}" in console.file.getvalue()
-    browser.get(index.as_uri())
     rows = browser.execute_script(READ_ROWS)
-    assert {row["cells"]["method"]["text"] for row in rows} == set(cell_runs["tags.ssl_bench.method"]) == {"simclr", "vicreg"}
-
-    covered: dict[tuple[str, str], list[str]] = {}
-    for row in rows:
-        cells = row["cells"]
-        protocol, runs = cells["protocol"]["text"], cells["MLflow runs"]["runs"].split()
-        if protocol == EMPTY:  # the diverged VICReg cell: shown as failed, with no number
-            assert cells["not complete"]["text"] == "1 failed" and cells["n"]["text"] == "0" and not runs
-            continue
-        mine = cell_runs.loc[runs]
-        assert set(mine["tags.ssl_bench.method"]) == {cells["method"]["text"]}
-        assert set(mine["tags.ssl_bench.dataset"]) == {cells["dataset"]["text"]}
-        assert set(mine["tags.ssl_bench.status"]) == {"complete"}
-        values = mine[f"metrics.{protocol}"]
-        assert float(cells["mean ± std"]["sort"]) == pytest.approx(values.mean(), rel=1e-12)
-        assert int(cells["n"]["text"]) == len(values)
-        if len(values) > 1:
-            assert float(cells["mean ± std"]["std"]) == pytest.approx(values.std(ddof=1), rel=1e-12)
-            assert cells["mean ± std"]["text"] == f"{values.mean() * 100:.1f} ± {values.std(ddof=1) * 100:.1f}"
-        for run in runs:
-            assert run[:8] in cells["MLflow runs"]["text"]
-        if cells["method"]["text"] == "vicreg":
-            assert f"vicreg.projector={mine['params.axis.vicreg.projector'].iloc[0]}" in cells["setting"]["text"]
-        covered.setdefault((cells["suite"]["text"], protocol), []).extend(runs)
-
-    complete = cell_runs[cell_runs["tags.ssl_bench.status"] == "complete"]
-    ablation_runs = complete[complete["tags.ssl_bench.suite"] == "report_ablation"]
-    for metric in ("knn20.top1", "knn20.top5", "linear.top1", "linear.top5"):
-        assert sorted(covered["report_ablation", metric]) == sorted(ablation_runs.index)  # each run in one row
-    search_runs = complete[complete["tags.ssl_bench.suite"] == "report_search"]
-    assert covered["report_search", "knn20.top1"] == [search_runs["metrics.knn20.top1"].idxmax()]
-    simclr_shapes = [r for r in rows if r["cells"]["suite"]["text"] == "report_ablation"
-                     and (r["cells"]["method"]["text"], r["cells"]["dataset"]["text"]) == ("simclr", "shapes")]
-    assert simclr_shapes and all(r["cells"]["not complete"]["text"] == "1 missing" for r in simclr_shapes)
-
-    _header_button(browser, "mean").click()
-    assert browser.find_element(By.XPATH, "//th[.//button[starts-with(., 'mean')]]").get_attribute("aria-sort") == "ascending"
-    keys = [row["cells"]["mean ± std"]["sort"] for row in browser.execute_script(READ_ROWS)]
+    _header_button(browser, title).click()
+    assert browser.find_element(By.XPATH, f"//th[.//button[starts-with(., '{title}')]]").get_attribute("aria-sort") == "ascending"
+    keys = [row["cells"][column]["sort"] for row in browser.execute_script(READ_ROWS)]
     numbers = [float(k) for k in keys if k]
-    assert numbers == sorted(numbers) and keys[len(numbers):] == [""]  # the row without a number goes last
-    _header_button(browser, "mean").click()
-    numbers = [float(r["cells"]["mean ± std"]["sort"]) for r in browser.execute_script(READ_ROWS)[:-1]]
-    assert numbers == sorted(numbers, reverse=True)
+    assert numbers == sorted(numbers) and keys[len(numbers):] == [""] * (len(keys) - len(numbers))  # no number: last
+    _header_button(browser, title).click()
+    keys = [row["cells"][column]["sort"] for row in browser.execute_script(READ_ROWS)]
+    assert [float(k) for k in keys if k] == sorted(numbers, reverse=True) and keys[len(numbers):] == [""] * (len(keys) - len(numbers))
     _header_button(browser, "method").click()
     methods = [row["cells"]["method"]["text"] for row in browser.execute_script(READ_ROWS)]
     assert methods == sorted(methods) and len(methods) == len(rows)
 
     box = browser.find_element(By.ID, "filter")
-    box.send_keys("VICReg digits linear.top1")
+    box.clear()
+    box.send_keys(words)
     shown = [row for row in browser.execute_script(READ_ROWS) if not row["hidden"]]
-    assert len(shown) == 2  # projector 16-16 and 32-32 at lr 0.001
-    assert all(all(word in row["text"].lower() for word in ("vicreg", "digits", "linear.top1")) for row in shown)
-    assert browser.find_element(By.CSS_SELECTOR, "[data-count-for=leaderboard]").text == f"2 of {len(rows)} rows"
+    assert all(all(word in row["text"].lower() for word in words.lower().split()) for row in shown)
+    assert browser.find_element(By.CSS_SELECTOR, "[data-count-for=leaderboard]").text == f"{len(shown)} of {len(rows)} rows"
     box.clear()
     box.send_keys(" ")
     assert not any(row["hidden"] for row in browser.execute_script(READ_ROWS))
+    box.clear()
+    return shown
+
+
+def _summary_shown(cell: dict, values: pd.Series) -> None:
+    """A protocol cell holds the mean, std, 95 % t-interval and n of ``values``, and shows them."""
+    n = len(values)
+    assert float(cell["sort"]) == pytest.approx(values.mean(), rel=1e-12) and int(cell["n"]) == n
+    if n == 1:
+        assert cell["ci"] == "n=1, no interval" and cell["mean"] == f"{values.mean() * 100:.1f}"
+        return
+    low, high = stats.t.interval(0.95, n - 1, loc=values.mean(), scale=stats.sem(values)) if values.std() else (values.mean(),) * 2
+    assert float(cell["std"]) == pytest.approx(values.std(ddof=1), rel=1e-12)
+    assert (float(cell["low"]), float(cell["high"])) == pytest.approx((low, high), rel=1e-12)
+    assert cell["mean"] == f"{values.mean() * 100:.1f} ± {values.std(ddof=1) * 100:.1f}"
+    assert cell["ci"] == f"[{low * 100:.1f}, {high * 100:.1f}] n={n}"
+
+
+def test_leaderboard_in_chromium(browser, base, stores, cell_runs, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    args = argparse.Namespace(suites=[base / "report_ablation.yaml", base / "report_search.yaml"], out=tmp_path / "site",
+                              tracking=stores[0], storage=stores[1], as_file=False)
+    console = Console(file=io.StringIO(), width=300)
+    assert cmd_leaderboard(args, console) == 0  # what `ssl-bench leaderboard SUITES --out DIR` runs
+    index = tmp_path / "site" / "index.html"
+    assert f"wrote {index}" in console.file.getvalue()
+    assert "report_ablation: showing the suite as run on " in console.file.getvalue()
+    browser.get(index.as_uri())
+    rows = browser.execute_script(READ_ROWS)
+    assert {row["cells"]["method"]["text"] for row in rows} == set(cell_runs["tags.ssl_bench.method"]) == {"simclr", "vicreg"}
+    headers = browser.execute_script("return Array.from(document.querySelectorAll('#leaderboard thead th')).map(th => th.textContent);")
+    assert [h for h in headers if h.startswith(("kNN", "linear"))] == ["kNN k=20", "linear"]  # one column per protocol
+
+    complete = cell_runs[cell_runs["tags.ssl_bench.status"] == "complete"]
+    covered: dict[str, list[str]] = {}
+    for row in rows:
+        cells = row["cells"]
+        runs = cells["MLflow runs"]["runs"].split()
+        if not runs:  # the diverged VICReg configuration: shown as failed, with no number
+            assert cells["not complete"]["text"] == "1 failed" and "vicreg.optimizer.lr=1e+30" in cells["setting"]["text"]
+            assert all(cells[m]["n"] == "0" and cells[m]["sort"] == "" for m in METRICS)
+            continue
+        mine = complete.loc[runs]
+        assert set(mine["tags.ssl_bench.method"]) == {cells["method"]["text"]}
+        assert set(mine["tags.ssl_bench.dataset"]) == {cells["dataset"]["text"]}
+        assert len(set(mine["params.seed"])) == len(mine)  # the runs of one configuration differ by seed
+        for metric in METRICS:
+            values = mine[f"metrics.{metric}"].dropna()
+            if values.empty:  # the search suite has no linear probe
+                assert cells[metric]["n"] == "0" and cells[metric]["text"] == ""
+            else:
+                _summary_shown(cells[metric], values)
+        for run in runs:
+            assert run[:8] in cells["MLflow runs"]["text"]
+        if cells["method"]["text"] == "vicreg":
+            assert f"vicreg.projector={mine['params.axis.vicreg.projector'].iloc[0]}" in cells["setting"]["text"]
+        covered.setdefault(cells["suite"]["text"], []).extend(runs)
+    ablation_runs = complete[complete["tags.ssl_bench.suite"] == "report_ablation"]
+    assert sorted(covered["report_ablation"]) == sorted(ablation_runs.index)  # each run in one row
+    search_runs = complete[complete["tags.ssl_bench.suite"] == "report_search"]
+    # a search's row is its best trial by the search metric, on the validation split: not the best test number
+    assert covered["report_search"] == [search_runs["metrics.val.knn20.top1"].idxmax()]
+    for row in rows:  # bold: the best of its suite and dataset
+        peers = [r for r in rows if (r["cells"]["suite"]["text"], r["cells"]["dataset"]["text"]) ==
+                 (row["cells"]["suite"]["text"], row["cells"]["dataset"]["text"]) and r["cells"]["linear.top1"]["sort"]]
+        if row["cells"]["linear.top1"]["sort"]:
+            best = max(float(r["cells"]["linear.top1"]["sort"]) for r in peers)
+            assert row["cells"]["linear.top1"]["bold"] == (float(row["cells"]["linear.top1"]["sort"]) == best)
+
+    shown = _sorts_and_filters(browser, "knn20.top1", "kNN k=20", "VICReg digits 0.001")
+    assert len(shown) == 2  # projector 16-16 and 32-32 at lr 0.001
 
     shot = tmp_path / "leaderboard.png"
     assert browser.save_screenshot(str(shot))
     assert shot.read_bytes()[:8] == PNG_MAGIC and shot.stat().st_size > 20_000
     assert Image.open(shot).size[0] >= 1000
-
     assert not [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
 
     browser.get((index.parent / "report_ablation" / "index.html").as_uri())
     images = browser.execute_script("return Array.from(document.images).map(i => [i.getAttribute('src'), i.naturalWidth]);")
     assert len(images) == 8 and all(width > 0 for _, width in images)  # every plot loads from disk
     assert len(browser.find_elements(By.CSS_SELECTOR, "table.ssl-bench-table")) == len(METRICS)
+    assert "showing the suite as run on " in browser.find_element(By.TAG_NAME, "body").text
+    assert not [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+#: recorded knn20.top1 and linear.top1 of the quickstart's four methods and two baselines, two seeds each; the
+#: baselines' kNN is made the highest, to show they are never marked best
+QUICKSTART = {"simclr": [(0.612, 0.655), (0.598, 0.641)], "vicreg": [(0.587, 0.630), (0.603, 0.622)],
+              "barlow_twins": [(0.571, 0.604), (0.566, 0.611)], "supervised": [(0.702, 0.734), (0.711, 0.729)],
+              "random_init": [(0.801, 0.402), (0.795, 0.398)], "raw_pixels": [(0.805, 0.361), (0.803, 0.359)]}
+#: cells of these methods stand for the baselines' cells, whose MLflow tag ``ssl_bench.method`` names the baseline
+STAND_INS = {"byol": "random_init", "simsiam": "raw_pixels"}
+
+
+def test_quickstart_leaderboard_has_a_row_per_method_and_baseline(browser, stores, tmp_path):
+    """The quickstart's shape (4 methods + 2 baselines, 2 seeds) logged without training: 6 rows in Chromium."""
+    methods = [m for m in QUICKSTART if m not in STAND_INS.values()] + list(STAND_INS)
+    suite = suite_from_yaml(yaml.safe_dump({"name": "report_quickstart", "defaults": DEFAULTS, "seeds": [0, 1],
+                                            "matrix": {"method": methods}}))
+    tracker = SuiteTracker(stores[0], suite.name)
+    parent = tracker.parent_run(suite.name, suite.to_yaml())
+    for number, cell in enumerate(expand_suite(suite)):
+        method = STAND_INS.get(cell.config.method.name, cell.config.method.name)
+        run = tracker.start_cell(parent, cell.id, cell.config, suite=suite.name, axes=cell.axes,
+                                 trial={"study": suite.name, "number": number, "id": number})
+        tracker.client.set_tag(run, "ssl_bench.method", method)
+        knn, linear = QUICKSTART[method][cell.config.seed]
+        tracker.log_epoch(run, {"epoch": 1, "loss": 1.0, MONITOR: knn})
+        tracker.finish_cell(run, status="complete", metrics={"knn20.top1": knn, "linear.top1": linear})
+    index = build_leaderboard([suite], tmp_path, uri=stores[0], storage=stores[1])
+    browser.get(index.as_uri())
+    rows = browser.execute_script(READ_ROWS)
+    names = ["simclr", "vicreg", "barlow_twins", "supervised", "random init", "raw pixels"]
+    assert [row["cells"]["method"]["text"] for row in rows] == names  # the baselines under the methods
+    for row, method in zip(rows, QUICKSTART):
+        for k, metric in enumerate(METRICS):
+            _summary_shown(row["cells"][metric], pd.Series([values[k] for values in QUICKSTART[method]]))
+    bold = {metric: [row["cells"]["method"]["text"] for row in rows if row["cells"][metric]["bold"]] for metric in METRICS}
+    assert bold == {"knn20.top1": ["supervised"], "linear.top1": ["supervised"]}  # baselines never, even when higher
+    shown = _sorts_and_filters(browser, "linear.top1", "linear", "random")
+    assert [row["cells"]["method"]["text"] for row in shown] == ["random init"]
+    assert browser.save_screenshot(str(tmp_path / "quickstart.png"))
+    assert Image.open(tmp_path / "quickstart.png").size[0] >= 1000
     assert not [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]

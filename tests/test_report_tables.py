@@ -7,10 +7,10 @@ from __future__ import annotations
 import argparse
 import io
 import math
-import os
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import mlflow
@@ -18,21 +18,23 @@ import pandas as pd
 import pytest
 import yaml
 from rich.console import Console
+from scipy import stats
 from suite_fixtures import DEFAULTS
 
+from bench.cli import build_parser, main
 from bench.config.run import resolve_run_config
+from bench.config.as_run import shown_suite
 from bench.config.suite import expand_suite, load_suite, suite_from_yaml
+from bench.orchestrate.queue import create_study, open_storage, study_history
 from bench.errors import ConfigError
 from bench.report.compare import cmd_compare, compare
-from bench.report.reference import Lookup, find_reference, metric_lookup, paper_column, published
-from bench.report.runs import resolve_key, suite_runs
-from bench.report.table import cmd_table, format_value, pivot, to_csv, to_html, to_latex, to_markdown
+from bench.report.labels import format_value
+from bench.report.pivot import pivot
+from bench.report.runs import mlflow_history, resolve_key, suite_runs
+from bench.report.table import cmd_table, to_csv, to_html, to_latex, to_markdown
 from bench.tracking.mlflow_runs import SuiteTracker, tracking_uri
 
 pytestmark = pytest.mark.xdist_group("report")  # shares the session's report suites (tests/conftest.py)
-
-SPECS = Path(os.environ.get("SSL_BENCH_SPECS", "/work/shared/specs"))
-
 
 @dataclass(frozen=True)
 class Ablation:
@@ -70,8 +72,14 @@ def _cells(markdown: str) -> dict[str, list[str]]:
     return {cells[0].strip(): [c.strip().strip("*") for c in cells[1:]] for cells in rows[1:]}
 
 
-def _shown(metric: str, mean: float, std: float, n: int) -> str:
-    return format_value(metric, mean) + (f" ± {format_value(metric, std)}" if n > 1 else "")
+def _shown(metric: str, values: pd.Series) -> str:
+    """A table cell's text for ``values``: mean ± std [95 % t-interval] n, computed with scipy."""
+    n, mean = len(values), values.mean()
+    if n == 1:
+        return f"{format_value(metric, mean)} (n=1, no interval)"
+    low, high = stats.t.interval(0.95, n - 1, loc=mean, scale=stats.sem(values))
+    return (f"{format_value(metric, mean)} ± {format_value(metric, values.std(ddof=1))} "
+            f"[{format_value(metric, low)}, {format_value(metric, high)}] n={n}")
 
 
 def test_suite_runs_has_one_row_per_expected_cell_with_status_axes_config_and_metrics(ablation):
@@ -99,15 +107,15 @@ def test_suite_runs_has_one_row_per_expected_cell_with_status_axes_config_and_me
 def test_method_by_dataset_table_equals_a_direct_recomputation(ablation):
     table = pivot(ablation.df, ["method"], ["dataset"], "knn20.top1")
     done = _complete(ablation.direct)
-    grouped = done.groupby(["tags.ssl_bench.method", "tags.ssl_bench.dataset"])["metrics.knn20.top1"].agg(["mean", "std", "count"])
+    grouped = done.groupby(["tags.ssl_bench.method", "tags.ssl_bench.dataset"])["metrics.knn20.top1"]
     assert table.mean.index.tolist() == ["simclr", "vicreg"] and table.mean.columns.tolist() == ["shapes", "digits"]
     cells = _cells(to_markdown(table))
-    for (method, dataset), expected in grouped.iterrows():
-        assert table.mean.loc[method, dataset] == pytest.approx(expected["mean"])
-        assert table.std.loc[method, dataset] == pytest.approx(expected["std"])
-        assert table.n.loc[method, dataset] == expected["count"]
+    for (method, dataset), values in grouped:
+        assert table.mean.loc[method, dataset] == pytest.approx(values.mean())
+        assert table.std.loc[method, dataset] == pytest.approx(values.std())
+        assert table.n.loc[method, dataset] == len(values)
         shown = cells[method][table.mean.columns.get_loc(dataset)]
-        assert shown.startswith(_shown("knn20.top1", expected["mean"], expected["std"], int(expected["count"])))
+        assert shown.startswith(_shown("knn20.top1", values))
     assert table.note(0, 0) == "missing (1/3)" and cells["simclr"][0].endswith(", missing (1/3)")
     assert table.note(1, 1) == "failed (1/5)" and cells["vicreg"][1].endswith(", failed (1/5)")
     assert table.cells.loc[("vicreg", "digits")].to_dict() == {"complete": 4, "failed": 1, "running": 0, "pruned": 0, "missing": 0}
@@ -145,7 +153,7 @@ def test_failed_and_never_run_cells_are_shown_as_such(ablation):
 
 def test_one_table_in_markdown_csv_latex_and_html(ablation):
     table = pivot(ablation.df, ["vicreg.projector"], ["dataset", "seed"], "diag.effective_rank", baseline="16-16")
-    width = len(table.rows) + 2 * len(table.mean.columns)  # value and delta per column
+    width = len(table.rows) + 3 * len(table.mean.columns)  # value, delta and p per column
     md = to_markdown(table)
     header = next(line for line in md.splitlines() if line.startswith("| "))
     assert len(header.strip("|").split(" | ")) == width
@@ -186,7 +194,7 @@ def test_baseline_delta_is_the_difference_of_means(ablation):
         for dataset in ("shapes", "digits"):
             assert table.delta.loc[method, dataset] == pytest.approx(table.mean.loc[method, dataset] - table.mean.loc["simclr", dataset])
     delta = table.delta.loc["vicreg", "digits"]
-    assert _cells(to_markdown(table))["vicreg"][3] == f"{delta * 100:+.1f}"
+    assert _cells(to_markdown(table))["vicreg"][4].removesuffix(" n.s.") == f"{delta * 100:+.1f}"
     assert "difference to method = simclr in percentage points" in to_markdown(table)
     with pytest.raises(ConfigError, match="baseline 'byol' is not a value of method .*simclr, vicreg"):
         pivot(ablation.df, ["method"], ["dataset"], "linear.top1", baseline="byol")
@@ -225,54 +233,142 @@ def test_compare_shows_only_the_config_keys_that_differ(ablation):
         compare(["deadbeef00"], uri=ablation.uri)
 
     out = Console(file=io.StringIO(), width=250)
-    args = argparse.Namespace(runs=[first, second], suite=ablation.path, set=[], tracking=ablation.uri)
+    args = argparse.Namespace(runs=[first, second], suite=ablation.path, set=[], tracking=ablation.uri, as_run=None, as_file=False)
     assert cmd_compare(args, out) == 0
     assert "32-32" in out.file.getvalue() and "16-16" in out.file.getvalue()
+    assert "showing the suite as run on " in out.file.getvalue()
 
 
-def _table_parser() -> argparse.ArgumentParser:
-    """The ``ssl-bench table`` arguments, as bench/cli.py declares them."""
-    parser = argparse.ArgumentParser(prog="ssl-bench")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("table")
-    p.add_argument("suite", type=Path)
-    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
-    p.add_argument("--rows", nargs="+", default=["method"], metavar="KEY")
-    p.add_argument("--cols", nargs="+", default=["dataset"], metavar="KEY")
-    p.add_argument("--metric", default="knn20.top1")
-    p.add_argument("--format", choices=["md", "csv", "tex", "html"])
-    p.add_argument("--baseline", metavar="VALUE")
-    p.add_argument("--paper", action="store_true")
-    p.add_argument("--out", type=Path)
-    p.add_argument("--tracking", metavar="URI")
-    p.set_defaults(func=cmd_table)
-    return parser
-
-
-def test_table_command_prints_or_writes_the_table(ablation, tmp_path):
+def test_table_command_prints_or_writes_the_table(ablation, tmp_path, capsys):
     argv = ["table", str(ablation.path), "--rows", "method", "--cols", "dataset", "--metric", "knn20.top1", "--tracking", ablation.uri]
-    args = _table_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     out = Console(file=io.StringIO(), width=80)
     assert args.func(args, out) == 0
-    expected = to_markdown(pivot(ablation.df, ["method"], ["dataset"], "knn20.top1"))
-    assert out.file.getvalue() == expected
+    # the suite as it ran: SimCLR's seed 2, added to the file after the run, is no cell of it
+    ran = ablation.df[ablation.df["status"] != "missing"]
+    assert out.file.getvalue() == to_markdown(pivot(ran, ["method"], ["dataset"], "knn20.top1"))
+    assert "showing the suite as run on " in capsys.readouterr().err
 
-    args = _table_parser().parse_args([*argv, "--out", str(tmp_path), "--baseline", "simclr", "--format", "tex"])
+    args = build_parser().parse_args([*argv, "--out", str(tmp_path), "--baseline", "simclr", "--format", "tex", "--as-file"])
     assert cmd_table(args, Console(file=io.StringIO())) == 0
+    assert f"showing the suite file {ablation.path} (never run as such" in capsys.readouterr().err
     written = tmp_path / "report_ablation" / "tables" / "knn20.top1_method_by_dataset.tex"
     assert written.read_text() == to_latex(pivot(ablation.df, ["method"], ["dataset"], "knn20.top1", baseline="simclr"))
-    assert written.read_text().isascii()  # ±, ×, Δ and – are written as LaTeX commands
+    assert written.read_text().isascii()  # ±, ×, Δ, † and – are written as LaTeX commands
 
-    args = _table_parser().parse_args([*argv, "--out", str(tmp_path / "t.csv"), "--set", "dataset=digits"])
+    args = build_parser().parse_args([*argv, "--out", str(tmp_path / "t.csv"), "--set", "dataset=digits"])
     assert cmd_table(args, Console(file=io.StringIO())) == 0
-    csv = pd.read_csv(tmp_path / "t.csv")  # --set narrows the suite to digits, where it lacks SimCLR's seed 2
+    csv = pd.read_csv(tmp_path / "t.csv")  # --set narrows the suite file to digits, where it lacks SimCLR's seed 2
     assert [c for c in csv.columns if c.endswith(" mean")] == ["digits mean"]
     assert csv["digits status"].tolist() == ["missing (1/3)", "failed (1/5)"]
 
-    args = _table_parser().parse_args([*argv, "--paper"])
+    args = build_parser().parse_args([*argv, "--paper"])
     out = Console(file=io.StringIO(), width=80)
     assert cmd_table(args, out) == 0
     assert "shapes (paper)" in out.file.getvalue()  # no published number for the shapes set: an empty column
+
+
+def test_table_statistics_equal_scipy_on_the_recorded_runs(ablation):
+    """Intervals, Welch's and paired t-tests and Benjamini-Hochberg q-values of real runs equal scipy.stats."""
+    done = _complete(ablation.direct)
+    methods = pivot(ablation.df, ["method"], ["dataset"], "linear.top1", baseline="simclr")
+    projectors = pivot(ablation.df, ["vicreg.projector"], ["dataset"], "linear.top1", baseline="16-16")
+    for dataset in ("shapes", "digits"):
+        mine = done[done["tags.ssl_bench.dataset"] == dataset]
+        simclr, vicreg = (mine.loc[mine["tags.ssl_bench.method"] == m, "metrics.linear.top1"] for m in ("simclr", "vicreg"))
+        low, high = stats.t.interval(0.95, len(vicreg) - 1, loc=vicreg.mean(), scale=stats.sem(vicreg))
+        assert (methods.ci_low.loc["vicreg", dataset], methods.ci_high.loc["vicreg", dataset]) == pytest.approx((low, high), rel=1e-12)
+        assert methods.test.loc["vicreg", dataset] == "Welch"  # two methods
+        assert methods.p.loc["vicreg", dataset] == pytest.approx(stats.ttest_ind(vicreg, simclr, equal_var=False).pvalue, rel=1e-12)
+        # one method, one hyper-parameter changed, the same seeds once each: paired by seed
+        arms = [mine[mine["params.axis.vicreg.projector"] == p].sort_values("tags.ssl_bench.seed")["metrics.linear.top1"]
+                for p in ("16-16", "32-32")]
+        assert projectors.test.loc["32-32", dataset] == "paired"
+        assert projectors.p.loc["32-32", dataset] == pytest.approx(stats.ttest_rel(arms[1], arms[0]).pvalue, rel=1e-12)
+    for table in (methods, projectors):
+        p = table.p.to_numpy().ravel()
+        tested = ~pd.isna(p)
+        assert table.tests == tested.sum() == 2
+        assert table.q.to_numpy().ravel()[tested] == pytest.approx(stats.false_discovery_control(p[tested]), rel=1e-12)
+
+
+def test_status_and_table_show_the_suite_as_it_ran(ablation, report_base, monkeypatch, capsys):
+    """`run SUITE --set ...`, then `status SUITE` and `table SUITE` with no --set show the cells that ran; a second
+    variant becomes the default, --as-run 1 and --set pick the first. The cells are the ablation suite's (reused)."""
+    monkeypatch.chdir(report_base)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    suite = yaml.safe_load(ablation.path.read_text())
+    suite = {**suite, "name": "report_as_run", "seeds": [0, 1], "exclude": [],
+             "ablations": {k: v for k, v in suite["ablations"].items() if k != "vicreg.optimizer.lr"}}
+    path = report_base / "report_as_run.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    storage = f"sqlite:///{report_base}/results/optuna.db"
+
+    def command(*argv: str, code: int = 0) -> tuple[str, str]:
+        """The command's stdout and stderr, lines joined (a long line may wrap)."""
+        assert main([argv[0], str(path), *argv[1:]]) == code
+        out, err = capsys.readouterr()
+        return " ".join(out.split()), " ".join(err.split())
+
+    def run(*sets: str) -> None:
+        command("run", "--launcher", "print", "--set", *sets)
+        assert main(["worker", "--storage", storage, "--study", "report_as_run"]) == 0
+        capsys.readouterr()
+
+    def table(*argv: str) -> tuple[dict[str, list[str]], str]:
+        assert main(["table", str(path), "--metric", "linear.top1", *argv]) == 0
+        out, err = capsys.readouterr()
+        return _cells(out), " ".join(err.split())
+
+    def expected(seed: int, datasets: list[str]) -> dict[str, list[str]]:
+        """The ablation suite's runs of ``seed`` on ``datasets`` (the same cells), as the table shows them."""
+        done = ablation.df[(ablation.df["status"] == "complete") & (ablation.df["seed"] == seed)]
+        return {m: [_shown("linear.top1", done.loc[(done["method"] == m) & (done["dataset"] == d), "linear.top1"]) for d in datasets]
+                for m in ("simclr", "vicreg")}
+
+    run("dataset=digits", "seed=0")
+    out, _ = command("status")
+    assert "with --set dataset=digits seed=0 (run 1 of 1); --as-file for the suite file as it is now" in out
+    assert "3 complete" in out and "not queued" not in out
+    cells, err = table()
+    assert cells == expected(0, ["digits"]) and "with --set dataset=digits seed=0 (run 1 of 1)" in err
+
+    run("dataset=digits", "seed=1")
+    out, _ = command("status")
+    assert "with --set dataset=digits seed=1 (run 2 of 2); --as-run 1 for the other" in out and "3 complete" in out
+    assert table()[0] == expected(1, ["digits"])
+    cells, err = table("--as-run", "1")
+    assert cells == expected(0, ["digits"]) and "with --set dataset=digits seed=0 (run 1 of 2); --as-run 2 for the other" in err
+    cells, err = table("--set", "dataset=digits", "seed=0")
+    assert cells == expected(0, ["digits"])
+    assert f"showing the suite file {path} with --set dataset=digits seed=0 (run 1 of 2, last on" in err
+    out, _ = command("status", "--as-file")
+    assert "never run as such; 2 runs recorded in the Optuna storage" in out and "not queued" in out
+
+    assert "--as-run 3: suite report_as_run has 2 runs" in command("status", "--as-run", "3", code=2)[1]
+    assert "give one of them" in command("table", "--as-run", "1", "--as-file", code=2)[1]
+
+
+def test_a_variant_run_again_keeps_its_number_in_the_study_and_on_the_parent_run(report_base, tmp_path):
+    """Records written as `run` writes them (no worker; in the report suites' stores): the study's and the parent
+    run's agree; a variant queued again moves its last time, keeps its number and becomes the default."""
+    path = tmp_path / "variants.yaml"
+    path.write_text(yaml.safe_dump({"name": "report_variants", "defaults": {**DEFAULTS, "method": "simclr"}, "seeds": [0, 1]}))
+    uri, url = f"sqlite:///{report_base}/results/mlflow.db", f"sqlite:///{report_base}/results/optuna.db"
+    tracker = SuiteTracker(uri, "report_variants")
+    times = [datetime(2026, 1, day, 12, tzinfo=timezone.utc) for day in (1, 2, 3)]
+    for sets, now in ((["seed=0"], times[0]), (["epochs=1"], times[1]), (["seed=0"], times[2])):
+        suite = load_suite(path, sets)
+        tracker.record_run(tracker.parent_run(suite.name, suite.to_yaml()), suite.to_yaml(), sets, now)
+        study = create_study(suite, open_storage(url), {}, sets, now)
+    for history in (study_history(study, url), mlflow_history(load_suite(path), uri)):
+        assert [(run.sets, run.first, run.last) for run in history.runs] == [(["seed=0"], times[0], times[2]),
+                                                                            (["epochs=1"], times[1], times[1])]
+        assert suite_from_yaml(history.suite_text(history.runs[1])) == load_suite(path, ["epochs=1"])
+        shown = shown_suite(path, [], as_run=None, as_file=False, history=lambda _, history=history: history)
+        assert shown.suite == load_suite(path, ["seed=0"])
+        assert shown.line == ("showing the suite as run on 2026-01-03 12:00 UTC with --set seed=0 (run 1 of 2); "
+                              "--as-run 2 for the other, --as-file for the suite file as it is now")
 
 
 def test_missing_store_or_experiment_is_a_config_error(tmp_path):
@@ -311,82 +407,6 @@ def test_search_suite_rows_are_its_child_runs(tmp_path):
     assert df["knn20.top1"].iloc[0] == 0.25 and math.isnan(df["knn20.top1"].iloc[1])
     table = pivot(df.reset_index(), ["temperature"], ["method"], "knn20.top1")
     assert table.note(0, 0) == "running (1/2)" and table.note(1, 0) == "pruned"
-    assert _cells(to_markdown(table)) == {"0.1": ["25.0, running (1/2)"], "0.5": ["pruned"]}
+    assert _cells(to_markdown(table)) == {"0.1": ["25.0 (n=1, no interval), running (1/2)"], "0.5": ["pruned"]}
 
 
-def test_published_yaml_loads_and_its_numbers_appear_in_the_specs():
-    refs = published()
-    assert len(refs) > 100
-    assert len({(r.method, r.dataset, r.protocol, r.metric, r.labels, r.k, r.backbone, r.epochs, r.batch_size,
-                 r.setting, r.pretrain, r.source) for r in refs}) == len(refs)  # no entry twice
-    if not SPECS.is_dir():
-        pytest.skip(f"spec texts not found at {SPECS} (set SSL_BENCH_SPECS)")
-    text = "\n".join(path.read_text() for path in SPECS.glob("*.md"))
-    for ref in refs:
-        whole, _, frac = f"{ref.value:g}".partition(".")
-        number = rf"(?<![\d.]){whole}" + (rf"\.{frac}0*(?!\d)" if frac else r"(?:\.0+)?(?!\d|\.\d)")
-        assert re.search(number, text), f"{ref.value} ({ref.citation()}) is not in the specs"
-
-
-# Rows copied from the spec texts (corinfomax.md §5.1, sidae.md §5.1, mvmr.md Table 1, anchors-others.md A.4)
-SPEC_ROWS = {
-    "corinfomax": ("| **CorInfoMax** | **93.18** | **71.61** | **54.86** | **80.48** | **82.64** | 69.08 |",
-                   [("cifar10", "resnet18"), ("cifar100", "resnet18"), ("tiny_imagenet", "resnet50"), ("imagenet100", "resnet18"),
-                    ("imagenet100", "resnet50"), ("imagenet", "resnet50")], "linear", "CorInfoMax thesis, Table 5.1"),
-    "dae": ("| MNIST | MNIST | 100% | **97.80 (0.13)** | n/a (missing) | 97.23 (0.11) |", [("mnist", "resnet18")], "linear", "SidAE paper, Table 1"),
-    "mvmr": ("| **MV–MR** | **74.5** | **92.1** | **56.1** | **69.9** | **79.4** | **89.5** |", [("imagenet", "resnet50")], "linear", "MV-MR paper, Table 1"),
-    "simclr": ("| SimCLR | 0.847 / 97.7 / 1.5 | 0.848 / 87.1 / 4.9 | 0.879 / 331.1 / 4.9 |", [("cifar10", "resnet18")], "knn",
-               "lightly benchmarks, CIFAR-10 table"),
-}
-
-
-@pytest.mark.parametrize("method", sorted(SPEC_ROWS))
-def test_published_numbers_match_their_spec_table_rows(method):
-    row, targets, protocol, source = SPEC_ROWS[method]
-    numbers = [float(n) for n in re.findall(r"(?<![\d.])\d+\.\d+", row)]
-    refs = [r for r in published() if r.method == method and r.source == source and r.protocol == protocol and r.metric == "top1"
-            and r.labels is None and r.pretrain is None]
-    for dataset, backbone in targets:
-        ref = next(r for r in refs if (r.dataset, r.backbone) == (dataset, backbone))
-        assert ref.value in numbers
-    if method == "corinfomax":
-        assert [next(r for r in refs if (r.dataset, r.backbone) == t).value for t in targets] == numbers
-    if method == "dae":
-        assert refs[[r.dataset for r in refs].index("mnist")].value == numbers[-2]  # the DAE column, not SidAE's
-    if method == "simclr":
-        assert [r.value for r in refs if r.dataset == "cifar10"] == [0.879, 0.847]  # BS512/800 ep first, then BS128/200 ep
-
-
-def test_metric_lookup_and_paper_column():
-    assert metric_lookup("linear.top1") == Lookup("linear", "top1", None, None)
-    assert metric_lookup("linear_1pct.top1") == Lookup("linear", "top1", "1%", None)
-    assert metric_lookup("knn200.top5") == Lookup("knn", "top5", None, 200)
-    assert metric_lookup("diag.effective_rank") is None
-    assert find_reference("sidae", "cifar10", Lookup("linear", "top1", "1%", None)).value == 51.67
-    assert find_reference("simclr", "cifar10", metric_lookup("linear.top1"), epochs=None).source == "solo-learn README, CIFAR-10 table"
-    assert find_reference("simclr", "cifar10", metric_lookup("linear.top1"), backbone="resnet50") is None
-    # transfer (eval.datasets): pre-trained on STL-10, linear probe on CIFAR-10
-    assert metric_lookup("cifar10.linear.top1") == Lookup("linear", "top1", None, None, "cifar10")
-    assert metric_lookup("cifar10.knn20.top1") == Lookup("knn", "top1", None, 20, "cifar10")
-    assert metric_lookup("cifar10.diag.effective_rank") is None and metric_lookup("a.b.linear.top1") is None
-    assert find_reference("sidae", "stl10", metric_lookup("cifar10.linear.top1")).value == 66.20
-    assert find_reference("sidae", "stl10", metric_lookup("linear.top1")).value == 61.18
-    assert find_reference("sidae", "cifar10", metric_lookup("linear.top1")).value == 64.75  # not the transfer entry
-
-    rows = [{"cell_id": f"c{i}", "status": "complete", "method": m, "dataset": d, "linear.top1": v, "knn200.top1": v}
-            for i, (m, d, v) in enumerate([("corinfomax", "cifar10", 0.9), ("simclr", "cifar10", 0.8), ("simclr", "shapes", 0.5)])]
-    df = pd.DataFrame(rows)
-    table = paper_column(pivot(df, ["method"], ["dataset"], "linear.top1"))
-    assert table.paper.loc["corinfomax", "cifar10"] == pytest.approx(0.9318)
-    assert table.paper.loc["simclr", "cifar10"] == pytest.approx(0.9074)
-    assert math.isnan(table.paper.loc["simclr", "shapes"]) and math.isnan(table.paper.loc["corinfomax", "shapes"])
-    md = to_markdown(table)
-    assert _cells(md)["corinfomax"] == ["90.0", "93.2", "–", "–"]
-    assert "corinfomax on cifar10: CorInfoMax thesis, Table 5.1 (resnet18, 1000 epochs)" in md
-    assert pd.read_csv(io.StringIO(to_csv(table)))["cifar10 paper"].tolist() == pytest.approx([0.9318, 0.9074])
-    knn = paper_column(pivot(df, ["method"], ["dataset"], "knn200.top1"))
-    assert knn.paper.loc["simclr", "cifar10"] == pytest.approx(0.879)
-    with pytest.raises(ConfigError, match="no published numbers for the metric"):
-        paper_column(pivot(df.assign(**{"diag.rank": 1.0}), ["method"], ["dataset"], "diag.rank"))
-    with pytest.raises(ConfigError, match="--rows method --cols dataset"):
-        paper_column(pivot(df, ["dataset"], ["method"], "linear.top1"))

@@ -20,7 +20,8 @@ def test_shapes_is_a_pure_function_of_size_and_seed():
 def test_shapes_splits_are_balanced_and_disjoint():
     splits = load_dataset(DatasetConfig(name="shapes", n_train=500, n_test=200))
     assert splits.train.num_classes == len(CLASSES) == 10
-    assert torch.bincount(splits.train.labels, minlength=10).tolist() == [50] * 10
+    assert torch.bincount(splits.train.labels, minlength=10).tolist() == [45] * 10  # 5 per class held out for val
+    assert torch.bincount(splits.val.labels, minlength=10).tolist() == [5] * 10
     assert len(splits.test) == 200
     flat_train = {bytes(img.numpy()) for img in splits.train.images}
     assert not any(bytes(img.numpy()) in flat_train for img in splits.test.images)
@@ -37,5 +38,5 @@ def test_raw_pixels_classify_shapes_poorly():
 def test_digits_is_upsampled_single_channel():
     splits = load_dataset(DatasetConfig(name="digits"))
     assert splits.train.images.shape[1:] == (1, 32, 32)
-    assert len(splits.train) + len(splits.test) == 1797
+    assert len(splits.train) + len(splits.val) + len(splits.test) == 1797
     assert splits.train.images.max() > 200  # 0..16 rescaled to the full uint8 range

@@ -1,13 +1,24 @@
 """Suite files: validation with key paths, expansion into cells, --set overrides, cell identity, search."""
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from bench.cli import main
 from bench.config import resolve_run_config
 from bench.config.run import config_id
 from bench.config.suite import expand_suite, load_suite, search_config, suite_from_yaml
+from bench.data.cifar import CIFAR10_FILES
+from bench.data.mnist import FILES as MNIST_FILES
+from bench.data.registry import image_shape
 from bench.errors import ConfigError
+from bench.orchestrate import preflight
+from bench.eval.linear import LinearConfig
+from bench.eval.logreg import LogRegConfig
 
 SUITES = Path(__file__).resolve().parents[1] / "suites"
 SEARCH = """
@@ -31,8 +42,7 @@ MALFORMED: list[tuple[str, str]] = [
     ("name: t\nmatrix: {method: simclr}", "matrix.method: Input should be a valid list"),
     ("name: t\ndefaults: {method: simclr}\nseeds: [0, a]", "seeds.1: Input should be a valid integer"),
     ("name: t\ndefaults: {method: simclr, epochs: ten}", "defaults.epochs: Input should be a valid integer"),
-    ("name: t\nmatrix: {method: [simclr], batch_size: [64, one]}",
-     "matrix.batch_size: Input should be a valid integer, unable to parse string as an integer (got 'one')"),
+    ("name: t\nmatrix: {method: [simclr], batch_size: [64, one]}", "matrix.batch_size: Input should be a valid integer (got 'one')"),
     ("name: t\nmatrix: {method: [simclr, simclrr]}", "matrix.method: unknown method 'simclrr'; choose one of"),
     ("name: t\ndefaults: {method: simclrr}", "defaults: unknown method 'simclrr'"),
     ("name: t\ndescription: no method", "defaults.method: missing; set it"),
@@ -97,7 +107,80 @@ MALFORMED: list[tuple[str, str]] = [
     ("name: t\ndefaults: {method: simclr}\nevaluations: {knn_kk: [5]}", "evaluations.knn_kk: unknown key"),
     ("name: t\ndefaults: {method: simclr}\nmatrix: {epochs.x: [1]}", "matrix.epochs.x: epochs: Input should be a valid integer"),
     ("name: t\ndefaults: {method: simclr, epochs: 3}\nmatrix: {epochs.x: [1]}", "matrix.epochs.x: bad override"),
+    # the file: UTF-8 text, one value per key, something in it
+    (b"name: t\ndefaults: {method: simclr}\ndescription: caf\xe9\n", "line 3 is not UTF-8 text (byte 0xe9); save the file as UTF-8"),
+    ("name: t".encode("utf-16"), "line 1 is not UTF-8 text"),
+    ("name: t\ndefaults: {method: simclr}\nname: u", "invalid YAML at line 3, column 1: the key 'name' is given twice (first at line 1)"),
+    ("name: t\ndefaults:\n  method: simclr\n  epochs: 1\n  epochs: 2\n", "line 5, column 3: the key 'epochs' is given twice (first at line 4)"),
+    ("name: t\ndefaults: {method: {name: simclr, temperature: 0.1, temperature: 0.2}}", "the key 'temperature' is given twice"),
+    ("name: t\ndescription: a\x00b\ndefaults: {method: simclr}", "line 2 holds the control character U+0000"),
+    ("# only a comment\n", "got an empty file"),
+    # strict types: no lax cast hides a mistake
+    ("name: t\ndefaults: {method: simclr, epochs: true}", "defaults.epochs: Input should be a valid integer (got True)"),
+    ("name: t\ndefaults: {method: simclr, batch_size: 1.5}", "defaults.batch_size: Input should be a valid integer (got 1.5)"),
+    ("name: t\ndefaults: {method: simclr, train: {knn_every: '3'}}", "defaults.train.knn_every: Input should be a valid integer (got '3')"),
+    ("name: t\ndefaults: {method: simclr, train: {deterministic: 1}}", "defaults.train.deterministic: Input should be a valid boolean (got 1)"),
+    ("name: t\ndefaults: {method: {name: simclr, temperature: '0.5'}}", "defaults.method.temperature: Input should be a valid number (got '0.5')"),
+    ("name: t\ndefaults: {method: simclr}\nseeds: [true]", "seeds.0: Input should be a valid integer (got True)"),
+    ("name: t\ndefaults: {method: simclr}\nlauncher: {workers: '2'}", "launcher.workers: Input should be a valid integer (got '2')"),
+    ("name: t\ndefaults: {method: simclr}\nstorage: {heartbeat_interval: 1.5}", "storage.heartbeat_interval: Input should be a valid integer"),
+    ("name: t\ndefaults: {method: simclr}\nevaluations: {detection: {synthetic: {n_train: true}}}",
+     "evaluations.detection.synthetic.n_train: Input should be a valid integer (got True)"),
+    ("name: t\n" + KNN + "search: {space: {batch_size: {type: int, low: true, high: 256}}}", "search.space.batch_size.low: Input should be a valid number"),
+    # finite floats everywhere
+    ("name: t\ndefaults: {method: {name: simclr, temperature: .inf}}", "defaults.method.temperature: Input should be a finite number (got inf)"),
+    ("name: t\ndefaults: {method: simclr, optimizer: {lr: .nan}}", "defaults.optimizer.lr: Input should be a finite number (got nan)"),
+    ("name: t\ndefaults: {method: simclr}\nmatrix: {optimizer.weight_decay: [0.0, -.inf]}", "matrix.optimizer.weight_decay: Input should be a finite number"),
+    ("name: t\ndefaults: {method: simclr}\nevaluations: {knn_temperature: .nan}", "evaluations.knn_temperature: Input should be a finite number"),
+    ("name: t\n" + KNN + "search: {space: {optimizer.lr: {type: float, low: 1.0e-4, high: .inf}}}",
+     "search.space.optimizer.lr.high: Input should be a finite number (got inf)"),
+    ("name: t\n" + KNN + "search: {space: {method.temperature: {type: categorical, choices: [0.1, .nan]}}}",
+     "search.space.method.temperature: Input should be a finite number (got nan)"),
+    # every head spec, method and backbone builds (on the meta device)
+    ("name: t\ndefaults: {method: {name: simclr, projector: 512-abc}}",
+     "defaults.method.projector: Value error, not a head spec; write positive widths joined by '-', e.g. 2048-2048"),
+    ("name: t\nmatrix: {method: [simclr, vicreg], projector: ['0-128']}", "matrix.projector: Value error, not a head spec"),
+    ("name: t\nmatrix: {method: [byol]}\nablations: {byol.predictor: ['4096-256', '4096-64']}",
+     "ablations.byol.predictor: byol: method.predictor '4096-64' must end at the projector width 256"),
+    ("name: t\ndefaults: {method: {name: simsiam, predictor: '512-64'}}", "defaults.method.predictor: simsiam: method.predictor '512-64' must end"),
+    ("name: t\ndefaults: {method: {name: wmse, w_size: 32}}", "defaults.method.w_size: wmse: method.w_size 32 must exceed the embedding width 64"),
+    ("name: t\ndefaults: {method: byol, train: {knn_every: 1}}\nsearch: {space: {method.predictor: {type: categorical, choices: ['64-256', '64']}}}",
+     "search.space.method.predictor: byol: method.predictor '64' must end at the projector width 256"),
+    ("name: t\ndefaults: {method: simclr, train: {knn_every: 1}}\nsearch: {space: {method.projector: {type: categorical, choices: ['8', 'x']}}}",
+     "search.space.method.projector: Value error, not a head spec"),
+    # every on-disk dataset's root and the files its loader needs
+    ("name: t\ndefaults: {method: simclr, dataset: {name: imagefolder}}",
+     "defaults.dataset.root: dataset 'imagefolder' is read from disk: set dataset.root to the folder holding its files"),
+    ("name: t\ndefaults: {method: simclr, dataset: {name: cifar10, root: '{data}/cifar10'}}",
+     "defaults.dataset.root: {data}/cifar10/cifar-10-batches-py lacks data_batch_1 (expected files: data_batch_1,"),
+    ("name: t\ndefaults: {method: simclr}\nmatrix: {dataset: [shapes, {name: cifar100, root: '{data}/nowhere'}]}",
+     "matrix.dataset.root: dataset root {data}/nowhere does not exist or is not a directory; expected cifar-100-python/"),
+    ("name: t\ndefaults: {method: simclr, dataset: {name: stl10, root: '{data}/stl10', pretrain_split: train+unlabeled}}",
+     "defaults.dataset.root: {data}/stl10/stl10_binary lacks unlabeled_X.bin"),
+    ("name: t\ndefaults: {method: simclr, dataset: {name: stl10, root: '{data}/stl10', pretrain_split: unlabelled}}",
+     "defaults.dataset.pretrain_split: dataset.pretrain_split='unlabelled' is not available for stl10"),
+    ("name: t\ndefaults: {method: simclr, dataset: {name: mnist, root: '{data}/mnist'}}", "defaults.dataset.root: {data}/mnist lacks t10k-labels-idx1-ubyte"),
+    ("name: t\ndefaults: {method: simclr, dataset: fashion_mnist}", "defaults.dataset.root: dataset 'fashion_mnist' is read from disk"),
+    ("name: t\ndefaults: {method: simclr, dataset: {name: imagefolder, root: '{data}/empty'}}",
+     "defaults.dataset.root: {data}/empty has neither train/ and val/ folders nor wnids.txt"),
+    ("name: t\ndefaults: {method: simclr, dataset: {name: imagefolder, root: '{data}/imagenet', classes_file: '{data}/classes.txt'}}",
+     "defaults.dataset.classes_file: classes file {data}/classes.txt does not exist"),
+    ("name: t\ndefaults: {method: simclr, dataset: {name: imagefolder, root: '{data}/tiny'}}",
+     "defaults.dataset.root: {data}/tiny lacks val/val_annotations.txt"),
+    ("name: t\ndefaults: {method: simclr}\nevaluations: {datasets: [{name: cifar10}]}", "evaluations.datasets.0.root: dataset 'cifar10' is read from disk"),
+    ("name: t\ndefaults: {method: simclr, eval: {datasets: [{name: digits}, {name: mnist, root: '{data}/nowhere'}]}, dataset: digits}",
+     "defaults.eval.datasets.1.root: dataset root {data}/nowhere does not exist"),
+    ("name: t\ndefaults: {method: simclr}\nevaluations: {datasets: [{name: digits}]}",
+     "evaluations.datasets.0.name: digits has 1-channel images but the backbone is pre-trained on 3-channel shapes images"),
+    ("name: t\ndefaults: {method: simclr}\nevaluations: {detection: {coco: {root: '{data}/coco'}}}",
+     "evaluations.detection.coco.root: COCO annotation file {data}/coco/annotations/instances_val2017.json not found; get COCO 2017"),
+    ("name: t\ndefaults: {method: simclr}\nevaluations: {detection: {coco: {root: '{data}/coco', val_split: train2017, train_split: val}}}",
+     "evaluations.detection.coco.root: image folder {data}/coco/val not found"),
+    ("name: t\ndefaults: {method: simclr}\nevaluations: {detection: {coco: {root: '{data}/nowhere'}}}",
+     "evaluations.detection.coco.root: dataset root {data}/nowhere does not exist"),
 ]
+#: how each malformed suite is given to the command line, in turn: every command refuses a share of them
+COMMANDS = [["validate"], ["run"], ["run", "--dry-run"], ["search"]]
 
 
 def write(tmp_path: Path, text: str, name: str = "suite.yaml") -> Path:
@@ -110,14 +193,43 @@ def axes_and_values(cells, *getters):
     return [(c.axes, *(g(c.config) for g in getters)) for c in cells]
 
 
-@pytest.mark.parametrize("text, fragment", MALFORMED, ids=[f"{i:02d}-{f[:40]}" for i, (_, f) in enumerate(MALFORMED)])
-def test_malformed_suites_name_the_key_path(tmp_path, text, fragment):
-    path = write(tmp_path, text)
-    with pytest.raises(ConfigError) as err:
-        load_suite(path)
-    message = str(err.value)
-    assert message.startswith(str(path))
-    assert fragment in message
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """Dataset folders, each short of a file its loader needs (the files are empty: the preflight reads none)."""
+    root = tmp_path_factory.mktemp("data")
+    layouts = {
+        "cifar10/cifar-10-batches-py": CIFAR10_FILES.train[1:] + (CIFAR10_FILES.test, CIFAR10_FILES.meta),
+        "stl10/stl10_binary": ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin", "class_names.txt"),
+        "mnist": MNIST_FILES[:3],
+        "tiny": ("wnids.txt", "train/n01/images/a.png"),
+        "imagenet": ("train/a/1.png", "val/a/1.png"),
+        "coco": ("annotations/instances_train2017.json", "train2017/1.png", "annotations/instances_val.json"),
+        "empty": (),
+    }
+    for folder, files in layouts.items():
+        (root / folder).mkdir(parents=True)
+        for name in files:
+            (root / folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / folder / name).touch()
+    return root
+
+
+@pytest.mark.parametrize("i, text, fragment", [(i, t, f) for i, (t, f) in enumerate(MALFORMED)],
+                         ids=[f"{i:02d}-{f[:40]}" for i, (_, f) in enumerate(MALFORMED)])
+def test_malformed_suite_is_refused_before_anything_is_written(i, text, fragment, data, tmp_path, monkeypatch, capsys):
+    """Through the command line in this process: exit 2, the key path and the fix in the message, nothing written."""
+    path = tmp_path / "suite.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.replace("{data}", str(data)).encode())
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    command, *options = COMMANDS[i % len(COMMANDS)]
+    assert main([command, str(path), *options]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: ") and "Traceback" not in err
+    assert fragment.replace("{data}", str(data)) in " ".join(err.split())
+    assert not any(work.iterdir())
 
 
 def test_every_problem_is_listed_one_line_each(tmp_path):
@@ -131,7 +243,7 @@ def test_every_problem_is_listed_one_line_each(tmp_path):
     lines = str(err.value).splitlines()
     assert lines[0] == f"{path}: invalid suite (2 problems):"
     assert lines[1:] == ["  matrix.optimizer.lrr: unknown key (check its spelling)",
-                         "  matrix.epochs: Input should be a valid integer, unable to parse string as an integer (got 'zero')"]
+                         "  matrix.epochs: Input should be a valid integer (got 'zero')"]
 
 
 def test_missing_file(tmp_path):
@@ -217,11 +329,11 @@ def test_seed_without_seeds_comes_from_the_defaults(tmp_path):
 def test_evaluations_merge_over_defaults_eval(tmp_path):
     path = write(tmp_path, """
 name: ev
-defaults: {method: simclr, eval: {linear: {epochs: 50, lr: 0.1}, knn_k: [10]}}
-evaluations: {linear: {epochs: 5}, label_fractions: [0.1]}
+defaults: {method: simclr, eval: {probes: [{name: linear, epochs: 50, lrs: [0.1]}], knn_k: [10]}}
+evaluations: {probes: [logreg, {name: linear, epochs: 5}], label_fractions: [0.1]}
 """)
     (cell,) = expand_suite(load_suite(path))
-    assert (cell.config.eval.linear.epochs, cell.config.eval.linear.lr) == (5, 0.1)
+    assert cell.config.eval.probes == [LogRegConfig(), LinearConfig(epochs=5)]  # a list is replaced, not merged
     assert cell.config.eval.knn_k == [10] and cell.config.eval.label_fractions == [0.1]
 
 
@@ -300,6 +412,44 @@ storage: {url: 'postgresql://user:pw@localhost:5432/bench'}
 def test_bundled_suites_are_valid(path):
     cells = expand_suite(load_suite(path))
     assert cells and len({c.id for c in cells}) == len(cells)
+
+
+@pytest.mark.parametrize("name, n_cells, n_models", [("sidae_main", 45, 6), ("baselines_cifar10", 16, 16)])
+def test_preflight_builds_each_distinct_model_once_and_misses_only_the_data(name, n_cells, n_models, monkeypatch):
+    """Every method of the baselines and SidAE's 45 cells build on the meta device, each distinct model once; the
+    only problems left are the dataset roots, which are not on this machine."""
+    built = []
+    build = preflight._build_problems
+    monkeypatch.setattr(preflight, "_build_problems", lambda *args: built.append(args) or build(*args))
+    cells = expand_suite(load_suite(SUITES / f"{name}.yaml"))
+    with pytest.raises(ConfigError) as err:
+        load_suite(SUITES / f"{name}.yaml", checks=preflight.suite_checks())
+    problems = str(err.value).splitlines()[1:]
+    assert problems and all(re.match(r"  (defaults|zip\.0)\.dataset\.root: dataset root data/\w+ does not exist", line) for line in problems)
+    models = {(c.config.method.model_dump_json(), c.config.backbone.model_dump_json(), image_shape(c.config.dataset)) for c in cells}
+    assert (len(cells), len(models), len(built)) == (n_cells, n_models, n_models)
+
+
+def test_exponent_floats_are_numbers_and_text_stays_text(tmp_path):
+    """YAML 1.1 reads 1e-3 as text; a config reads it as the number it means, and a text that looks so stays text."""
+    suite = load_suite(write(tmp_path, "name: e\ndescription: '1e-3'\ndefaults: {method: simclr, optimizer: {lr: 1e-3, weight_decay: 5E-4}}"))
+    (cell,) = expand_suite(suite)
+    assert (cell.config.optimizer.lr, cell.config.optimizer.weight_decay) == (0.001, 0.0005)
+    assert suite_from_yaml(suite.to_yaml()).description == "1e-3"
+    (cell,) = expand_suite(load_suite(write(tmp_path, "name: e\ndefaults: {method: simclr}"), ["optimizer.lr=2e-3"]))
+    assert cell.config.optimizer.lr == 0.002
+
+
+def test_console_script_refuses_a_suite_that_is_no_text(tmp_path):
+    """The installed entry point (a fresh process) gives the same one-line refusal and writes nothing."""
+    path = tmp_path / "suite.yaml"
+    path.write_bytes(b"name: t\n\xff\xfe\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run([sys.executable, "-m", "bench.cli", "run", str(path)], cwd=work, env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and not any(work.iterdir())
+    assert done.stderr.strip() == f"error: {path}: line 2 is not UTF-8 text (byte 0xff); save the file as UTF-8"
 
 
 def test_search_suite_and_search_config(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 import os
 import signal
 import subprocess
@@ -13,29 +14,37 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
+import torch
 import yaml
 from optuna.trial import TrialState
 from postgres_server import PostgresUnavailable, postgres_url
 from suite_fixtures import DEFAULTS
-from test_suite_config import MALFORMED
 
 from bench.cli import EXIT_CELLS_FAILED, main
+from bench.core.torch_state import TorchSettings
 from bench.config.suite import expand_suite, load_suite
+from bench.data.cifar import CIFAR10_FILES
 from bench.orchestrate.launch import prepare
 from bench.orchestrate.queue import (
     CELL_ATTR,
     EPOCH_ATTR,
+    OBJECTIVE_ATTR,
     REASON_ATTR,
+    SUITE_ATTR,
+    create_study,
     default_storage_url,
+    enqueue_cells,
     open_storage,
+    suite_storage,
 )
 from bench.orchestrate.slurm import launch_slurm
 from bench.orchestrate.worker import work
 from bench.tracking.mlflow_runs import SuiteTracker
+from bench.train.engine import MONITOR
 
 TINY = {
     "defaults": {**DEFAULTS, "train": {"progress": False}},
-    "evaluations": {"linear": None, "knn_k": [20]},
+    "evaluations": {"probes": [], "knn_k": [20]},
     "matrix": {"method": ["simclr", "vicreg"]},
     "ablations": {"simclr.projector": ["16-8"], "vicreg.projector": ["16-16"]},
     "seeds": [0, 1],
@@ -72,6 +81,10 @@ def complete_per_cell(study: optuna.Study) -> dict[str, int]:
     for t in study.get_trials(states=(TrialState.COMPLETE,)):
         counts[t.user_attrs[CELL_ATTR]] = counts.get(t.user_attrs[CELL_ATTR], 0) + 1
     return counts
+
+
+def tracking_client() -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(f"sqlite:///{Path('results/mlflow.db').resolve()}")
 
 
 def child_runs(experiment: str):
@@ -164,6 +177,16 @@ def test_search_with_tpe_and_median_pruner_prunes_a_trial(results, tmp_path):
     runs = child_runs("hp")
     assert (runs["status"] == "KILLED").sum() == states.count(TrialState.PRUNED)
     assert (runs["status"] == "FINISHED").sum() == states.count(TrialState.COMPLETE)
+    # the objective and the pruner read the validation split: recorded on the study, every trial and every run
+    val = {"metric": "val.knn20.top1", "split": "val"}
+    assert study_of("hp").user_attrs[OBJECTIVE_ATTR] == val and all(t.user_attrs[OBJECTIVE_ATTR] == val for t in trials)
+    assert (runs["tags.ssl_bench.objective"] == "val.knn20.top1").all() and (runs["tags.ssl_bench.objective_split"] == "val").all()
+    by_run = runs.set_index("run_id")
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            assert t.value == by_run.loc[t.user_attrs["mlflow_run_id"], "metrics.val.knn20.top1"]
+        monitor = tracking_client().get_metric_history(t.user_attrs["mlflow_run_id"], MONITOR)
+        assert t.intermediate_values == {m.step: m.value for m in monitor} and t.intermediate_values
 
 
 def test_a_cell_shared_by_two_suites_is_trained_once(results, tmp_path):
@@ -186,6 +209,24 @@ def test_worker_runs_cells_in_process(results, tmp_path):
     assert main(["run", str(path), "--launcher", "print"]) == 0
     summary = work(default_storage_url(), "inproc")
     assert summary.complete == [expand_suite(load_suite(path))[0].id] and not summary.failed
+
+
+def test_a_deterministic_cell_leaves_no_setting_behind_in_its_worker(results, tmp_path):
+    """One worker process runs a deterministic cell, then a fast one: the second runs under torch's defaults."""
+    before = TorchSettings.current()
+    path = write_suite(tmp_path / "d.yaml", "scoped", matrix={"method": ["vicreg"], "train.deterministic": [True, False]},
+                       seeds=[0], launcher={"workers": 1})
+    assert main(["run", str(path), "--launcher", "print"]) == 0
+    summary = work(default_storage_url(), "scoped", max_cells=1)
+    first = json.loads((results / "cells" / summary.complete[0] / "metrics.json").read_text())
+    assert first["config"]["train"]["deterministic"] and first["torch"]["deterministic"]
+    assert not first["torch"]["cudnn_benchmark"]
+    assert not torch.are_deterministic_algorithms_enabled()  # restored between the cells
+    summary = work(default_storage_url(), "scoped")
+    second = json.loads((results / "cells" / summary.complete[0] / "metrics.json").read_text())
+    assert not second["config"]["train"]["deterministic"]
+    assert not second["torch"]["deterministic"] and second["torch"]["cudnn_benchmark"] and second["torch"]["matmul_tf32"]
+    assert TorchSettings.current() == before
 
 
 def test_worker_logs_to_the_mlflow_uri_it_is_given(results, tmp_path):
@@ -226,7 +267,7 @@ def test_two_workers_share_a_postgresql_queue(results, tmp_path, postgres):
     path = write_suite(tmp_path / "pg.yaml", name, matrix={"method": ["simclr"]}, seeds=list(range(20)),
                        defaults=TINY["defaults"] | {"epochs": 1, "dataset": {"name": "shapes", "n_train": 64, "n_test": 32},
                                                     "batch_size": 32},
-                       evaluations={"linear": None, "knn_k": [5], "diagnostics": False})
+                       evaluations={"probes": [], "knn_k": [5], "diagnostics": False})
     assert main(["run", str(path), "--storage", postgres, "--workers", "2"]) == 0
     study = optuna.load_study(study_name=name, storage=postgres)
     cells = expand_suite(load_suite(path))
@@ -241,11 +282,34 @@ def test_two_workers_share_a_postgresql_queue(results, tmp_path, postgres):
     assert name in optuna.study.get_all_study_names(open_storage(bare))
 
 
-@pytest.mark.parametrize("text,expected", MALFORMED)
-def test_malformed_suite_is_refused_by_run_before_anything_is_written(text, expected, results, tmp_path, capsys):
-    path = tmp_path / "bad.yaml"
-    path.write_text(text)
-    assert main(["run", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert expected in " ".join(err.split()) and err.startswith("error:")
-    assert not results.exists()
+@pytest.mark.parametrize("method, expected", [
+    ({}, "defaults.dataset.root: {data}/cifar-10-batches-py lacks data_batch_1"),  # the data is not on this machine
+    ({"projector": "16-abc"}, "defaults.method.projector: Value error, not a head spec"),  # a study of an older ssl-bench
+    ({"temperature": float("inf")}, "defaults.method.temperature: Input should be a finite number"),
+])
+def test_worker_refuses_the_stored_suite_before_claiming_a_cell(method, expected, tmp_path, monkeypatch, capsys):
+    """``run`` validated the suite on its machine; a worker checks it again on its own, claiming nothing when it fails."""
+    data = tmp_path / "data" / CIFAR10_FILES.folder
+    data.mkdir(parents=True)
+    for name in (*CIFAR10_FILES.train, CIFAR10_FILES.test, CIFAR10_FILES.meta):
+        (data / name).touch()
+    dataset = {"name": "cifar10", "root": str(data.parent)}
+    path = write_suite(tmp_path / "w.yaml", "w", matrix={}, ablations={}, defaults=TINY["defaults"] | {"method": "simclr", "dataset": dataset})
+    suite = load_suite(path)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    tracking = {"uri": "sqlite:///unused.db", "experiment": "w", "parent_run_id": "-"}
+    study = create_study(suite, suite_storage(suite, url), tracking, sets=(), now=datetime.now(timezone.utc))
+    enqueue_cells(study, expand_suite(suite))
+    if method:  # the study holds a suite that this version refuses
+        stored = yaml.safe_load(suite.to_yaml())
+        stored["defaults"]["method"] = {"name": "simclr", **method}
+        study.set_user_attr(SUITE_ATTR, yaml.safe_dump(stored))
+    else:  # the files were on the machine that ran the suite, not on this one
+        (data / "data_batch_1").unlink()
+    work_dir = tmp_path / "work"
+    work_dir.mkdir()
+    monkeypatch.chdir(work_dir)
+    assert main(["worker", "--storage", url, "--study", "w"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("error: the suite of study 'w': invalid suite") and expected.format(data=data.parent) in err
+    assert {t.state for t in study.get_trials()} == {TrialState.WAITING} and not any(work_dir.iterdir())

@@ -17,6 +17,7 @@ from bench.config import RunConfig, resolve_run_config
 from bench.config.run import config_id
 from bench.errors import ConfigError
 from bench.tracking.mlflow_runs import SuiteTracker, retry_locked, tracking_uri
+from bench.train.engine import MONITOR
 
 SUITE_YAML = "name: tiny\nmatrix:\n  method: [simclr, byol]\n"
 TRIAL = {"study": "tiny", "number": 3, "id": 17}
@@ -91,16 +92,18 @@ def test_cell_run_logs_tags_params_metrics_artifacts(tmp_path):
     parent = tracker.parent_run("tiny", SUITE_YAML)
     cell = config_id(cfg)
     run_id = tracker.start_cell(parent, cell, cfg, suite="tiny", axes={"method": "simclr", "batch_size": 64},
-                                trial=TRIAL)
+                                trial=TRIAL, objective="val.knn20.top1")
     history = [
         {"epoch": 1, "loss": 5.5, "lr": 0.1, "images_per_s": 900.0},
-        {"epoch": 2, "loss": 4.25, "lr": 0.05, "images_per_s": 1000.0, "knn_top1": 0.625},
+        {"epoch": 2, "loss": 4.25, "lr": 0.05, "images_per_s": 1000.0, MONITOR: 0.625},
         {"epoch": 3, "loss": 4.0, "lr": 0.0, "images_per_s": 1100.0},
     ]
     for record in history:
         tracker.log_epoch(run_id, record)
-    report = {"status": "complete", "config_id": cell, "metrics": {"knn20.top1": 0.75, "linear.top1": 0.8125},
-              "history": history, "config": cfg.model_dump(mode="json")}
+    report = {"status": "complete", "config_id": cell, "metrics": {"knn20.top1": 0.75, "linear.top1": 0.8125,
+                                                                   "val.knn20.top1": 0.5},
+              "selection": {"linear.lr": 0.3, "knn.k": 20}, "test_reads": 1, "history": history,
+              "config": cfg.model_dump(mode="json")}
     tracker.finish_cell(run_id, status="complete", metrics=report["metrics"], report=report)
 
     run = tracker.client.get_run(run_id)
@@ -113,6 +116,7 @@ def test_cell_run_logs_tags_params_metrics_artifacts(tmp_path):
     assert len(tags["mlflow.source.git.commit"]) in (7, 40) or tags["mlflow.source.git.commit"] == "unknown"
     assert tags["ssl_bench.host"]
     assert (tags["optuna.study"], tags["optuna.trial_number"], tags["optuna.trial_id"]) == ("tiny", "3", "17")
+    assert (tags["ssl_bench.objective"], tags["ssl_bench.objective_split"]) == ("val.knn20.top1", "val")
     assert "ssl_bench.fail_reason" not in tags
 
     params = run.data.params
@@ -120,7 +124,8 @@ def test_cell_run_logs_tags_params_metrics_artifacts(tmp_path):
     assert params["method.temperature"] == "0.1" and params["optimizer.betas"] == "[0.9, 0.999]"
     assert params["train.threads"] == "null" and params["eval.knn"] == "true" and params["augment"] == "simclr"
     resolved = cfg.model_dump(mode="json")
-    config_params = {k: v for k, v in params.items() if not k.startswith("axis.")}
+    assert (params["selection.linear.lr"], params["selection.knn.k"]) == ("0.3", "20")  # chosen on val
+    config_params = {k: v for k, v in params.items() if not k.startswith(("axis.", "selection."))}
     assert set(config_params) == set(pd.json_normalize(resolved).columns)  # every leaf, nothing else
     for key, value in config_params.items():
         expected = _at(resolved, key)
@@ -132,7 +137,8 @@ def test_cell_run_logs_tags_params_metrics_artifacts(tmp_path):
     assert curve("train/loss") == [(1, 5.5), (2, 4.25), (3, 4.0)]
     assert curve("train/lr") == [(1, 0.1), (2, 0.05), (3, 0.0)]
     assert curve("train/images_per_s") == [(1, 900.0), (2, 1000.0), (3, 1100.0)]
-    assert curve("knn/top1") == [(2, 0.625)]
+    assert curve(MONITOR) == [(2, 0.625)]  # the validation monitor, per epoch
+    assert curve("val.knn20.top1") == [(0, 0.5)]  # the final validation number, at step 0
     assert run.data.metrics["knn20.top1"] == 0.75 and run.data.metrics["linear.top1"] == 0.8125
 
     assert {a.path for a in tracker.client.list_artifacts(run_id)} == {"config.yaml", "report.json"}
@@ -184,7 +190,7 @@ def test_pruned_and_failed_statuses(tmp_path):
     tracker = _tracker(tmp_path)
     parent = tracker.parent_run("tiny", SUITE_YAML)
     pruned = tracker.start_cell(parent, "p", _config(), suite="tiny", axes={}, trial=TRIAL)
-    tracker.finish_cell(pruned, status="pruned", reason="pruned at epoch 2 (knn/top1 below median)")
+    tracker.finish_cell(pruned, status="pruned", reason="pruned at epoch 2 (val/knn20.top1 below median)")
     failed = tracker.start_cell(parent, "f", _config("byol"), suite="tiny", axes={}, trial=TRIAL)
     tracker.finish_cell(failed, status="failed", reason="diverged at epoch 1 step 3")
     tracker.finish_parent(parent, "failed")

@@ -32,7 +32,7 @@ def suite_file(tmp_path, monkeypatch):
         "name": "det",
         "defaults": {**DEFAULTS, "method": {"name": "simclr", "projector": "32-16"}, "backbone": {"name": "resnet18"},
                      "epochs": 1, "dataset": {"name": "shapes", "n_train": 128, "n_test": 32}, "train": {"progress": False}},
-        "evaluations": {"linear": None, "knn_k": [5], "detection": DETECTION},
+        "evaluations": {"probes": [], "knn_k": [5], "detection": DETECTION},
         "seeds": [0, 1],
         "storage": {"heartbeat_interval": 1, "grace_period": 3},
     }
@@ -142,7 +142,7 @@ def test_transfer_refuses_a_checkpoint_of_the_wrong_architecture(synthetic_root,
     from bench.runner import run
 
     cfg = resolve_run_config(apply_overrides({**DEFAULTS, "epochs": 1}, ["method=vicreg", "method.projector=16-16",
-                                                                         "dataset.n_train=64", "eval.linear=null"]))
+                                                                         "dataset.n_train=64", "eval.probes=[]"]))
     run(cfg, tmp_path / "small_cnn")
     coco = f"coco={{root: {synthetic_root}, train_split: train, val_split: val}}"
     assert main(["transfer", str(tmp_path / "small_cnn"), "--set", coco, "--out", str(tmp_path / "out")]) == 2

@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from bench.config.yamlfile import ConfigLoader
 from bench.errors import ConfigError
 
 #: keys that may be given as a bare name and mean ``{"name": value}``
@@ -20,7 +21,7 @@ def parse_assignment(text: str) -> tuple[list[str], Any]:
     if not sep or not key or any(part == "" for part in key.split(".")):
         raise ConfigError(f"bad override '{text}': expected key=value with a dotted key, e.g. optimizer.lr=0.1")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=ConfigLoader) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value

@@ -8,24 +8,24 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic import Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from bench.config.overrides import normalize_sections
 from bench.data.registry import DatasetConfig, dataset_spec
 from bench.data.views import ViewSpec, build_recipe
 from bench.errors import ConfigError
 from bench.eval.finetune import FinetuneConfig
-from bench.eval.linear import LinearConfig
+from bench.eval.logreg import LogRegConfig
+from bench.eval.probes import PROBE_NAMES, ProbeConfig
 from bench.methods import MethodParams, method_class
 from bench.models.backbones import BackboneConfig
+from bench.schema import ConfigModel, PathField
 from bench.train.optim import OptimizerConfig
 from bench.train.schedule import ScheduleConfig
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(ConfigModel):
     """Engine settings: precision, checkpoints, monitors. They do not change what is learned."""
-
-    model_config = ConfigDict(extra="forbid")
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
@@ -36,24 +36,24 @@ class TrainConfig(BaseModel):
     grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm")
     sync_bn: bool = Field(False, description="several processes per cell: batch norm over the global batch (SyncBN)")
     checkpoint_every: int = Field(1, ge=0, description="checkpoint every N epochs (0: only at the end and on SIGTERM)")
-    knn_every: int = Field(0, ge=0, description="online kNN monitor every K epochs (0: off)")
-    knn_bank: int = Field(5000, ge=10, description="online kNN: at most this many training samples in the bank")
+    knn_every: int = Field(0, ge=0, description="online kNN monitor on the validation split every K epochs (0: off)")
+    knn_bank: int = Field(5000, ge=10, description="online kNN: a fixed class-balanced bank of about this many training samples")
     log_every: int = Field(20, ge=1, description="fetch metrics from the device every N steps")
     progress: bool = Field(True, description="rich progress bar when attached to a terminal")
     workers: int = Field(4, ge=0, description="DataLoader workers for streamed (image folder) datasets")
-    cache_dir: Path = Field(Path("results/cache"), description="per-dataset caches (e.g. MV-MR's representations)")
+    cache_dir: PathField = Field(Path("results/cache"), description="per-dataset caches (e.g. MV-MR's representations)")
 
 
-class EvalConfig(BaseModel):
+class EvalConfig(ConfigModel):
     """Evaluations run after pre-training, on the frozen (or fine-tuned) backbone."""
 
-    model_config = ConfigDict(extra="forbid")
-
     knn: bool = True
-    knn_k: list[int] = Field(default_factory=lambda: [20, 200])
+    knn_k: list[int] = Field(default_factory=lambda: [10, 20, 100, 200], description="every k is reported (knn<k>.top1); "
+                             "knn.top1 is the k chosen on validation")
     knn_temperature: float = Field(0.07, gt=0)
-    linear: LinearConfig | None = Field(default_factory=LinearConfig, description="null disables the linear probe")
-    label_fractions: list[float] = Field(default_factory=list, description="linear probe on class-balanced label subsets")
+    probes: list[ProbeConfig] = Field(default_factory=lambda: [LogRegConfig()], description="probe protocols by name: "
+                                      f"{', '.join(PROBE_NAMES)} (a bare name takes the defaults); [] runs none")
+    label_fractions: list[float] = Field(default_factory=list, description="every probe on class-balanced label subsets of train")
     finetune: FinetuneConfig | None = Field(None, description="full fine-tuning protocol (off by default)")
     diagnostics: bool = True
     datasets: list[DatasetConfig] = Field(
@@ -62,10 +62,40 @@ class EvalConfig(BaseModel):
         "each metric prefixed with the set's name, e.g. cifar10.linear.top1 after pre-training on STL-10",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_linear_key(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "linear" in data:
+            raise ValueError("'linear' was replaced by 'probes', a list of probe protocols: e.g. probes: [logreg, "
+                             "{name: linear, epochs: 100}] (linear: null becomes probes: [])")
+        return data
+
+    @field_validator("probes", mode="before")
+    @classmethod
+    def _named_probes(cls, v: Any) -> Any:
+        return [{"name": p} if isinstance(p, str) else p for p in v] if isinstance(v, list) else v
+
+    @field_validator("probes")
+    @classmethod
+    def _distinct_probes(cls, v: list[ProbeConfig]) -> list[ProbeConfig]:
+        names = [p.name for p in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"probes {names} lists a protocol twice; each names its metrics (linear.top1)")
+        return v
+
+    @field_validator("knn_k")
+    @classmethod
+    def _ks(cls, v: list[int]) -> list[int]:
+        if not v or any(k < 1 for k in v) or len(set(v)) != len(v):
+            raise ValueError("give a non-empty list of distinct k >= 1, e.g. [10, 20, 100, 200]")
+        return v
+
     @field_validator("datasets")
     @classmethod
     def _distinct_datasets(cls, v: list[DatasetConfig]) -> list[DatasetConfig]:
         for extra in v:
+            if extra.name == "val":
+                raise ValueError("a dataset named 'val' would read as the validation split in metric names (val.linear.top1)")
             try:
                 dataset_spec(extra.name)
             except ConfigError as err:
@@ -83,9 +113,7 @@ class EvalConfig(BaseModel):
         return v
 
 
-class RunConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class RunConfig(ConfigModel):
     method: SerializeAsAny[MethodParams]
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
@@ -115,30 +143,40 @@ def resolve_run_config(data: dict[str, Any]) -> RunConfig:
     """Validate a (partial) run config, filling the method's paper defaults.
 
     The method section picks the hyper-parameter model; the optimizer and the view recipe default to
-    the method's own and any given field overrides them. Errors become one ConfigError naming the key.
+    the method's own and any given field overrides them. Errors become one ConfigError naming the key of each.
     """
     data = normalize_sections(copy.deepcopy(data))
     method = data.get("method")
     if not isinstance(method, dict) or "name" not in method:
         raise ConfigError("method: missing; set it, e.g. method=simclr")
     cls = method_class(method["name"])
+    lines = []
     try:
         data["method"] = cls.Params.model_validate(method)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, prefix="method")) from None
+        lines = problem_lines(err, prefix="method")
+        data["method"] = cls.Params.model_validate({"name": method["name"]})  # the paper's, to find the other problems too
     optimizer = data.get("optimizer") or {}
     if not isinstance(optimizer, dict):
         raise ConfigError("optimizer: expected a section such as {name: lars, lr: 0.3}")
     data["optimizer"] = {**cls.optimizer, **optimizer}
     data.setdefault("augment", cls.recipe)
     try:
-        return RunConfig.model_validate(data)
+        config = RunConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err)) from None
+        lines += problem_lines(err)
+    if lines:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
+    return config
 
 
 def format_validation_error(err: ValidationError, prefix: str = "") -> str:
     """One line per problem, each naming the dotted key path."""
+    return "invalid config:\n  " + "\n  ".join(problem_lines(err, prefix))
+
+
+def problem_lines(err: ValidationError, prefix: str = "") -> list[str]:
+    """The problems of ``err``, one line each, led by its dotted key path (under ``prefix``)."""
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(e["loc"]))
@@ -148,7 +186,7 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
             lines.append(f"{loc}: required key is missing")
         else:
             lines.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
-    return "invalid config:\n  " + "\n  ".join(lines)
+    return lines
 
 
 #: engine settings that never change what a run learns; left out of its identity

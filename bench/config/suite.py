@@ -1,7 +1,8 @@
 """A suite: one YAML file that expands into cells (fully resolved run configs), with its launch settings.
 
-``load_suite`` validates a suite file completely (structure, every cell, the search space) and raises one
-ConfigError listing every problem by its YAML key path. ``expand_suite`` gives the cells in a fixed order:
+``load_suite`` validates a suite file completely (structure, every cell, the search space, and the ``Checks``
+it is given: the preflight's models and data files) and raises one ConfigError listing every problem by its YAML
+key path. ``expand_suite`` gives the cells in a fixed order:
 the matrix product (zip entries are one axis each), each cell multiplied by its method's ablations, then
 by the seeds. A cell's id is the hash of its resolved config, so the same run in two suites is one cell.
 """
@@ -12,15 +13,12 @@ import copy
 import itertools
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 
-import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -42,8 +40,11 @@ from bench.config.run import (
     format_validation_error,
     resolve_run_config,
 )
+from bench.config.search import SearchConfig
+from bench.config.yamlfile import dump_yaml, parse_yaml, read_yaml
 from bench.errors import ConfigError
 from bench.methods import method_class
+from bench.schema import ConfigModel, PathField
 from bench.transfer.stage import DetectionStage, stage_cell_id
 
 #: database backends an Optuna storage URL may name
@@ -56,10 +57,8 @@ DOTTED_KEY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 Axis = Annotated[list[Any], Field(min_length=1)]
 
 
-class TrackingConfig(BaseModel):
+class TrackingConfig(ConfigModel):
     """Where MLflow records the suite's runs."""
-
-    model_config = ConfigDict(extra="forbid")
 
     mlflow_uri: str | None = Field(None, description="null: $MLFLOW_TRACKING_URI, else an SQLite file under results/")
     experiment: str | None = Field(None, description="MLflow experiment (null: the suite name)")
@@ -74,13 +73,11 @@ class TrackingConfig(BaseModel):
         return v
 
 
-class StorageConfig(BaseModel):
+class StorageConfig(ConfigModel):
     """The Optuna storage that is the suite's work queue, and the worker's liveness settings."""
 
-    model_config = ConfigDict(extra="forbid")
-
     url: str | None = Field(None, description="SQLAlchemy URL (null: an SQLite file under results/)")
-    runs_dir: Path = Field(Path("results/cells"), description="one directory per cell: checkpoints, curves, reports")
+    runs_dir: PathField = Field(Path("results/cells"), description="one directory per cell: checkpoints, curves, reports")
     heartbeat_interval: int = Field(60, ge=1, description="seconds between a running cell's heartbeats")
     grace_period: int = Field(180, ge=1, description="seconds without a heartbeat after which a cell counts as dead")
     retries: int = Field(2, ge=0, description="times a dead or failed cell is queued again")
@@ -107,10 +104,8 @@ class StorageConfig(BaseModel):
         return self
 
 
-class SlurmConfig(BaseModel):
+class SlurmConfig(ConfigModel):
     """One Slurm job array of workers (submitted with submitit)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     partition: str | None = Field(None, description="Slurm partition (null: the cluster's default)")
     gres: str | None = Field(None, description="generic resources per job, e.g. gpu:1")
@@ -120,13 +115,11 @@ class SlurmConfig(BaseModel):
     account: str | None = Field(None, description="Slurm account to charge")
     qos: str | None = Field(None, description="Slurm quality of service")
     array_parallelism: int = Field(64, ge=1, description="jobs of the array running at once")
-    folder: Path = Field(Path("results/slurm"), description="submitit's logs and pickles")
+    folder: PathField = Field(Path("results/slurm"), description="submitit's logs and pickles")
 
 
-class LauncherConfig(BaseModel):
+class LauncherConfig(ConfigModel):
     """How workers are started."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: Literal["local", "slurm", "print"] = Field("local", description="local processes, a Slurm array, or print the command")
     workers: int | None = Field(None, ge=1, description="number of workers (null: one per gpus_per_cell visible GPUs, else one)")
@@ -135,85 +128,14 @@ class LauncherConfig(BaseModel):
     slurm: SlurmConfig = Field(default_factory=SlurmConfig, description="settings of the slurm launcher")
 
 
-class SearchParam(BaseModel):
-    """One dimension of the search space: a float or int range, or a list of choices."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["float", "int", "categorical"]
-    low: int | float | None = Field(None, description="lower bound of a range (inclusive)")
-    high: int | float | None = Field(None, description="upper bound of a range (inclusive)")
-    step: int | float | None = Field(None, gt=0, description="discretisation step of a range")
-    log: bool = Field(False, description="sample a range on a log scale")
-    choices: list[Any] | None = Field(None, description="the values of a categorical parameter")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> SearchParam:
-        if self.type == "categorical":
-            if not self.choices:
-                raise ValueError("a categorical parameter needs a non-empty list of choices")
-            if self.low is not None or self.high is not None or self.step is not None or self.log:
-                raise ValueError("a categorical parameter takes choices only (no low, high, step or log)")
-            return self
-        if self.low is None or self.high is None or self.choices is not None:
-            raise ValueError(f"a {self.type} parameter needs low and high (choices are for type: categorical)")
-        if self.low >= self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError("a log-scale range needs low > 0")
-        if self.log and self.step is not None:
-            raise ValueError("log and step exclude each other; drop one")
-        if self.type == "int" and not all(isinstance(v, int) for v in (self.low, self.high, self.step) if v is not None):
-            raise ValueError("an int parameter takes integer low, high and step")
-        return self
-
-    def grid(self) -> list[Any] | None:
-        """The values a grid search tries: the choices or the stepped int range; None for any other range."""
-        if self.type == "categorical":
-            return list(self.choices or [])
-        if self.type == "int" and self.step is not None:
-            return list(range(int(self.low), int(self.high) + 1, int(self.step)))
-        return None
-
-
-class SearchConfig(BaseModel):
-    """Hyper-parameter search over the suite's one base cell."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    space: dict[str, SearchParam] = Field(min_length=1, description="dotted run-config key -> its range or choices")
-    sampler: Literal["tpe", "random", "grid"] = Field("tpe", description="grid needs categorical or int-with-step parameters")
-    pruner: Literal["median", "hyperband", "none"] = Field("median", description="prunes on the online kNN (train.knn_every > 0)")
-    metric: str = Field("knn20.top1", min_length=1, description="final metric of a run that the search optimizes")
-    direction: Literal["maximize", "minimize"] = "maximize"
-    n_trials: int | None = Field(None, ge=1, description="trials to run (null: the grid size for grid, else 20)")
-    seed: int = Field(0, description="sampler seed")
-    n_startup_trials: int = Field(5, ge=0, description="trials before the sampler and the median pruner act")
-    n_warmup_steps: int = Field(1, ge=0, description="median pruner: kNN reports of a trial before it may be pruned")
-
-    @model_validator(mode="after")
-    def _trials(self) -> SearchConfig:
-        grids = {key: p.grid() for key, p in self.space.items()}
-        if self.sampler == "grid":
-            ranges = [key for key, grid in grids.items() if grid is None]
-            if ranges:
-                raise ValueError(f"the grid sampler needs categorical or int-with-step parameters; {', '.join(ranges)} "
-                                 "is a continuous range (give choices, a step, or use sampler: tpe)")
-        if self.n_trials is None:
-            self.n_trials = math.prod(len(grid or []) for grid in grids.values()) if self.sampler == "grid" else 20
-        return self
-
-
 class SuiteEvaluations(EvalConfig):
     """A cell's evaluations, plus detection transfer, which runs as a dependent cell (bench/transfer/stage.py)."""
 
     detection: DetectionStage | None = Field(None, description="detection transfer of every pre-training cell")
 
 
-class Suite(BaseModel):
+class Suite(ConfigModel):
     """One benchmark suite as written in its YAML file (after ``--set`` overrides)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="names the Optuna study and the MLflow experiment; letters, digits, '_', '.', '-'")
     description: str = ""
@@ -242,7 +164,7 @@ class Suite(BaseModel):
 
     def to_yaml(self) -> str:
         """The suite as YAML, with only the keys that were given; ``suite_from_yaml`` reads it back."""
-        return yaml.safe_dump(self.model_dump(mode="json", exclude_unset=True), sort_keys=False)
+        return dump_yaml(self.model_dump(mode="json", exclude_unset=True), sort_keys=False)
 
 
 #: suite keys that shape the cells; ``--set`` cannot change them (it sets run-config keys, which replace axes)
@@ -263,6 +185,16 @@ class Cell:
     config: RunConfig
     axes: dict[str, Any]
     depends_on: str | None = None
+
+
+@dataclass(frozen=True)
+class Checks:
+    """Checks of a suite beyond its schema, which need the implementation rooms (bench/orchestrate/preflight.py
+    supplies them: it builds the models and looks for the data files). Each returns problem lines, each led by
+    the key path it is about; the suite rewrites a cell's run-config key path to the suite key that set it."""
+
+    cell: Callable[[RunConfig], list[str]]  #: a resolved cell; lines led by run-config keys (method.projector: ...)
+    detection: Callable[[DetectionStage], list[str]]  #: the detection stage; lines led by its keys (coco.root: ...)
 
 
 def stage_cells(suite: Suite, cells: list[Cell]) -> list[Cell]:
@@ -290,22 +222,20 @@ class _Problems(Exception):
         self.lines = list(dict.fromkeys(lines))
 
 
-def load_suite(path: Path, sets: Sequence[str] = ()) -> Suite:
-    """Read, override (``--set key=value``) and fully validate a suite file, including every cell."""
+def load_suite(path: Path, sets: Sequence[str] = (), checks: Checks | None = None) -> Suite:
+    """Read, override (``--set key=value``) and fully validate a suite file, including every cell (and ``checks``)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: suite file not found; give the path of a suite YAML file, e.g. suites/quickstart.yaml")
-    return suite_from_yaml(path.read_text(), sets, source=str(path))
+    return _validated(read_yaml(path), sets, str(path), checks)
 
 
-def suite_from_yaml(text: str, sets: Sequence[str] = (), *, source: str = "suite") -> Suite:
+def suite_from_yaml(text: str, sets: Sequence[str] = (), *, source: str = "suite", checks: Checks | None = None) -> Suite:
     """Like ``load_suite`` for YAML text; ``source`` starts each error message."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{source}: invalid YAML{where}: {err.problem}; fix the syntax there") from None
+    return _validated(parse_yaml(text, source), sets, source, checks)
+
+
+def _validated(data: Any, sets: Sequence[str], source: str, checks: Checks | None) -> Suite:
     if not isinstance(data, dict):
         got = "an empty file" if data is None else f"a {type(data).__name__}"
         raise ConfigError(f"{source}: expected a mapping of suite keys (name, defaults, matrix, ...) at the top level, got {got}")
@@ -313,9 +243,9 @@ def suite_from_yaml(text: str, sets: Sequence[str] = (), *, source: str = "suite
         suite = _parse(data)
         if sets:
             suite = _parse(_apply_sets(suite, sets))
-        cells = _expand(suite)
+        cells = _expand(suite, checks)
         if suite.search is not None:
-            _check_search(suite.search, cells)
+            _check_search(suite.search, cells, checks)
     except _Problems as err:
         raise _invalid(source, err.lines) from None
     return suite
@@ -498,7 +428,7 @@ def _method_axes(suite: Suite, method: str) -> list[list[list[_Setting]]]:
     return axes + [_axis("seeds", "seed", "seed", suite.seeds) if suite.seeds else [[]]]
 
 
-def _expand(suite: Suite) -> list[Cell]:
+def _expand(suite: Suite, checks: Checks | None = None) -> list[Cell]:
     _raise_if(_axis_problems(suite))
     defaults = _defaults(suite)
     problems: list[str] = []
@@ -513,7 +443,7 @@ def _expand(suite: Suite) -> list[Cell]:
     _raise_if([f"ablations.{key}: applies to no method of the suite (its methods: {', '.join(methods)}); "
                "add the method to the matrix or drop the ablation"
                for key in suite.ablations if key.partition(".")[0] not in methods])
-    cells = []
+    cells, made_by = [], {}
     for base, method in bases:
         for row in itertools.product(*_method_axes(suite, method)):
             settings = base + [s for part in row for s in part]
@@ -522,10 +452,23 @@ def _expand(suite: Suite) -> list[Cell]:
                 axes = {s.key: s.value for s in settings}
                 axes.setdefault("seed", config.seed)
                 cells.append(Cell(config_id(config), config, axes))
+                made_by[cells[-1].id] = settings
     _raise_if(problems)
     cells = _excluded(suite.exclude, cells)
     _check_unique(cells, _axis_paths(suite))
+    if checks is not None:
+        _raise_if(_checked(suite, [(cell, made_by[cell.id]) for cell in cells], checks))
     return cells
+
+
+def _checked(suite: Suite, cells: list[tuple[Cell, list[_Setting]]], checks: Checks) -> list[str]:
+    """What ``checks`` find in the cells (each made by its settings) and in the detection stage, by suite key path."""
+    evaluated = suite.evaluations.model_fields_set if suite.evaluations else set()
+    lines = [_attribute(line, settings, evaluated) for cell, settings in cells for line in checks.cell(cell.config)]
+    stage = suite.evaluations.detection if suite.evaluations else None
+    if stage is not None:
+        lines += [f"evaluations.detection.{line}" for line in checks.detection(stage)]
+    return lines
 
 
 def _apply(data: dict[str, Any], settings: Sequence[_Setting]) -> dict[str, Any]:
@@ -540,7 +483,7 @@ def _apply(data: dict[str, Any], settings: Sequence[_Setting]) -> dict[str, Any]
             section = data.get(s.run_key)
             kept = section if isinstance(section, dict) and section.get("name", value) == value else {}
             value = {**kept, "name": value}
-        text = yaml.safe_dump(value, default_flow_style=True, width=math.inf).removesuffix("...\n").strip()
+        text = dump_yaml(value, default_flow_style=True, width=math.inf).removesuffix("...\n").strip()
         try:
             data = apply_overrides(data, [f"{s.run_key}={text}"])
         except ConfigError as err:
@@ -557,13 +500,14 @@ def _resolve(defaults: dict[str, Any], settings: Sequence[_Setting], problems: l
         return None
 
 
-def _attribute(line: str, settings: Sequence[_Setting]) -> str:
+def _attribute(line: str, settings: Sequence[_Setting], evaluated: Set[str] = frozenset()) -> str:
     """Rewrite a run-config problem line to start with the suite key that caused it.
 
     The deepest setting whose run-config key starts the line owns it. A line about a key above a setting
     (a value that the setting made a section) is that setting's, unless it is about a named section (a
     missing method); a line without a key path is the setting's whose text value it quotes (an unknown
-    method or dataset name). Anything else comes from the defaults.
+    method or dataset name). Anything else comes from the defaults, or from ``evaluations`` for an ``eval`` key
+    the suite's ``evaluations`` sets (``evaluated``).
     """
     deepest_first = sorted(settings, key=lambda s: len(s.run_key))[::-1]  # of equal keys, the later (applied last)
     for s in deepest_first:
@@ -575,6 +519,9 @@ def _attribute(line: str, settings: Sequence[_Setting]) -> str:
         above = keyed and loc not in NAMED_SECTIONS and s.run_key.startswith(loc + ".")
         if above or (not keyed and isinstance(s.value, str) and repr(s.value) in line):
             return f"{s.path}: {line}"
+    section, _, rest = line.partition(".")
+    if section == "eval" and re.match(r"\w*", rest)[0] in evaluated:
+        return f"evaluations.{rest}"
     return f"defaults.{line}" if keyed else f"defaults: {line}"
 
 
@@ -606,7 +553,7 @@ def _check_unique(cells: list[Cell], paths: dict[str, str]) -> None:
     _raise_if(lines)
 
 
-def _check_search(search: SearchConfig, cells: list[Cell]) -> None:
+def _check_search(search: SearchConfig, cells: list[Cell], checks: Checks | None) -> None:
     """A search suite has one base cell, a search space of valid run-config keys, and kNN for its pruner."""
     if len(cells) != 1:
         raise _Problems([f"search: a search suite expands to one base cell, this one to {len(cells)}; move the axes into search.space"])
@@ -618,7 +565,10 @@ def _check_search(search: SearchConfig, cells: list[Cell]) -> None:
             problems.append(f"search.space.{key}: not a dotted key; write names joined by dots, e.g. optimizer.lr")
             continue
         for value in param.choices or [param.low, param.high]:
-            _resolve(data, [_Setting(f"search.space.{key}", key, _run_key(key), value)], problems)
+            setting = _Setting(f"search.space.{key}", key, _run_key(key), value)
+            config = _resolve(data, [setting], problems)
+            if config is not None and checks is not None:
+                problems += [_attribute(line, [setting]) for line in checks.cell(config)]
     if search.pruner != "none" and base.train.knn_every == 0:
         problems.append(f"search.pruner: the {search.pruner} pruner acts on the online kNN, which is off; "
                         "set defaults.train.knn_every (e.g. 1) or search.pruner: none")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,12 @@ def read_batch(path: Path, label_key: bytes, num_classes: int, source: str) -> t
     return images, torch.from_numpy(labels.astype(np.int64))
 
 
+def _directory(cfg: DatasetConfig, *, name: str, files: CifarFiles) -> Path:
+    """The folder holding the release's pickles (each checked to exist, none read)."""
+    check_pretrain_split(name, cfg.pretrain_split, ("train",))
+    return dataset_dir(cfg.root, files.folder, [*files.train, files.test, files.meta], files.source(cfg.root))
+
+
 def _load(
     cfg: DatasetConfig,
     name: str,
@@ -111,9 +118,8 @@ def _load(
     names_key: bytes,
     stats: tuple[tuple[float, ...], tuple[float, ...]],
 ) -> DatasetSplits:
-    check_pretrain_split(name, cfg.pretrain_split, ("train",))
     source = files.source(cfg.root)
-    directory = dataset_dir(cfg.root, files.folder, [*files.train, files.test, files.meta], source)
+    directory = _directory(cfg, name=name, files=files)
     meta_path = directory / files.meta
     classes = [n.decode() for n in _entry(read_pickle(meta_path, source), names_key, meta_path, source)]
     batches = [read_batch(directory / f, label_key, len(classes), source) for f in files.train]
@@ -126,19 +132,22 @@ def _load(
     return DatasetSplits(pretrain=train, train=train, test=split(test_images, test_labels, "test"))
 
 
-@register_dataset("cifar10", needs_root=True, summary="CIFAR-10: 50k train / 10k test 32x32 RGB images, 10 classes")
+@register_dataset("cifar10", needs_root=True, summary="CIFAR-10: 50k train / 10k test 32x32 RGB images, 10 classes",
+                  channels=3, size=32, check=partial(_directory, name="cifar10", files=CIFAR10_FILES))
 def load_cifar10(cfg: DatasetConfig) -> DatasetSplits:
     """CIFAR-10 from ``cifar-10-batches-py/``."""
     return _load(cfg, "cifar10", CIFAR10_FILES, b"labels", b"label_names", CIFAR10_STATS)
 
 
-@register_dataset("cifar100", needs_root=True, summary="CIFAR-100: 50k train / 10k test 32x32 RGB images, 100 classes")
+@register_dataset("cifar100", needs_root=True, summary="CIFAR-100: 50k train / 10k test 32x32 RGB images, 100 classes",
+                  channels=3, size=32, check=partial(_directory, name="cifar100", files=CIFAR100_FILES))
 def load_cifar100(cfg: DatasetConfig) -> DatasetSplits:
     """CIFAR-100 (fine labels) from ``cifar-100-python/``."""
     return _load(cfg, "cifar100", CIFAR100_FILES, b"fine_labels", b"fine_label_names", CIFAR100_STATS)
 
 
-@register_dataset("cifar20", needs_root=True, summary="CIFAR-100 with its 20 coarse superclasses as labels")
+@register_dataset("cifar20", needs_root=True, summary="CIFAR-100 with its 20 coarse superclasses as labels",
+                  channels=3, size=32, check=partial(_directory, name="cifar20", files=CIFAR100_FILES))
 def load_cifar20(cfg: DatasetConfig) -> DatasetSplits:
     """CIFAR-100 images labelled with the 20 superclasses, from ``cifar-100-python/``."""
     return _load(cfg, "cifar20", CIFAR100_FILES, b"coarse_labels", b"coarse_label_names", CIFAR100_STATS)

@@ -8,15 +8,17 @@ from bench.data.base import ImageSet, channel_stats, resize_images
 from bench.data.registry import DatasetConfig, DatasetSplits, register_dataset
 
 TEST_FRACTION = 0.2
+SIZE = 32
 
 
-@register_dataset("digits", needs_root=False, summary="scikit-learn's 1797 8x8 digits, upsampled to 32 px (no download)")
+@register_dataset("digits", needs_root=False, summary="scikit-learn's 1797 8x8 digits, upsampled to 32 px (no download)",
+                  channels=1, size=SIZE)
 def load_digits(cfg: DatasetConfig) -> DatasetSplits:
     from sklearn.datasets import load_digits as sk_digits
 
     data = sk_digits()
     images = torch.from_numpy(data.images).float().mul_(255.0 / 16.0).round_().to(torch.uint8)[:, None]
-    images = resize_images(images, cfg.image_size or 32)
+    images = resize_images(images, cfg.image_size or SIZE)
     labels = torch.from_numpy(data.target).long()
     g = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(labels), generator=g)

@@ -10,6 +10,7 @@ import gzip
 import math
 import zlib
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -94,10 +95,15 @@ def _find_files(root: Path, release: IdxRelease) -> dict[str, Path]:
     return found
 
 
-def _load(cfg: DatasetConfig, release: IdxRelease) -> DatasetSplits:
+def _paths(cfg: DatasetConfig, *, release: IdxRelease) -> dict[str, Path]:
+    """The four IDX files of ``release`` under ``cfg.root`` (each checked to exist, none read)."""
     check_pretrain_split(release.name, cfg.pretrain_split, ("train",))
+    return _find_files(cfg.root, release)
+
+
+def _load(cfg: DatasetConfig, release: IdxRelease) -> DatasetSplits:
     source = release.source(cfg.root)
-    paths = _find_files(cfg.root, release)
+    paths = _paths(cfg, release=release)
 
     def split(images_file: str, labels_file: str, split_name: str) -> ImageSet:
         images = read_idx(paths[images_file], IMAGES_MAGIC, source)
@@ -117,13 +123,15 @@ def _load(cfg: DatasetConfig, release: IdxRelease) -> DatasetSplits:
     return DatasetSplits(pretrain=train, train=train, test=split(TEST_IMAGES, TEST_LABELS, "test"))
 
 
-@register_dataset("mnist", needs_root=True, summary="MNIST: 60k train / 10k test 28x28 grey handwritten digits")
+@register_dataset("mnist", needs_root=True, summary="MNIST: 60k train / 10k test 28x28 grey handwritten digits",
+                  channels=1, size=28, check=partial(_paths, release=MNIST))
 def load_mnist(cfg: DatasetConfig) -> DatasetSplits:
     """MNIST from its IDX files."""
     return _load(cfg, MNIST)
 
 
-@register_dataset("fashion_mnist", needs_root=True, summary="Fashion-MNIST: 60k train / 10k test 28x28 grey clothing images")
+@register_dataset("fashion_mnist", needs_root=True, summary="Fashion-MNIST: 60k train / 10k test 28x28 grey clothing images",
+                  channels=1, size=28, check=partial(_paths, release=FASHION_MNIST))
 def load_fashion_mnist(cfg: DatasetConfig) -> DatasetSplits:
     """Fashion-MNIST from its IDX files."""
     return _load(cfg, FASHION_MNIST)

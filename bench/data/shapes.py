@@ -106,7 +106,8 @@ def _render(labels: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return (img.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-@register_dataset("shapes", needs_root=False, summary="10 procedurally generated shape classes, 32 px, any size (no download)")
+@register_dataset("shapes", needs_root=False, summary="10 procedurally generated shape classes, 32 px, any size (no download)",
+                  channels=3, size=SIZE)
 def load_shapes(cfg: DatasetConfig) -> DatasetSplits:
     n_train, n_test = cfg.n_train or 5000, cfg.n_test or 1000
     train_x, train_y = generate(n_train, seed=2 * cfg.seed)

@@ -46,18 +46,30 @@ def read_labels(path: Path, count: int, source: str) -> torch.Tensor:
     return torch.from_numpy(raw.astype(np.int64) - 1)
 
 
+def _source(cfg: DatasetConfig) -> str:
+    return f"download {URL} and extract it into {cfg.root}"
+
+
+def _directory(cfg: DatasetConfig) -> Path:
+    """The folder holding the binary files the pre-training split needs (each checked to exist, none read)."""
+    check_pretrain_split("stl10", cfg.pretrain_split, PRETRAIN_SPLITS)
+    names = ["train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin", "class_names.txt"]
+    return dataset_dir(cfg.root, FOLDER, names + (["unlabeled_X.bin"] if "unlabeled" in cfg.pretrain_split else []), _source(cfg))
+
+
 @register_dataset(
     "stl10",
     needs_root=True,
     summary="STL-10: 5k train / 8k test / 100k unlabeled 96x96 RGB images, 10 classes",
+    channels=3,
+    size=SIZE,
+    check=_directory,
 )
 def load_stl10(cfg: DatasetConfig) -> DatasetSplits:
     """STL-10 train and test; pre-training on 'train', 'unlabeled' (labels -1) or 'train+unlabeled'."""
-    check_pretrain_split("stl10", cfg.pretrain_split, PRETRAIN_SPLITS)
-    source = f"download {URL} and extract it into {cfg.root}"
+    source = _source(cfg)
     uses_unlabeled = "unlabeled" in cfg.pretrain_split
-    names = ["train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin", "class_names.txt"]
-    directory = dataset_dir(cfg.root, FOLDER, names + (["unlabeled_X.bin"] if uses_unlabeled else []), source)
+    directory = _directory(cfg)
     classes = [line.strip() for line in (directory / "class_names.txt").read_text().splitlines() if line.strip()]
     if len(classes) != 10:
         raise DataError(f"{directory / 'class_names.txt'} lists {len(classes)} classes, expected 10; re-download it: {source}")

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import torch
 import torchvision.transforms as T
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bench.data.augment import (
     color_jitter,
@@ -24,6 +24,7 @@ from bench.data.augment import (
     solarize,
 )
 from bench.errors import ConfigError
+from bench.schema import FROM_YAML, ConfigModel
 
 
 @dataclass
@@ -43,25 +44,25 @@ class Views:
 Probability = Annotated[float, Field(ge=0, le=1)]
 
 
-class ViewSpec(BaseModel):
+class ViewSpec(ConfigModel):
     """One augmented view: random resized crop, flip, colour jitter, grayscale, blur, solarization.
 
     Each photometric op is applied to a sample with its own probability; a spec with scale (1, 1),
     ratio (1, 1) and every probability 0 is the identity.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     size: int | None = Field(None, ge=1, description="output side in pixels; None: size_fraction x the dataset's image size")
     size_fraction: float = Field(1.0, gt=0, le=1, description="output side relative to the image size, when size is None")
-    scale: tuple[float, float] = Field((0.08, 1.0), description="range of the crop's area fraction")
-    ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="range of the crop's aspect ratio (w / h)")
+    scale: Annotated[tuple[float, float], FROM_YAML] = Field((0.08, 1.0), description="range of the crop's area fraction")
+    ratio: Annotated[tuple[float, float], FROM_YAML] = Field((3 / 4, 4 / 3), description="range of the crop's aspect ratio (w / h)")
     flip_p: Probability = 0.5
-    jitter: tuple[float, float, float, float] = Field((0.4, 0.4, 0.2, 0.1), description="brightness, contrast, saturation, hue strengths")
+    jitter: Annotated[tuple[float, float, float, float], FROM_YAML] = Field((0.4, 0.4, 0.2, 0.1), description="brightness, contrast, saturation, hue strengths")
     jitter_p: Probability = 0.8
     gray_p: Probability = 0.2
     blur_p: Probability = 0.0
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_sigma: Annotated[tuple[float, float], FROM_YAML] = (0.1, 2.0)
     blur_kernel: int | None = Field(None, description="odd kernel side; None: about 10% of the crop size (odd, >= 3)")
     solarize_p: Probability = 0.0
 
@@ -169,6 +170,12 @@ def make_view(images: torch.Tensor, spec: ViewSpec, size: int, generator: torch.
     x = images
     if not _crop_is_identity(spec, height, width, size):
         x = resized_crop(x, sample_crop_boxes(batch, height, width, spec.scale, spec.ratio, generator), size)
+    return photometrics(x, spec, generator)
+
+
+def photometrics(x: torch.Tensor, spec: ViewSpec, generator: torch.Generator) -> torch.Tensor:
+    """Flip, colour jitter, grayscale, blur and solarization of a float [0, 1] batch of cropped views."""
+    batch, size = x.shape[0], x.shape[-1]
     if spec.flip_p > 0:
         x = hflip(x, sample_mask(batch, spec.flip_p, generator))
     if spec.jitter_p > 0 and any(spec.jitter):
@@ -181,6 +188,38 @@ def make_view(images: torch.Tensor, spec: ViewSpec, size: int, generator: torch.
     if spec.solarize_p > 0:
         x = _apply(x, solarize(x), spec.solarize_p, generator)
     return x
+
+
+@dataclass(frozen=True)
+class ViewPlan:
+    """The geometry of one epoch's views of a streamed (folder) set, cut on the host from each whole image.
+
+    View ``v`` of sample ``index`` is a RandomResizedCrop with ``specs[v]``'s scale and ratio, resized to
+    ``sizes[v]``; its box comes from a generator seeded by (seed, epoch, index, v), so a resumed run replays it.
+    ``clean`` asks for the clean (evaluation) image too.
+    """
+
+    specs: tuple[ViewSpec, ...]
+    sizes: tuple[int, ...]
+    clean: bool
+    seed: int
+    epoch: int
+
+
+@dataclass
+class HostViews:
+    """Views cut on the host: one uint8 (B, C, S_v, S_v) tensor per view of the plan, and the clean images."""
+
+    crops: list[torch.Tensor]
+    clean: torch.Tensor | None
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> "HostViews":
+        clean = None if self.clean is None else self.clean.to(device, non_blocking=non_blocking)
+        return HostViews([c.to(device, non_blocking=non_blocking) for c in self.crops], clean)
+
+    def pin_memory(self) -> "HostViews":
+        """Page-locked copies (the DataLoader calls this with pin_memory=True)."""
+        return HostViews([c.pin_memory() for c in self.crops], None if self.clean is None else self.clean.pin_memory())
 
 
 class ViewMaker:
@@ -206,11 +245,26 @@ class ViewMaker:
             self._stats[device] = (self._mean.to(device), self._std.to(device))
         return self._stats[device]
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, generator: torch.Generator) -> Views:
-        """Views of a uint8 (B, C, H, W) batch; all randomness comes from ``generator`` (on the batch's device)."""
-        x = images.float().div_(255)
-        mean, std = self._stats_on(x.device)
-        crops = [normalize(make_view(x, spec, size, generator), mean, std) for spec, size in zip(self.specs, self.sizes)]
+    def plan(self, seed: int, epoch: int) -> ViewPlan:
+        """This recipe's views for a streamed set, whose geometry is cut on the host (see ViewPlan)."""
+        return ViewPlan(tuple(self.specs), tuple(self.sizes), self.clean, seed, epoch)
+
+    def __call__(self, images: torch.Tensor | HostViews, labels: torch.Tensor, index: torch.Tensor, generator: torch.Generator) -> Views:
+        """Views of a uint8 batch; all randomness comes from ``generator`` (on the batch's device).
+
+        ``images`` is either (B, C, H, W), each view then cropped here, or the views of ``plan`` already cut on the
+        host; the photometric ops are the same for both.
+        """
+        if isinstance(images, HostViews):
+            device = images.crops[0].device
+            x = None if images.clean is None else images.clean.float().div_(255)
+            views = (photometrics(crop.float().div_(255), spec, generator) for crop, spec in zip(images.crops, self.specs))
+        else:
+            device = images.device
+            x = images.float().div_(255)
+            views = (make_view(x, spec, size, generator) for spec, size in zip(self.specs, self.sizes))
+        mean, std = self._stats_on(device)
+        crops = [normalize(view, mean, std) for view in views]  # one view at a time: the float views are not all held
         return Views(crops, normalize(x, mean, std) if self.clean else None, labels, index)
 
 

@@ -17,6 +17,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from bench.core.cost import timed
+
 RANKME_EPS = 1e-7
 DIM_COLLAPSE_REL = 1e-3
 
@@ -80,6 +82,7 @@ def dim_collapse_fraction(z: torch.Tensor, rel_threshold: float = DIM_COLLAPSE_R
     return 1 - kept / z.shape[1]
 
 
+@timed("diagnostics")
 def diagnose(z1: torch.Tensor, z2: torch.Tensor | None = None) -> dict[str, float | bool]:
     """All diagnostics of z1 (alignment with z2 when given) and a ``collapsed`` flag.
 

@@ -3,15 +3,71 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from bench.core.cost import timed
 from bench.data.augment import normalize
 from bench.data.base import ImageSet
 from bench.data.folder import FolderSet
 from bench.data.loader import iter_batches
 from bench.errors import DataError
+
+
+@dataclass(frozen=True)
+class Features:
+    """Cached features (N, D) and labels (N,) of one labelled split, on the device."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.y.numel()
+
+    def subset(self, index: torch.Tensor) -> "Features":
+        index = index.to(self.x.device)
+        return Features(self.x[index], self.y[index])
+
+    def cat(self, other: "Features") -> "Features":
+        """These samples followed by ``other``'s (e.g. train followed by val: the final fit set)."""
+        return Features(torch.cat([self.x, other.x]), torch.cat([self.y, other.y]))
+
+
+#: a fitted probe: raw features (N, D) -> class scores (N, K)
+Classifier = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What a probe chose on the validation split: its hyper-parameters (``{"lr": 0.3}``), its validation
+    metrics (``{"top1": .., "top5": ..}``) and the classifier to score on test (refitted on train + val or not)."""
+
+    params: dict[str, float]
+    val: dict[str, float]
+    classifier: Classifier
+
+
+def standardizer(x: torch.Tensor, enabled: bool = True, dtype: torch.dtype = torch.float32) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Standardisation with the mean and std of ``x`` (the fit set), applied to any features in ``dtype``;
+    only the cast when off."""
+    if not enabled:
+        return lambda f: f.to(dtype)
+    x = x.to(dtype)
+    mean, std = x.mean(dim=0), x.std(dim=0).clamp_min(1e-6)
+    return lambda f: (f.to(dtype) - mean) / std
+
+
+def score(classifier: Classifier, feats: Features, prefix: str, num_classes: int, chunk: int = 8192) -> dict[str, float]:
+    """``{prefix.top1, prefix.top5}`` of ``classifier`` on ``feats``, ``chunk`` rows at a time."""
+    check_labels(feats.y, num_classes, f"{prefix} features")
+    correct = torch.zeros(2, dtype=torch.long, device=feats.x.device)
+    with torch.no_grad():
+        for start in range(0, len(feats), chunk):
+            correct += topk_correct(classifier(feats.x[start : start + chunk]), feats.y[start : start + chunk], (1, 5))
+    return accuracy_metrics(prefix, correct, len(feats), num_classes)
 
 
 def normalize_images(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -22,6 +78,7 @@ def normalize_images(images: torch.Tensor, mean: tuple[float, ...], std: tuple[f
 
 
 @torch.no_grad()
+@timed("extract")
 def extract_features(
     backbone: nn.Module, split: ImageSet | FolderSet, device: torch.device, batch_size: int = 512
 ) -> tuple[torch.Tensor, torch.Tensor]:

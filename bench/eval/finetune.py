@@ -9,28 +9,29 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
+from bench.core.cost import timed
 from bench.data.base import ImageSet
 from bench.data.folder import FolderSet
 from bench.data.loader import epoch_permutation, iter_batches
 from bench.data.views import ViewMaker, ViewSpec
 from bench.eval.features import accuracy_metrics, check_labels, extract_features, topk_correct
 from bench.eval.fractions import class_balanced_subset
+from bench.schema import FROM_YAML, ConfigModel
 
 
-class FinetuneConfig(BaseModel):
+class FinetuneConfig(ConfigModel):
     """Fine-tuning hyper-parameters.
 
     Defaults: 20 epochs, batch 256, backbone lr 0.005 and no weight decay as in CorInfoMax's semi-supervised
     protocol (specs/corinfomax.md §4.2); head lr 0.5 is our choice for a cosine (not step) schedule.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(256, ge=2)
@@ -38,10 +39,11 @@ class FinetuneConfig(BaseModel):
     head_lr: float = Field(0.5, gt=0, description="linear head learning rate")
     weight_decay: float = Field(0.0, ge=0)
     fraction: float = Field(1.0, gt=0, le=1, description="label fraction, class-balanced (0.01 = 1% protocol)")
-    crop_scale: tuple[float, float] = Field((0.08, 1.0), description="random-resized-crop area range")
+    crop_scale: Annotated[tuple[float, float], FROM_YAML] = Field((0.08, 1.0), description="random-resized-crop area range")
     seed: int = 0
 
 
+@timed("finetune")
 def finetune(
     backbone: nn.Module,
     train_split: ImageSet,

@@ -13,9 +13,11 @@ import math
 import torch
 import torch.nn.functional as F
 
+from bench.core.cost import timed
 from bench.eval.features import accuracy_metrics, check_labels, topk_correct
 
 
+@timed("knn")
 def knn_eval(
     train_f: torch.Tensor,
     train_y: torch.Tensor,

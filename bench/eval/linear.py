@@ -1,95 +1,172 @@
-"""Linear probe: a linear classifier trained on cached frozen features, which stay on the device."""
+"""Linear probe on cached frozen features: a grid of heads trained at once, the lr (and wd) chosen on validation.
+
+DINOv2's multi-head probe (``dinov2/eval/linear.py``) on ssl-bench's cached features: one head per (lr, weight
+decay) of the grid (``bench.eval.heads``), SGD with momentum 0.9, cosine to 0 over all steps, 100 epochs of
+batch 256, features standardised with the fit set's mean and std. The head with the best validation top-1 is
+chosen (ties: the smaller lr); with ``refit`` (default) that (lr, wd) is trained again on train + val, the whole
+labelled training split as published probes use it, and scored on test.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, field_validator
 from torch import nn
 
-from bench.eval.features import accuracy_metrics, check_labels, topk_correct
+from bench.core.cost import timed
+from bench.data.loader import epoch_permutation
+from bench.errors import ConfigError
+from bench.eval.features import Choice, Features, check_labels, score, standardizer, topk_correct
+from bench.eval.heads import EpochBatches, HeadRecipe, LinearHeads, train_heads
+from bench.schema import ConfigModel
+
+#: DINOv2's 13 learning rates (``dinov2/eval/linear.py``) and solo-learn's per-method range, at batch 256
+DINOV2_LRS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1)
+SOLO_LEARN_LRS = (0.3, 1.0, 3.0, 10.0, 30.0)
+REFERENCE_BATCH = 256
 
 
-class LinearConfig(BaseModel):
-    """Linear-probe hyper-parameters (defaults: 100 epochs, SGD momentum 0.9, no weight decay, cosine)."""
+def positive_grid(values: list[float], what: str) -> list[float]:
+    """A non-empty list of distinct positive values (lrs), or of non-negative ones (weight decays)."""
+    if not values or len(set(values)) != len(values):
+        raise ValueError(f"give a non-empty list of distinct {what}")
+    if any(not math.isfinite(v) or v < 0 or (what == "learning rates" and v == 0) for v in values):
+        raise ValueError(f"{what} must be finite and {'> 0' if what == 'learning rates' else '>= 0'}")
+    return values
 
-    model_config = ConfigDict(extra="forbid")
 
+def scaled_grid(lrs: list[float], weight_decays: list[float], batch: int) -> list[tuple[float, float]]:
+    """(lr, weight decay) of every head, each base lr (at batch 256) scaled linearly to ``batch``; lr-major."""
+    return [(lr * batch / REFERENCE_BATCH, wd) for lr in lrs for wd in weight_decays]
+
+
+class LinearConfig(ConfigModel):
+    """The cached-feature probe: ``lrs`` x ``weight_decays`` heads at once (defaults: DINOv2 + solo-learn, 18 heads)."""
+
+    name: Literal["linear"] = "linear"
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(256, ge=1)
     optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.1, gt=0, description="peak learning rate, cosine-decayed to 0 over all steps")
+    lrs: list[float] = Field(default_factory=lambda: [*DINOV2_LRS, *SOLO_LEARN_LRS],
+                             description="peak lrs at batch 256, scaled by the batch used / 256; cosine-decayed to 0")
+    weight_decays: list[float] = Field(default_factory=lambda: [0.0], description="crossed with lrs")
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
-    weight_decay: float = Field(0.0, ge=0)
-    standardize: bool = Field(True, description="standardise features with the training mean and std")
+    standardize: bool = Field(True, description="standardise features with the fit set's mean and std")
+    refit: bool = Field(True, description="train the chosen (lr, wd) again on train + val for the test number; "
+                        "false scores the head chosen on val (DINOv2)")
     seed: int = 0
 
+    @field_validator("lrs")
+    @classmethod
+    def _lrs(cls, v: list[float]) -> list[float]:
+        return positive_grid(v, "learning rates")
 
-def linear_probe(
-    train_f: torch.Tensor,
-    train_y: torch.Tensor,
-    test_f: torch.Tensor,
-    test_y: torch.Tensor,
-    num_classes: int,
-    cfg: LinearConfig,
-    chunk: int = 8192,
-) -> dict[str, float]:
-    """Train ``nn.Linear`` on (train_f, train_y); return ``{"linear.top1", "linear.top5"}`` on the test set.
+    @field_validator("weight_decays")
+    @classmethod
+    def _wds(cls, v: list[float]) -> list[float]:
+        return positive_grid(v, "weight decays")
 
-    Training is deterministic for a given seed: the head is initialised N(0, 0.01) with zero bias and the
-    epochs are shuffled by a seeded CPU generator. Top-5 is reported only with more than 5 classes.
-    """
-    check_labels(train_y, num_classes, "linear-probe training features")
-    check_labels(test_y, num_classes, "linear-probe test features")
-    device = train_f.device
-    train_f = train_f.float()
-    mean, std = (train_f.mean(dim=0), train_f.std(dim=0).clamp_min(1e-6)) if cfg.standardize else (0.0, 1.0)
-    x = (train_f - mean) / std
+    def grid(self, n: int) -> list[tuple[float, float]]:
+        """(lr, weight decay) of every head for ``n`` training samples: each lr scaled by the batch used,
+        ``min(batch_size, n)`` / 256; lr-major, in the order given."""
+        return scaled_grid(self.lrs, self.weight_decays, min(self.batch_size, n))
 
-    head = train_linear_head(lambda idx: x[idx], train_y, x.shape[1], num_classes, cfg)
+    def recipe(self) -> HeadRecipe:
+        return HeadRecipe(epochs=self.epochs, optimizer=self.optimizer, momentum=self.momentum, seed=self.seed)
 
-    correct = torch.zeros(2, dtype=torch.long, device=device)
+
+def index_batches(batch_features: Callable[[torch.Tensor], torch.Tensor], labels: torch.Tensor, batch_size: int,
+                  seed: int) -> tuple[EpochBatches, int]:
+    """Epochs of ``(batch_features(idx), labels[idx])`` in a seeded order (``epoch_permutation``); and steps per epoch."""
+    n = labels.shape[0]
+    batch_size = min(batch_size, n)
+    steps = math.ceil(n / batch_size)
+
+    def batches(epoch: int):
+        order = epoch_permutation(n, seed, epoch).to(labels.device)
+        for b in range(steps):
+            idx = order[b * batch_size : (b + 1) * batch_size]
+            yield batch_features(idx), labels[idx]
+
+    return batches, steps
+
+
+def fit_heads(feats: Features, num_classes: int, grid: Sequence[tuple[float, float]],
+              cfg: LinearConfig) -> tuple[LinearHeads, Callable[[torch.Tensor], torch.Tensor]]:
+    """The heads of ``grid`` trained on ``feats``, and the standardisation they expect."""
+    check_labels(feats.y, num_classes, "linear-probe training features")
+    standardize = standardizer(feats.x, cfg.standardize)
+    x = standardize(feats.x)
+    batches, steps = index_batches(lambda idx: x[idx], feats.y, cfg.batch_size, cfg.seed)
+    return train_heads(batches, steps, x.shape[1], num_classes, grid, cfg.recipe(), x.device), standardize
+
+
+def head_accuracy(heads: LinearHeads, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """(G, 2) top-1 and top-5 accuracy of every head on the (transformed) features ``x``."""
+    correct = torch.zeros(len(heads.weights), 2, dtype=torch.long, device=x.device)
     with torch.no_grad():
-        for start in range(0, test_f.shape[0], chunk):
-            logits = head((test_f[start : start + chunk].float() - mean) / std)
-            correct += topk_correct(logits, test_y[start : start + chunk], (1, 5))
-    return accuracy_metrics("linear", correct, test_f.shape[0], num_classes)
+        for start in range(0, x.shape[0], chunk):
+            logits = heads(x[start : start + chunk])
+            labels = y[start : start + chunk]
+            correct += torch.stack([topk_correct(head_logits, labels, (1, 5)) for head_logits in logits])
+    return correct.double() / x.shape[0]
+
+
+def pick_head(heads: LinearHeads, accuracy: torch.Tensor, what: str) -> int:
+    """The finite head with the best validation top-1 (ties: the first in grid order)."""
+    if not bool(heads.finite.any()):
+        raise ConfigError(f"{what}: the loss of every head turned non-finite; lower the probe's lrs")
+    top1 = torch.where(heads.finite, accuracy[:, 0], torch.full_like(accuracy[:, 0], -1.0))
+    return int(top1.argmax())
+
+
+def val_metrics(accuracy: torch.Tensor, num_classes: int) -> dict[str, float]:
+    """``{"top1": .., "top5": ..}`` of one head's accuracy row (top-5 only with more than 5 classes)."""
+    return {"top1": float(accuracy[0]), **({"top5": float(accuracy[1])} if num_classes > 5 else {})}
+
+
+@timed("linear")
+def select_linear(train: Features, val: Features, num_classes: int, cfg: LinearConfig, refit_on: Features | None) -> Choice:
+    """Train the grid on ``train``, choose the head by validation top-1, refit it on ``refit_on`` (when given)."""
+    grid = cfg.grid(len(train))
+    heads, standardize = fit_heads(train, num_classes, grid, cfg)
+    accuracy = head_accuracy(heads, standardize(val.x), val.y)
+    g = pick_head(heads, accuracy, "linear probe")
+    lr, wd = grid[g]
+    classifier = _composed(heads.head(g), standardize)
+    if refit_on is not None:
+        refitted, refit_standardize = fit_heads(refit_on, num_classes, [grid[g]], cfg)
+        classifier = _composed(refitted.head(0), refit_standardize)
+    return Choice({"lr": lr, "wd": wd}, val_metrics(accuracy[g], num_classes), classifier)
+
+
+def _composed(head: nn.Module, standardize: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda f: head(standardize(f))
 
 
 def train_linear_head(batch_features: Callable[[torch.Tensor], torch.Tensor], labels: torch.Tensor, in_dim: int,
-                      num_classes: int, cfg: LinearConfig) -> nn.Linear:
-    """Train ``nn.Linear`` on ``batch_features(idx)``, the features of the samples ``idx`` of each batch.
+                      num_classes: int, cfg: LinearConfig) -> nn.Module:
+    """One head of a one-point grid (one lr, one weight decay) on ``batch_features(idx)`` of each batch ``idx``.
 
-    The head is initialised N(0, 0.01) with zero bias, the epochs are shuffled by a CPU generator seeded
-    with ``cfg.seed`` and the lr decays on a cosine over all steps, so training is deterministic.
+    Deterministic: N(0, 0.01) initialisation and the epoch orders come from ``cfg.seed``.
     """
-    device = labels.device
-    g = torch.Generator().manual_seed(cfg.seed)
-    head = nn.Linear(in_dim, num_classes)
-    with torch.no_grad():
-        head.weight.copy_(torch.randn(head.weight.shape, generator=g) * 0.01)
-        head.bias.zero_()
-    head = head.to(device)
-    if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(head.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    n = labels.shape[0]
-    batch_size = min(cfg.batch_size, n)
-    steps_per_epoch = math.ceil(n / batch_size)
-    total = cfg.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / total)))
-    for _ in range(cfg.epochs):
-        order = torch.randperm(n, generator=g).to(device)
-        for b in range(steps_per_epoch):
-            idx = order[b * batch_size : (b + 1) * batch_size]
-            loss = F.cross_entropy(head(batch_features(idx)), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    return head
+    grid = cfg.grid(labels.shape[0])
+    if len(grid) != 1:
+        raise ConfigError(f"one linear head needs one lr and one weight decay; got {len(grid)} (lrs x weight_decays)")
+    batches, steps = index_batches(batch_features, labels, cfg.batch_size, cfg.seed)
+    return train_heads(batches, steps, in_dim, num_classes, grid, cfg.recipe(), labels.device).head(0)
+
+
+def linear_probe(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
+                 num_classes: int, cfg: LinearConfig) -> dict[str, float]:
+    """One (lr, wd) trained on the train features and scored on the test ones, without selection:
+    ``{"linear.top1", "linear.top5"}`` (the cached protocol ``ssl-bench perf`` sets against the full-network one)."""
+    check_labels(train_y, num_classes, "linear-probe training features")
+    standardize = standardizer(train_f, cfg.standardize)
+    x = standardize(train_f)
+    head = train_linear_head(lambda idx: x[idx], train_y, x.shape[1], num_classes, cfg)
+    return score(_composed(head, standardize), Features(test_f, test_y), "linear", num_classes)

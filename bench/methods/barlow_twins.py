@@ -7,8 +7,8 @@ the loss pulls its diagonal to 1 (invariance to the augmentations) and, weighted
 off-diagonal entries to 0 (redundancy reduction between dimensions). No negatives, predictor or
 stop-gradient. Standardising with the biased (1/N) std makes C equal the paper's Eq. 2 exactly.
 
-Ambiguities resolved:
-- lambda: 0.0051, the official code's default; the paper's text rounds it to 5e-3: ``lambd=0.005``.
+Code reading (``reading: code``, facebookresearch/barlowtwins ``main.py``):
+- lambda of Eq. 1: the paper's 5e-3; the official code's default 0.0051: ``lambd=0.0051``.
 """
 
 from __future__ import annotations
@@ -22,14 +22,16 @@ from torch import nn
 from bench.data.views import Views
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
-from bench.models.heads import mlp
+from bench.models.heads import HeadSpec, mlp
 from bench.train.distributed import gather_with_grad
 
 
 class BarlowTwinsParams(MethodParams):
     name: Literal["barlow_twins"] = "barlow_twins"
-    projector: str = Field("8192-8192-8192", description="projector widths (hidden BN, plain output)")
-    lambd: float = Field(0.0051, ge=0, description="weight lambda of the off-diagonal (redundancy reduction) term")
+    projector: HeadSpec = Field("8192-8192-8192", description="projector widths (hidden BN, plain output)")
+    lambd: float = Field(0.005, ge=0, description="weight lambda of the off-diagonal (redundancy reduction) term")
+
+    code_reading: ClassVar[dict[str, Any]] = {"lambd": 0.0051}
 
 
 @fp32_loss

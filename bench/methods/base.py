@@ -10,31 +10,76 @@ batch and the engine averages the gradients: a loss that is a mean over samples 
 built from batch statistics (negatives, covariances, codes) gathers the embeddings with ``gather_with_grad``
 and computes the one-process loss on them, and state updates (queues, running statistics, EMA targets)
 must come out the same on every rank.
+
+Readings: where a method's official code computes its loss (or builds its heads) differently from the paper's
+equations, its Params hold the paper's values and list the code's in ``code_reading``; ``reading: code`` selects
+them all at once (an option given explicitly still wins), and ``reading_in_effect`` says which reading a
+resolved config follows. Published numbers come from the authors' code, so the reading is part of the protocol
+record that the paper column compares (bench/report/protocol.py). A method whose ``code_reading`` is empty
+reads the same either way.
 """
 
 from __future__ import annotations
 
 import functools
 from abc import abstractmethod
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Annotated, Any, Callable, ClassVar, TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import Field, model_validator
 from torch import nn
 
 from bench.data.views import Views
+from bench.models.heads import HeadSpec
+from bench.schema import FROM_YAML, ConfigModel
 
 T = TypeVar("T")
 
 
-class MethodParams(BaseModel):
-    """Typed hyper-parameters of a method; each subclass holds the paper's defaults."""
+class Reading(StrEnum):
+    """Which text a method follows where its paper and its official code differ (see the module docstring)."""
 
-    model_config = ConfigDict(extra="forbid")
+    PAPER = "paper"
+    CODE = "code"
+
+
+#: ``MethodParams.reading_in_effect`` of a config that sets some code-reading options back to the paper's values
+MIXED = "mixed"
+
+
+class MethodParams(ConfigModel):
+    """Typed hyper-parameters of a method; each subclass holds the paper's defaults and, in ``code_reading``,
+    the values of the official code where it differs from the paper."""
+
+    #: field -> its value in the official code, where that differs from the paper's (the field's default)
+    code_reading: ClassVar[dict[str, Any]] = {}
 
     name: str
-    projector: str = ""
+    projector: HeadSpec = ""
+    reading: Annotated[Reading, FROM_YAML] = Field(Reading.PAPER, description="paper: the paper's equations; code: every "
+                                                   "reading of the official code at once (options given explicitly still win)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_reading(cls, data: Any) -> Any:
+        """Under ``reading: code``, the code's values of the options the config leaves out."""
+        if isinstance(data, dict) and data.get("reading") == Reading.CODE:
+            return {**cls.code_reading, **data}
+        return data
+
+    def reading_in_effect(self) -> str:
+        """``paper`` or ``code`` when every code-reading option has that reading's value, else ``mixed``; the
+        switch itself when the method has no code reading (both read the same)."""
+        if not self.code_reading:
+            return self.reading.value
+        fields = type(self).model_fields
+        if all(getattr(self, key) == value for key, value in self.code_reading.items()):
+            return Reading.CODE.value
+        if all(getattr(self, key) == fields[key].default for key in self.code_reading):
+            return Reading.PAPER.value
+        return MIXED
 
 
 class Method(nn.Module):

@@ -27,13 +27,13 @@ from bench.errors import ConfigError
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
-from bench.models.heads import mlp, out_dim
+from bench.models.heads import HeadSpec, mlp, out_dim
 
 
 class BYOLParams(MethodParams):
     name: Literal["byol"] = "byol"
-    projector: str = Field("4096-256", description="projector g widths (hidden BN, plain output)")
-    predictor: str = Field("4096-256", description="predictor q widths; must end at the projector width")
+    projector: HeadSpec = Field("4096-256", description="projector g widths (hidden BN, plain output)")
+    predictor: HeadSpec = Field("4096-256", description="predictor q widths; must end at the projector width")
     tau_base: float = Field(0.996, ge=0, le=1, description="EMA decay at step 0, raised to 1 by a cosine schedule")
 
 

@@ -38,6 +38,10 @@ Ambiguities resolved:
 - log-determinant: LU-based ``torch.logdet`` in float64 without symmetrisation, as the thesis
   and the code; no option.
 - weight decay on every parameter (the thesis names no exclusion): ``optimizer.exclude_bias_bn``.
+
+Code reading: none (``reading: code`` changes nothing). The loss above is the thesis' practical one (Sec. 5.2.5,
+Algorithm 1) and the code's; where they differ it is in settings: lambda on ImageNet-100 / -1K (``lambd``) and
+the LDMI tracker (a logged metric).
 """
 
 from __future__ import annotations
@@ -52,13 +56,13 @@ from torch import nn
 from bench.data.views import Views
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
-from bench.models.heads import mlp, out_dim
+from bench.models.heads import HeadSpec, mlp, out_dim
 from bench.train.distributed import gather_with_grad
 
 
 class CorInfoMaxParams(MethodParams):
     name: Literal["corinfomax"] = "corinfomax"
-    projector: str = Field(
+    projector: HeadSpec = Field(
         "4096-4096-128", description="projector widths (Linear-ReLU hidden layers, last Linear without bias)"
     )
     projector_bn: bool = Field(False, description="BN after each hidden Linear (the thesis' ImageNet-1K projector)")

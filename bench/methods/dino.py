@@ -34,13 +34,13 @@ from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
 from bench.methods.multicrop import check_global_crops, crop_pair_cross_entropy, multicrop_forward
-from bench.models.heads import parse_spec
+from bench.models.heads import HeadSpec, parse_spec
 from bench.train.distributed import all_reduce
 
 
 class DINOParams(MethodParams):
     name: Literal["dino"] = "dino"
-    projector: str = Field("2048-2048-256", description="head MLP widths (GELU between, last is the bottleneck)")
+    projector: HeadSpec = Field("2048-2048-256", description="head MLP widths (GELU between, last is the bottleneck)")
     out_dim: int = Field(65536, ge=1, description="K, width of the weight-normalised last layer")
     global_crops: int = Field(2, ge=1, description="the first crops are global: the teacher sees only these")
     momentum_base: float = Field(0.996, ge=0, le=1, description="teacher EMA momentum at step 0, cosine to 1")

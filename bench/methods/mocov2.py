@@ -38,13 +38,13 @@ from bench.data.views import Views
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
-from bench.models.heads import mlp, out_dim
+from bench.models.heads import HeadSpec, mlp, out_dim
 from bench.train.distributed import gather_with_grad
 
 
 class MoCoV2Params(MethodParams):
     name: Literal["mocov2"] = "mocov2"
-    projector: str = Field("2048-128", description="projector widths (Linear-ReLU-Linear, no BN)")
+    projector: HeadSpec = Field("2048-128", description="projector widths (Linear-ReLU-Linear, no BN)")
     queue_size: int = Field(65536, ge=1, description="K, the number of negative keys kept in the FIFO queue")
     temperature: float = Field(0.2, gt=0, description="InfoNCE temperature tau (MoCo v2)")
     momentum: float = Field(0.999, ge=0, le=1, description="m, EMA decay of the key encoder")

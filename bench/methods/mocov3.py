@@ -8,11 +8,14 @@ the same batch, its own crop's partner on the diagonal, by a cross-entropy over 
 products at temperature tau scaled by 2 tau, summed over both crop orders. The key encoder gets no
 gradient and follows the query encoder by an EMA whose decay rises from m to 1 on a cosine schedule.
 
+Code reading (``reading: code``, facebookresearch/moco-v3 ``moco/builder.py``):
+- predictor output: the paper (Sec. 4) puts BN on every layer of both MLPs, the predictor's output too;
+  the official code ends the predictor with a plain Linear: ``predictor_last_bn=false``.
+
 Ambiguities resolved:
 - projector: 3 layers 4096-4096-256 as in the paper, BN on every layer, the last without affine; the
-  official code's ResNet model uses 2 layers: ``projector="4096-256"``.
-- predictor output: a plain Linear as in the official code; the paper's text puts BN on every layer
-  of both MLPs: ``predictor_last_bn=True``.
+  official code's ResNet model uses 2 layers: ``projector="4096-256"`` (its ViT model keeps 3, so the
+  switch leaves the depth to the suite).
 - temperature: 1.0, the official ResNet-50 default; its ViT recipe uses 0.2: ``temperature=0.2``.
 """
 
@@ -30,17 +33,19 @@ from bench.errors import ConfigError
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
-from bench.models.heads import mlp, out_dim
+from bench.models.heads import HeadSpec, mlp, out_dim
 from bench.train.distributed import gather_with_grad
 
 
 class MoCoV3Params(MethodParams):
     name: Literal["mocov3"] = "mocov3"
-    projector: str = Field("4096-4096-256", description="projector widths (BN on every layer, the last without affine)")
-    predictor: str = Field("4096-256", description="predictor widths (hidden BN); must end at the projector width")
-    predictor_last_bn: bool = Field(False, description="BN on the predictor output (the paper's text)")
+    projector: HeadSpec = Field("4096-4096-256", description="projector widths (BN on every layer, the last without affine)")
+    predictor: HeadSpec = Field("4096-256", description="predictor widths (hidden BN); must end at the projector width")
+    predictor_last_bn: bool = Field(True, description="BN on the predictor output (paper; false: the code's plain Linear)")
     temperature: float = Field(1.0, gt=0, description="tau of the contrastive loss (official ResNet-50 value)")
     momentum: float = Field(0.99, ge=0, le=1, description="m at step 0 (ResNet), raised to 1 by a cosine schedule")
+
+    code_reading: ClassVar[dict[str, Any]] = {"predictor_last_bn": False}
 
 
 def _contrastive(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tensor:

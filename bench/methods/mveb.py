@@ -29,6 +29,10 @@ Ambiguities resolved:
 - multi-crop (more than two crops): the global crops pair crosswise with the other's target, each
   local crop with the unnormalised mean of the two global targets; alignment averaged over crops.
 - several processes: the embeddings are gathered, so the Stein score's sample set is the global batch.
+
+Code reading: none (``reading: code`` changes nothing). The loss follows the official code where the paper is
+silent or wrong (Algorithm 1's typos, the bandwidth's zero diagonal, the ridge eta) in both readings; the code's
+other differences are optimizer settings (lr 0.3, LARS exclusions), set in a suite.
 """
 
 from __future__ import annotations
@@ -45,13 +49,13 @@ from bench.eval.diagnostics import uniformity
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
-from bench.models.heads import mlp
+from bench.models.heads import HeadSpec, mlp
 from bench.train.distributed import gather_with_grad
 
 
 class MVEBParams(MethodParams):
     name: Literal["mveb"] = "mveb"
-    projector: str = Field("2048-2048-2048", description="projector widths (hidden BN + ReLU, last Linear with bias)")
+    projector: HeadSpec = Field("2048-2048-2048", description="projector widths (hidden BN + ReLU, last Linear with bias)")
     beta: float = Field(0.01, ge=0, description="beta, weight of the entropy term (Eq. 11)")
     target: Literal["momentum", "shared"] = Field(
         "momentum", description="target branch: EMA copy (no gradient) or the online network itself (with gradient)"

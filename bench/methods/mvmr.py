@@ -11,11 +11,15 @@ the pre-training split are computed once and cached on disk (bench.representatio
 kept as read-only memory maps on the CPU and the batch's rows are gathered and copied to the device
 at each step.
 
-Ambiguities resolved (spec section 8):
-- L3 sign: the paper's 1 - dCor (maximise dependence); the code adds +dCor: ``l3_mode=minimize``.
+Code reading (``reading: code``, the authors' ``self_supervised_module.py``; spec section 8), all at once:
+- L3 sign: the paper's Eq. 11 adds beta_k (1 - dCor) (maximise dependence); the code adds + dCor for the
+  hand-crafted representations: ``l3_mode=minimize``.
 - R^2 vs R: the paper's Eq. 5 (squared dCor); the code's square root: ``dcor_squared=false``.
 - MSE scale: Eq. 6 sums over D and averages over B; the code's mean over B*D: ``mse_reduction=mean``.
-- variance: eps 1e-4 inside the sqrt of the unbiased variance (Eq. 7-8); the code has no eps: ``eps`` near 0.
+- variance: eps 1e-4 inside the sqrt of the unbiased variance (Eq. 7-8); the code's ``z.std(dim=0)`` has
+  none: ``eps=0``.
+
+Ambiguities resolved (spec section 8), the same in both readings:
 - distances: d^2 clamped at 1e-4 before the sqrt as in the code (``dcor_eps``), in fp32; no /32 scaling.
 - batch statistics: per process, as in the code (no all-gather); over the batch gathered from all
   processes (the one-process loss of the global batch): ``dcor_global=true``.
@@ -43,7 +47,7 @@ from bench.data.views import Views
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.vicreg import variance_hinge
-from bench.models.heads import mlp
+from bench.models.heads import HeadSpec, mlp
 from bench.train.distributed import gather_with_grad
 from bench.representations import (
     AUGMENTED,
@@ -68,7 +72,7 @@ Term = Literal["l1", "l2", "l3"]
 
 class MVMRParams(MethodParams):
     name: Literal["mvmr"] = "mvmr"
-    projector: str = Field("8192-8192-8192", description="projector widths (Linear without bias, BN+ReLU hidden, plain last)")
+    projector: HeadSpec = Field("8192-8192-8192", description="projector widths (Linear without bias, BN+ReLU hidden, plain last)")
     representations: list[RepName] = Field(
         ["raw", "scattering", "augmented", "hog", "lsd"], description="the z*_k of L3 (the paper's five by default)"
     )
@@ -95,6 +99,8 @@ class MVMRParams(MethodParams):
     cache_dtype: CacheDtype = Field("float16", description="storage type of the cached representations")
     cache: bool = Field(True, description="compute the deterministic representations once and cache them on disk; "
                         "false recomputes them from each batch's clean images (for timing the cache's gain)")
+
+    code_reading: ClassVar[dict[str, Any]] = {"mse_reduction": "mean", "l3_mode": "minimize", "dcor_squared": False, "eps": 0.0}
 
     @model_validator(mode="after")
     def _consistent(self) -> MVMRParams:

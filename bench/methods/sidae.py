@@ -23,6 +23,9 @@ Ambiguities resolved:
   parameters (``projector_last_bn_affine=True`` keeps them); predictor 512-2048.
 - learning rate: 0.03 at the paper's batch 512 is taken as an absolute rate, not scaled with the
   batch (``optimizer.lr_scaling=linear`` with ``reference_batch=512`` scales it).
+
+Code reading: none (``reading: code`` changes nothing): the paper points to no official code; its equation and
+its prose differ on the reconstruction target (``target`` above).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from bench.errors import ConfigError
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.simsiam import SimSiam, SimSiamParams, simsiam_loss
-from bench.models.heads import mlp, out_dim
+from bench.models.heads import HeadSpec, mlp, out_dim
 
 #: decoder channels from the 1 x 1 map to the last hidden transposed convolution
 DECODER_CHANNELS = (512, 256, 128, 64, 32)
@@ -65,7 +68,7 @@ class SidAEParams(SimSiamParams):
 
 class DAEParams(MethodParams):
     name: Literal["dae"] = "dae"
-    projector: str = Field("2048-2048-2048", description="projection MLP widths (BN on every layer, output included)")
+    projector: HeadSpec = Field("2048-2048-2048", description="projection MLP widths (BN on every layer, output included)")
     projector_last_bn_affine: bool = Field(False, description="affine parameters on the projector's output BN")
     target: ReconstructionTarget = Field("clean", description=_TARGET_DESCRIPTION)
 

@@ -7,9 +7,11 @@ of the batch as negatives, comparing cosine similarities at a temperature. The b
 (before g) is the representation. Both views go through the network as one batch of 2N, so batch
 norm sees all 2N samples (the paper's global BN).
 
+Code reading (``reading: code``, google-research/simclr ``model_util.py``):
+- projector output layer: plain Linear as in the paper's g(h) = W2 relu(W1 h) (Sec. 2.1; BN on the hidden
+  layer); the official code also batch-normalises the output: ``projector_last_bn=True``.
+
 Ambiguities resolved:
-- projector output layer: plain Linear as in the paper's g(h) = W2 relu(W1 h) (BN on the hidden layer);
-  the official code also batch-normalises the output: ``projector_last_bn=True``.
 - temperature: 0.1, the paper's ImageNet default; its CIFAR-10 experiments use 0.5: ``temperature=0.5``.
 """
 
@@ -25,15 +27,17 @@ from torch import nn
 from bench.data.views import Views
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
-from bench.models.heads import mlp
+from bench.models.heads import HeadSpec, mlp
 from bench.train.distributed import gather_with_grad
 
 
 class SimCLRParams(MethodParams):
     name: Literal["simclr"] = "simclr"
-    projector: str = Field("2048-128", description="projection MLP g widths (hidden BN, plain output)")
+    projector: HeadSpec = Field("2048-128", description="projection MLP g widths (hidden BN, plain output)")
     projector_last_bn: bool = Field(False, description="BN on the projector output (official code variant)")
     temperature: float = Field(0.1, gt=0, description="NT-Xent temperature tau (paper, ImageNet)")
+
+    code_reading: ClassVar[dict[str, Any]] = {"projector_last_bn": True}
 
 
 @fp32_loss

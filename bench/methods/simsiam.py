@@ -26,14 +26,14 @@ from bench.data.views import Views
 from bench.errors import ConfigError
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
-from bench.models.heads import mlp, out_dim
+from bench.models.heads import HeadSpec, mlp, out_dim
 
 
 class SimSiamParams(MethodParams):
     name: Literal["simsiam"] = "simsiam"
-    projector: str = Field("2048-2048-2048", description="projection MLP widths (BN on every layer, output included)")
+    projector: HeadSpec = Field("2048-2048-2048", description="projection MLP widths (BN on every layer, output included)")
     projector_last_bn_affine: bool = Field(False, description="affine parameters on the projector's output BN")
-    predictor: str = Field(
+    predictor: HeadSpec = Field(
         "512-2048", description="prediction MLP h widths (bottleneck); must end at the projector width"
     )
 

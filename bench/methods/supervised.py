@@ -22,12 +22,12 @@ from torch import nn
 from bench.data.views import Views
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
-from bench.models.heads import mlp, out_dim
+from bench.models.heads import HeadSpec, mlp, out_dim
 
 
 class SupervisedParams(MethodParams):
     name: Literal["supervised"] = "supervised"
-    projector: str = Field("", description="MLP widths between backbone and classifier; empty: linear classifier")
+    projector: HeadSpec = Field("", description="MLP widths between backbone and classifier; empty: linear classifier")
 
 
 @fp32_loss

@@ -33,13 +33,13 @@ from bench.data.views import Views
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.multicrop import check_global_crops, crop_pair_cross_entropy, multicrop_forward
-from bench.models.heads import mlp, out_dim
+from bench.models.heads import HeadSpec, mlp, out_dim
 from bench.train.distributed import all_reduce, world_size
 
 
 class SwAVParams(MethodParams):
     name: Literal["swav"] = "swav"
-    projector: str = Field("2048-128", description="projection head widths (hidden BN, plain output)")
+    projector: HeadSpec = Field("2048-128", description="projection head widths (hidden BN, plain output)")
     num_prototypes: int = Field(3000, ge=1, description="K, number of prototypes")
     temperature: float = Field(0.1, gt=0, description="tau of the prototype softmax")
     epsilon: float = Field(0.05, gt=0, description="entropy weight eps of the Sinkhorn-Knopp codes")

@@ -10,8 +10,11 @@ stop-gradient are needed, and the two branches need not share weights.
 Ambiguities resolved:
 - invariance scale: the element-wise mean squared error of the official code, on which the
   coefficients 25/25/1 were tuned; the paper's Eq. 5 sums over the D dimensions: ``sim_coeff=25 * D``.
-- variance over two branches: v(Z) + v(Z') as in Eq. 6; the official code averages the two
-  branches: ``std_coeff=12.5``.
+  Both readings keep the mean: the paper's lambda = 25 was set on it.
+
+Code reading (``reading: code``, facebookresearch/vicreg ``main_vicreg.py``):
+- variance over two branches: the paper's Eq. 6 adds the hinges, mu [v(Z) + v(Z')];
+  the code averages them, mu [v(Z) + v(Z')] / 2: ``variance_branches=mean``.
 """
 
 from __future__ import annotations
@@ -26,18 +29,22 @@ from torch import nn
 from bench.data.views import Views
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
-from bench.models.heads import mlp
+from bench.models.heads import HeadSpec, mlp
 from bench.train.distributed import gather_with_grad
 
 
 class VICRegParams(MethodParams):
     name: Literal["vicreg"] = "vicreg"
-    projector: str = Field("8192-8192-8192", description="expander widths (hidden BN, plain output)")
+    projector: HeadSpec = Field("8192-8192-8192", description="expander widths (hidden BN, plain output)")
     sim_coeff: float = Field(25.0, ge=0, description="lambda, weight of the invariance term")
     std_coeff: float = Field(25.0, ge=0, description="mu, weight of the variance term")
     cov_coeff: float = Field(1.0, ge=0, description="nu, weight of the covariance term")
     gamma: float = Field(1.0, gt=0, description="target std of each embedding dimension")
     eps: float = Field(1e-4, gt=0, description="added to the variance before the square root")
+    variance_branches: Literal["sum", "mean"] = Field("sum", description="the two branches' variance hinges added "
+                                                      "(Eq. 6, paper) or averaged (code)")
+
+    code_reading: ClassVar[dict[str, Any]] = {"variance_branches": "mean"}
 
 
 def variance_hinge(z: torch.Tensor, gamma: float, eps: float) -> torch.Tensor:
@@ -62,10 +69,14 @@ def vicreg_loss(
     cov_coeff: float,
     gamma: float,
     eps: float,
+    variance_branches: str = "sum",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Return the VICReg loss and its unweighted terms ``invariance``, ``variance``, ``covariance``."""
+    """Return the VICReg loss and its unweighted terms ``invariance``, ``variance``, ``covariance``;
+    ``variance_branches`` "mean" halves the variance term (the official code's reading of Eq. 6)."""
     invariance = F.mse_loss(z1, z2)  # Eq. 5 (mean over samples and dimensions)
-    variance = variance_hinge(z1, gamma, eps) + variance_hinge(z2, gamma, eps)  # v(Z) + v(Z')
+    variance = variance_hinge(z1, gamma, eps) + variance_hinge(z2, gamma, eps)  # Eq. 6: v(Z) + v(Z')
+    if variance_branches == "mean":
+        variance = variance / 2  # code: mean(relu(1 - std_x)) / 2 + mean(relu(1 - std_y)) / 2
     covariance = _covariance(z1) + _covariance(z2)  # c(Z) + c(Z')
     loss = sim_coeff * invariance + std_coeff * variance + cov_coeff * covariance  # Eq. 6
     terms = {"invariance": invariance.detach(), "variance": variance.detach(), "covariance": covariance.detach()}
@@ -96,5 +107,5 @@ class VICReg(Method):
         """VICReg loss of the two crops; also logs its three unweighted terms."""
         z1, z2 = (gather_with_grad(self.projector(self.backbone(x))) for x in views.crops[:2])  # statistics of the global batch
         p = self.params
-        loss, terms = vicreg_loss(z1, z2, p.sim_coeff, p.std_coeff, p.cov_coeff, p.gamma, p.eps)
+        loss, terms = vicreg_loss(z1, z2, p.sim_coeff, p.std_coeff, p.cov_coeff, p.gamma, p.eps, p.variance_branches)
         return {"loss": loss, **terms}

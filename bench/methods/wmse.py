@@ -36,12 +36,12 @@ from bench.data.views import Views
 from bench.errors import ConfigError
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
-from bench.models.heads import mlp, out_dim
+from bench.models.heads import HeadSpec, mlp, out_dim
 
 
 class WMSEParams(MethodParams):
     name: Literal["wmse"] = "wmse"
-    projector: str = Field("1024-64", description="projector widths (hidden BN, plain output)")
+    projector: HeadSpec = Field("1024-64", description="projector widths (hidden BN, plain output)")
     w_size: int = Field(128, ge=2, description="images per whitening slice; must exceed the embedding width")
     w_iter: int = Field(1, ge=1, description="random splits into slices per step; their losses are averaged")
     w_eps: float = Field(0.0, ge=0, lt=1, description="shrinkage: whiten with (1 - w_eps) Sigma + w_eps I")

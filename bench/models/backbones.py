@@ -8,14 +8,14 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 from torchvision import models
 
+from bench.schema import ConfigModel
 
-class BackboneConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
+class BackboneConfig(ConfigModel):
     name: Literal["resnet18", "resnet34", "resnet50", "small_cnn"] = "small_cnn"
     cifar_stem: bool = Field(False, description="3x3 stride-1 conv1 and no max-pool (CIFAR-size images)")
     zero_init_residual: bool = Field(True, description="zero-init the last BN of each residual block")

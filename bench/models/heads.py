@@ -7,22 +7,39 @@ hidden and the last BN are switches; a Linear followed by BN carries no bias (BN
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from pydantic import AfterValidator
 from torch import nn
 
 from bench.errors import ConfigError
 
 
-def parse_spec(spec: str) -> list[int]:
-    """``"2048-2048-128"`` -> ``[2048, 2048, 128]``; the empty string means no head."""
+def _widths(spec: str) -> list[int]:
+    """The widths of ``spec``; ValueError naming the fix when it is no head spec."""
     if spec.strip() == "":
         return []
+    parts = spec.split("-")
+    if not all(part.strip().isdigit() and int(part) > 0 for part in parts):
+        raise ValueError("not a head spec; write positive widths joined by '-', e.g. 2048-2048 (or '' for no head)")
+    return [int(part) for part in parts]
+
+
+def _valid_spec(spec: str) -> str:
+    _widths(spec)
+    return spec
+
+
+#: a head spec in a config: refused at validation unless ``parse_spec`` reads it
+HeadSpec = Annotated[str, AfterValidator(_valid_spec)]
+
+
+def parse_spec(spec: str) -> list[int]:
+    """``"2048-2048-128"`` -> ``[2048, 2048, 128]``; the empty string means no head."""
     try:
-        dims = [int(part) for part in spec.split("-")]
-    except ValueError:
-        raise ConfigError(f"bad head spec '{spec}': expected widths joined by '-', e.g. '2048-2048-128'") from None
-    if any(d < 1 for d in dims):
-        raise ConfigError(f"bad head spec '{spec}': widths must be positive")
-    return dims
+        return _widths(spec)
+    except ValueError as err:
+        raise ConfigError(f"head spec '{spec}': {err}") from None
 
 
 def mlp(

@@ -12,7 +12,9 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import optuna
@@ -58,12 +60,17 @@ def storage_url(suite: Suite, override: str | None) -> str:
     return override or suite.storage.url or default_storage_url()
 
 
-def prepare(suite: Suite, cells: list[Cell], url: str, *, retry_failed: bool = False) -> Prepared:
-    """Create the tracking parent run and the study, and enqueue the cells that still need work."""
+def prepare(suite: Suite, cells: list[Cell], url: str, *, retry_failed: bool = False, sets: Sequence[str] = ()) -> Prepared:
+    """Create the tracking parent run and the study, record this variant of the suite (its ``--set`` overrides
+    ``sets``) on both, and enqueue the cells that still need work."""
     uri = tracking_uri(suite.tracking.mlflow_uri)
     experiment = suite.tracking.experiment or suite.name
-    parent = SuiteTracker(uri, experiment).parent_run(suite.name, suite.to_yaml())
-    study = create_study(suite, suite_storage(suite, url), {"uri": uri, "experiment": experiment, "parent_run_id": parent})
+    now = datetime.now(timezone.utc)
+    tracker = SuiteTracker(uri, experiment)
+    parent = tracker.parent_run(suite.name, suite.to_yaml())
+    tracker.record_run(parent, suite.to_yaml(), sets, now)
+    tracking = {"uri": uri, "experiment": experiment, "parent_run_id": parent}
+    study = create_study(suite, suite_storage(suite, url), tracking, sets, now)
     added = [] if suite.search else enqueue_cells(study, cells, retry_failed=retry_failed)
     return Prepared(url, study, added)
 
@@ -132,10 +139,13 @@ def current_states(study: optuna.Study, cells: list[Cell], suite: Suite) -> list
 
 
 def search_cells(study: optuna.Study) -> list[Cell]:
-    """The cells a search has sampled so far (each trial's latest attempt)."""
+    """The cells a search has sampled so far (each trial's latest attempt).
+
+    A worker writes a sampled trial's attributes one at a time (cell, config, then axes), so a trial is a
+    cell here once its axes, the last of them, are written."""
     seen: dict[str, Cell] = {}
     for t in study.get_trials(deepcopy=False):
-        if CONFIG_ATTR in t.user_attrs:
+        if AXES_ATTR in t.user_attrs:
             seen[t.user_attrs[CELL_ATTR]] = Cell(t.user_attrs[CELL_ATTR], resolve_run_config(t.user_attrs[CONFIG_ATTR]),
                                                  t.user_attrs[AXES_ATTR])
     return list(seen.values())
@@ -150,9 +160,10 @@ def load_study(suite: Suite, url: str) -> optuna.Study | None:
 
 
 def run_suite(suite: Suite, cells: list[Cell], url: str, *, launcher: str, workers: int | None, console: Console,
-              retry_failed: bool = False) -> list[CellState] | None:
-    """Queue the suite and launch its workers; for ``local``, wait and return the final cell states."""
-    prepared = prepare(suite, cells, url, retry_failed=retry_failed)
+              retry_failed: bool = False, sets: Sequence[str] = ()) -> list[CellState] | None:
+    """Queue the suite (made with the ``--set`` overrides ``sets``) and launch its workers; for ``local``, wait and
+    return the final cell states."""
+    prepared = prepare(suite, cells, url, retry_failed=retry_failed, sets=sets)
     if launcher == "print":
         print_launch(prepared, console)
         return None

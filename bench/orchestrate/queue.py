@@ -15,8 +15,9 @@ import fcntl
 import importlib.util
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from bench.config.as_run import RECORD_PREFIX, RunHistory, SuiteRun, by_first_run, next_record, suite_key
+from bench.config.search import DEFAULT_SEARCH_METRIC, metric_split
 from bench.config.suite import Cell, Suite
 from bench.stores import sqlite_file
 
@@ -31,9 +34,10 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 # heartbeats and stale-trial retries are marked experimental in Optuna; they are what this queue is built on
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-#: study user attributes
+#: study user attributes (OBJECTIVE_ATTR also on each pre-training trial: ``{"metric": "val.knn20.top1", "split": "val"}``)
 SUITE_ATTR = "ssl_bench.suite"
 TRACKING_ATTR = "ssl_bench.tracking"
+OBJECTIVE_ATTR = "objective"
 #: trial user attributes
 CELL_ATTR, CONFIG_ATTR, AXES_ATTR = "cell_id", "config", "axes"
 RUN_ATTR, REASON_ATTR, EPOCH_ATTR, METRICS_ATTR = "mlflow_run_id", "fail_reason", "epoch", "metrics"
@@ -88,13 +92,38 @@ def queue_lock(url: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def create_study(suite: Suite, storage: RDBStorage, tracking: dict[str, str]) -> optuna.Study:
-    """Create (or load) the suite's study and record the suite and its tracking target on it."""
+def create_study(suite: Suite, storage: RDBStorage, tracking: dict[str, str], sets: Sequence[str],
+                 now: datetime) -> optuna.Study:
+    """Create (or load) the suite's study, record the suite and its tracking target on it, and record this variant
+    of the suite (queued at ``now`` with ``sets``) among the suite's runs (``study_history``)."""
     direction = suite.search.direction if suite.search else "maximize"
     study = optuna.create_study(study_name=suite.name, storage=storage, direction=direction, load_if_exists=True)
-    study.set_user_attr(SUITE_ATTR, suite.to_yaml())
+    text = suite.to_yaml()
+    study.set_user_attr(SUITE_ATTR, text)
     study.set_user_attr(TRACKING_ATTR, tracking)
+    attr = RECORD_PREFIX + suite_key(text)  # the record and the suite's YAML (``suite``)
+    previous = study.user_attrs.get(attr)
+    record = next_record(None if previous is None else _suite_run(previous), text, sets, now)
+    study.set_user_attr(attr, {**record.model_dump(mode="json"), "suite": text})
+    study.set_user_attr(OBJECTIVE_ATTR, objective_record(suite.search.metric if suite.search else DEFAULT_SEARCH_METRIC))
     return study
+
+
+def objective_record(metric: str) -> dict[str, str]:
+    """What the study's objective reads: the metric and its split (``val`` for ``val.*``, the only kind allowed)."""
+    return {"metric": metric, "split": metric_split(metric)}
+
+
+def study_history(study: optuna.Study | None, where: str) -> RunHistory:
+    """The variants of the suite recorded on its study (none for a study that ``run`` never made, or None)."""
+    attrs = study.user_attrs if study is not None else {}
+    found = {key.removeprefix(RECORD_PREFIX): value for key, value in attrs.items() if key.startswith(RECORD_PREFIX)}
+    return RunHistory(by_first_run([_suite_run(value) for value in found.values()]), f"the Optuna storage {where}",
+                      lambda run: found[run.key]["suite"])
+
+
+def _suite_run(attr: dict[str, Any]) -> SuiteRun:
+    return SuiteRun.model_validate({k: v for k, v in attr.items() if k != "suite"})
 
 
 def enqueue_cells(study: optuna.Study, cells: list[Cell], *, retry_failed: bool = False) -> list[Cell]:

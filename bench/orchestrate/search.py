@@ -2,7 +2,8 @@
 
 The study is the same queue as a matrix suite's; a worker with nothing waiting asks the sampler for a new
 trial while fewer than ``n_trials`` have been started (retries of failed trials do not count). Pruning acts
-on the online kNN accuracy that the engine reports each ``train.knn_every`` epochs.
+on the online kNN accuracy on the validation split that the engine reports each ``train.knn_every`` epochs
+(``bench.train.engine.MONITOR``), and the objective is a ``val.*`` metric: no choice of a search reads the test split.
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ from typing import Any
 
 import optuna
 
-from bench.config.suite import SearchConfig
-
-DEFAULT_METRIC = "knn20.top1"
+from bench.config.search import DEFAULT_SEARCH_METRIC, SearchConfig
+from bench.train.engine import MONITOR
 
 
 def build_sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
@@ -51,7 +51,20 @@ def search_exhausted(study: optuna.Study, cfg: SearchConfig) -> bool:
     return len(started) >= cfg.n_trials
 
 
+def objective_metric(cfg: SearchConfig | None) -> str:
+    """The metric the study's objective reads: the search metric, else (a matrix suite's trials are sorted by it)
+    validation kNN top-1; both ``val.*``."""
+    return cfg.metric if cfg else DEFAULT_SEARCH_METRIC
+
+
 def objective_value(metrics: dict[str, float], cfg: SearchConfig | None) -> float:
-    """The study's objective: the search metric, else kNN top-1 (a matrix suite's trials are sorted by it)."""
-    metric = cfg.metric if cfg else DEFAULT_METRIC
-    return float(metrics.get(metric, metrics.get(DEFAULT_METRIC, 0.0)))
+    """The study's objective: ``objective_metric``'s value (0 when the run has no such metric)."""
+    return float(metrics.get(objective_metric(cfg), 0.0))
+
+
+def report_epoch(trial: optuna.Trial, record: dict) -> None:
+    """Hand one epoch's validation kNN accuracy (``MONITOR``) to the pruner; raise TrialPruned when it prunes."""
+    if MONITOR in record:
+        trial.report(record[MONITOR], record["epoch"])
+        if trial.should_prune():
+            raise optuna.TrialPruned()

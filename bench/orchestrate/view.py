@@ -12,7 +12,7 @@ from bench.config.suite import Cell
 from bench.orchestrate.queue import CellState
 
 STYLE = {"complete": "green", "failed": "red", "running": "yellow", "pruned": "magenta", "retrying": "yellow"}
-SHOWN_METRICS = ("knn20.top1", "linear.top1")
+SHOWN_METRICS = ("knn20.top1", "logreg.top1", "linear.top1")
 
 
 def _fmt(value: Any) -> str:

@@ -37,6 +37,7 @@ from bench.orchestrate.queue import (
     DEPENDS_ATTR,
     EPOCH_ATTR,
     METRICS_ATTR,
+    OBJECTIVE_ATTR,
     REASON_ATTR,
     RETRIED,
     RUN_ATTR,
@@ -46,14 +47,18 @@ from bench.orchestrate.queue import (
     Heartbeat,
     claim_waiting,
     fail_stale,
+    objective_record,
     open_storage,
     queue_lock,
     suite_storage,
 )
+from bench.orchestrate.preflight import suite_checks
 from bench.orchestrate.search import (
     build_pruner,
     build_sampler,
+    objective_metric,
     objective_value,
+    report_epoch,
     search_exhausted,
     suggest,
 )
@@ -92,7 +97,8 @@ class Context:
         if SUITE_ATTR not in attrs:
             raise UserError(f"study '{study_name}' in {storage_url} was not created by ssl-bench run; run the suite first")
         self.url = storage_url
-        self.suite: Suite = suite_from_yaml(attrs[SUITE_ATTR])
+        # the data files may be missing on this machine: refused before any cell is claimed or anything is written
+        self.suite: Suite = suite_from_yaml(attrs[SUITE_ATTR], source=f"the suite of study '{study_name}'", checks=suite_checks())
         self.storage = suite_storage(self.suite, storage_url)
         search = self.suite.search
         self.study = optuna.load_study(study_name=study_name, storage=self.storage,
@@ -180,18 +186,17 @@ def _run_pretraining(ctx: Context, live: optuna.Trial, trial: FrozenTrial) -> tu
     cell_id = attrs[CELL_ATTR]
     run_id = ctx.tracker.start_cell(ctx.parent_run, cell_id, config, suite=ctx.suite.name, axes=attrs[AXES_ATTR],
                                     trial={"study": ctx.study.study_name, "number": trial.number, "id": trial._trial_id},
-                                    run_id=attrs.get(RUN_ATTR))
+                                    run_id=attrs.get(RUN_ATTR), objective=objective_metric(ctx.suite.search))
     live.set_user_attr(RUN_ATTR, run_id)
+    live.set_user_attr(OBJECTIVE_ATTR, objective_record(objective_metric(ctx.suite.search)))
     pruning = ctx.suite.search is not None and ctx.suite.search.pruner != "none"
     run_dir = ctx.runs_dir / cell_id
 
     def on_epoch(record: dict) -> None:
         ctx.tracker.log_epoch(run_id, record)
         live.set_user_attr(EPOCH_ATTR, record["epoch"])
-        if pruning and "knn_top1" in record:
-            live.report(record["knn_top1"], record["epoch"])
-            if live.should_prune():
-                raise optuna.TrialPruned()
+        if pruning:
+            report_epoch(live, record)
 
     def work() -> tuple[dict[str, float], dict]:
         report = finished_report(run_dir, config) or run_cell(config, run_dir, on_epoch, ctx.suite.launcher.gpus_per_cell)
@@ -199,6 +204,7 @@ def _run_pretraining(ctx: Context, live: optuna.Trial, trial: FrozenTrial) -> tu
 
     outcome = _guarded(work, run_dir, config)
     status = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(outcome.state, "failed")
+    ctx.tracker.log_provenance(run_id, run_dir)
     ctx.tracker.finish_cell(run_id, status=status, metrics=outcome.metrics, report=outcome.report, reason=outcome.reason)
     return cell_id, outcome
 

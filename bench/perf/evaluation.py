@@ -141,7 +141,7 @@ def measure_evaluation(sizes: EvalSizes, device: torch.device, scratch: Path) ->
     splits = load_dataset(cfg.dataset)
     backbone = train(cfg, scratch / "eval-pretrain", splits=splits).method.backbone
     train_split, test_split = splits.train.to(device), splits.test.to(device)  # resident, as the engine keeps its data
-    figures = compare_linear_protocols(backbone, train_split, test_split, train_split.num_classes, LinearConfig(epochs=sizes.probe_epochs), device)
+    figures = compare_linear_protocols(backbone, train_split, test_split, train_split.num_classes, LinearConfig(epochs=sizes.probe_epochs, lrs=[0.1]), device)
     figures["linear.n_train"], figures["linear.n_test"] = sizes.n_train, sizes.n_test
     figures.update(knn_seconds(sizes.knn_train, sizes.knn_test, sizes.knn_dim, sizes.knn_classes, device))
     return figures

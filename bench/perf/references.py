@@ -29,7 +29,7 @@ from bench.data.registry import DatasetSplits, load_dataset
 from bench.data.views import Views, build_recipe, torchvision_pipeline
 from bench.perf.scenarios import Scenario
 from bench.train.checkpoint import CHECKPOINT
-from bench.train.engine import TrainResult, autocast, build_method, configure_torch, train
+from bench.train.engine import TrainResult, autocast, build_method, cell_scope, pick_device, train
 from bench.train.optim import build_optimizer
 
 GIB = 2**30
@@ -68,7 +68,11 @@ def classic_images_per_s(cfg: RunConfig, splits: DatasetSplits) -> tuple[float, 
     The model is set up as ``train`` does it (channels_last on CUDA, optional compile); the step is the
     engine's: autocast forward, backward, optimizer step, the method's step hook, the loss summed on the device.
     """
-    device = configure_torch(cfg)
+    with cell_scope(cfg):
+        return _classic_images_per_s(cfg, splits, pick_device(cfg.train.device))
+
+
+def _classic_images_per_s(cfg: RunConfig, splits: DatasetSplits, device: torch.device) -> tuple[float, int]:
     pretrain = splits.pretrain
     method = build_method(cfg, splits).to(device)
     channels_last = device.type == "cuda" and cfg.train.channels_last

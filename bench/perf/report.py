@@ -95,9 +95,10 @@ def print_report(results: dict, console: Console) -> None:
         scenarios.add_row(name, *(_fmt(f.get(k)) for k in ("ours_images_per_s", "classic_images_per_s", "compute_bound_images_per_s",
                                                            "ours_vs_classic", "ours_vs_compute_bound", "peak_memory_gib", "max_batch")))
     console.print(scenarios)
-    for section in ("evaluation", "mvmr"):
+    for section in ("evaluation", "mvmr", "folder"):
         if section in results:
-            table = Table("measure", "value", title=f"{section} ({results['evaluation_sizes']} sizes)" if section == "evaluation" else section)
+            sized = f" ({results['evaluation_sizes']} sizes)" if section in ("evaluation", "folder") else ""
+            table = Table("measure", "value", title=f"{section}{sized}")
             for key, value in results[section].items():
                 table.add_row(key, _fmt(value))
             console.print(table)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import tempfile
@@ -13,8 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.table import Table
 
+from bench.core.torch_state import threads_scope
 from bench.errors import ConfigError
 from bench.perf.evaluation import FULL_EVAL, QUICK_EVAL, measure_evaluation
+from bench.perf.folder import FULL_FOLDER, QUICK_FOLDER, measure_folder_decode
 from bench.perf.memory import max_batch
 from bench.perf.mvmr import mvmr_cache
 from bench.perf.references import measure_scenario
@@ -68,11 +71,10 @@ def perf(options: PerfOptions, out_dir: Path, console: Console) -> dict:
                           "or name scenarios with --scenario")
     if options.max_batch and device.type != "cuda":
         raise ConfigError("--max-batch searches the largest batch that fits in GPU memory and needs CUDA; drop it on a CPU")
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)  # steady figures on a shared machine; the classic workers get the other cores
+    # on a CPU one intra-op thread gives steady figures on a shared machine; the classic workers get the other cores
+    threads = threads_scope(1) if device.type == "cpu" else contextlib.nullcontext()
     start = time.perf_counter()
-    try:
+    with threads:
         results = _header(options, device)
         with tempfile.TemporaryDirectory(prefix="ssl-bench-perf-") as tmp:
             scratch = Path(tmp)
@@ -88,8 +90,8 @@ def perf(options: PerfOptions, out_dir: Path, console: Console) -> dict:
                 results["evaluation"] = measure_evaluation(QUICK_EVAL if options.quick else FULL_EVAL, device, scratch)
                 console.print("MV-MR with cached against recomputed representations ...")
                 results["mvmr"] = mvmr_cache(device, scratch, options.quick)
-    finally:
-        torch.set_num_threads(threads)
+                console.print("ImageFolder decode: our folder path against the PIL DataLoader ...")
+                results["folder"] = measure_folder_decode(QUICK_FOLDER if options.quick else FULL_FOLDER, device, scratch)
     results["seconds"] = time.perf_counter() - start
     results["targets"] = check_targets(results)
     results["note"] = note(results)

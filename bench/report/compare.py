@@ -1,7 +1,8 @@
 """``ssl-bench compare``: a few runs side by side, with the config keys that differ and their final metrics.
 
 A run is named by its cell id (the cell's latest run) or its MLflow run id. The config shown is the run's logged
-params: ``method.name``, ``dataset.name`` and ``epochs`` always, any other key only where the runs differ.
+params: ``method.name``, ``dataset.name`` and ``epochs`` always, any other key only where the runs differ. Below the
+metrics, the fingerprint id of each run and every fingerprint field that differs (``bench.report.provenance``).
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from mlflow.exceptions import MlflowException
 from rich.console import Console
 from rich.table import Table
 
-from bench.config.suite import load_suite
 from bench.errors import ConfigError
-from bench.report.runs import CELL_TAG, experiment_id, final_metrics, run_status, tracking_client
-from bench.report.table import EMPTY, format_value
+from bench.report.labels import EMPTY, format_value
+from bench.report.provenance import fingerprint_differences
+from bench.report.runs import CELL_TAG, experiment_id, final_metrics, run_status, shown_report_suite, tracking_client
 from bench.tracking.mlflow_runs import ROLE, retry_locked, tracking_uri
 
 #: config keys shown even where the runs agree
@@ -38,20 +39,25 @@ def compare(runs: list[str], *, uri: str, experiment: str | None = None) -> Tabl
     shown = [*ALWAYS, *(k for k in keys if len({p.get(k) for p in params}) > 1)]
     metrics = [final_metrics(run) for run in found]
     table = Table("key", *(f"{run.data.tags.get(CELL_TAG, '')}\n{run.info.run_id[:8]}" for run in found),
-                  title=f"{len(found)} runs: config keys that differ, and final metrics (accuracies in %)")
+                  title=f"{len(found)} runs: config keys that differ, final metrics (accuracies in %), fingerprint fields that differ")
     table.add_row("status", *(run_status(run) for run in found))
     for key in shown:
         table.add_row(key, *(p.get(key, EMPTY) for p in params))
     table.add_section()
     for name in sorted(set().union(*metrics)):
         table.add_row(name, *(format_value(name, m[name]) if name in m else EMPTY for m in metrics))
+    table.add_section()
+    for key, values in fingerprint_differences([run.data.tags for run in found]):
+        table.add_row(key, *(EMPTY if v is None else v for v in values))
     return table
 
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     """``ssl-bench compare RUN_OR_CELL ... [--suite SUITE]``: print the runs side by side."""
     if args.suite:
-        suite = load_suite(args.suite, args.set)
+        shown = shown_report_suite(args.suite, args.set, as_run=args.as_run, as_file=args.as_file, tracking=args.tracking)
+        console.print(shown.line, markup=False, highlight=False)
+        suite = shown.suite
         uri, experiment = tracking_uri(args.tracking or suite.tracking.mlflow_uri), suite.tracking.experiment or suite.name
     else:
         uri, experiment = tracking_uri(args.tracking), None

@@ -1,11 +1,16 @@
 """The leaderboard: a static site, readable straight from disk (file://), over the results of several suites.
 
-``<out>/index.html`` holds one table across suites, sortable (click a header) and filterable (type words): one row
-per group of cells that differ only by seed and per evaluation protocol (kNN, linear, label fractions, fine-tuning,
-detection: every final metric but ``diag.*`` and ``train.*``), with mean ± sample std over the seeds, n, the cells
-that did not complete, and the MLflow runs. A search suite contributes its best complete trial. Each suite also
-gets ``<out>/<suite>/index.html`` with its pivot tables (``table.to_html``) and plots (``plots.suite_plots``).
-The script and stylesheet come from the package's ``site/`` folder, copied to ``<out>/static``.
+``<out>/index.html`` holds one table across suites that reads like a paper's: one row per configuration (the cells
+that differ only by seed: method, dataset, backbone, epochs, batch size and the suite's other settings), the
+baselines (``labels.Baseline``) under the methods of their suite, and one column per evaluation protocol (kNN,
+linear, label fractions, fine-tuning, detection: the lead number of every test-split protocol, ``MetricKey.is_lead``)
+with mean ± sample std over the seeds, the 95 % t-interval and n, and the published number closest to the row's
+protocol (``reference.group_reference``), marked † or ‡ where its protocol record is not ours, the differing
+fields on hover; the best of each suite, dataset and protocol in bold (never a baseline). It is sortable (click a
+header) and filterable (type words). A row also counts its cells that did not complete and links their MLflow
+runs. A search suite contributes its best complete trial. Each suite also gets ``<out>/<suite>/index.html`` with
+its pivot tables (``table.to_html``) and plots (``plots.suite_plots``). The script and stylesheet come from the
+package's ``site/`` folder, copied to ``<out>/static``.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import argparse
 import html
 import math
 from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -24,11 +30,18 @@ from mlflow import MlflowClient
 from rich.console import Console
 
 import bench
-from bench.config.suite import SearchConfig, Suite, load_suite
+from bench.config.search import SearchConfig
+from bench.config.suite import Suite
 from bench.errors import ConfigError
-from bench.report.plots import Plot, fill_missing, headline_metrics, protocol_metrics, suite_axes, suite_plots, varying
-from bench.report.runs import STATUSES, suite_runs
-from bench.report.table import EMPTY, format_value, is_accuracy, label_text, pivot, to_html
+from bench.report.labels import EMPTY, format_value, is_baseline, label_text, method_label
+from bench.report.metric_key import Family, MetricKey, parse_metric
+from bench.report.pivot import pivot
+from bench.report.protocol import MatchKind
+from bench.report.reference import PaperMatch, group_reference
+from bench.report.plots import Plot, fill_missing, headline_metrics, metric_columns, suite_axes, suite_plots, varying
+from bench.report.runs import STATUSES, shown_report_suite, suite_runs
+from bench.report.stats import CONFIDENCE, Summary, summarize
+from bench.report.table import to_html
 from bench.tracking.mlflow_runs import retry_locked, tracking_uri
 
 #: leaderboard column -> the ``suite_runs`` column it shows; the cells of one row differ in nothing else but seed
@@ -36,24 +49,30 @@ GROUP_COLUMNS = {"method": "method", "dataset": "dataset", "backbone": "backbone
                  "batch size": "batch_size"}
 #: axes shown in their own leaderboard column (or in none: the seed), so left out of its "setting" text
 OWN_COLUMN_AXES = frozenset({"method", "dataset", "backbone", "epochs", "batch_size", "seed"})
-HEADERS = ("suite", "method", "dataset", "setting", "backbone", "epochs", "batch size", "protocol", "mean ± std", "n",
-           "not complete", "MLflow runs")
-#: the columns of ``leaderboard_rows``
-ROW_COLUMNS = ("suite", *GROUP_COLUMNS, "setting", "not complete", "protocol", "mean", "n", "std", "runs")
-#: leaderboard columns sorted as numbers (their cells carry data-sort)
-NUMERIC = frozenset({"epochs", "batch size", "mean ± std", "n"})
+#: the columns that describe a row's configuration, before the protocols; its status and runs come after them
+CONFIG_HEADERS = ("suite", "method", "dataset", "setting", "backbone", "epochs", "batch size")
+TAIL_HEADERS = ("not complete", "MLflow runs")
+#: the columns of ``leaderboard_rows`` besides one per protocol
+ROW_COLUMNS = ("suite", *GROUP_COLUMNS, "setting", "not complete", "runs", "paper")
+#: configuration columns sorted as numbers (their cells carry data-sort)
+NUMERIC = frozenset({"epochs", "batch size"})
+#: how a protocol column is headed (kNN k and label fractions are added)
+FAMILY_TITLES = {Family.KNN: "kNN", Family.LINEAR: "linear", Family.LOGREG: "logreg", Family.LINEAR_AUG: "linear (aug.)",
+                 Family.FINETUNE: "fine-tune", Family.DETECTION: "detection"}
 
 
 def leaderboard_rows(suite: Suite, df: pd.DataFrame) -> pd.DataFrame:
-    """The leaderboard rows of one suite from ``suite_runs``' frame, one per (group of seeds, protocol metric).
+    """The leaderboard rows of one suite from ``suite_runs``' frame, one per configuration (group of seeds).
 
-    Columns are ``ROW_COLUMNS``: ``setting`` is the text of the suite's other axes, ``not complete`` counts the
-    group's cells by status, ``runs`` is the tuple of the complete runs averaged. A group with no complete run gets
-    one row without a protocol, so failed and missing cells are shown, never dropped.
+    Columns are ``ROW_COLUMNS`` and one per protocol metric that some complete run has (``MetricKey.is_lead``),
+    holding the group's ``stats.Summary`` (n = 0 where no complete run has it). ``setting`` is the text of the
+    suite's other axes, ``not complete`` counts the group's cells by status, ``runs`` is the tuple of its complete
+    runs, ``paper`` maps each protocol metric to its published number (``reference.PaperMatch``, None where none).
+    Failed and missing configurations are rows too; baselines come after the suite's methods.
     """
+    metrics = [m for m in metric_columns(suite, df) if parse_metric(m).is_lead] if not df.empty else []
     if df.empty:  # a search that has not started a trial yet
-        return pd.DataFrame(columns=ROW_COLUMNS)
-    metrics = protocol_metrics(suite, df)
+        return pd.DataFrame(columns=[*ROW_COLUMNS, *metrics])
     prefix = ""
     if suite.search is not None:
         prefix = f"best of {len(df)} trials: "
@@ -63,28 +82,46 @@ def leaderboard_rows(suite: Suite, df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, group in fill_missing(df, setting).groupby([*GROUP_COLUMNS.values(), *setting], sort=False, dropna=False):
         first = group.iloc[0]
-        fields = {"suite": suite.name, **{name: first[column] for name, column in GROUP_COLUMNS.items()},
-                  "setting": prefix + " ".join(f"{key}={label_text(first[key])}" for key in setting if first[key] != EMPTY)}
         counts = Counter(group["status"])
-        fields["not complete"] = ", ".join(f"{counts[s]} {s}" for s in STATUSES if s != "complete" and counts[s])
         complete = group[group["status"] == "complete"]
-        found = [(metric, complete[metric].dropna()) for metric in metrics]
-        found = [(metric, values) for metric, values in found if len(values)]
-        for metric, values in found:
-            rows.append({**fields, "protocol": metric, "mean": float(values.mean()), "n": len(values),
-                         "std": float(values.std(ddof=1)) if len(values) > 1 else math.nan,
-                         "runs": tuple(complete.loc[values.index, "run_id"])})
-        if not found:
-            rows.append({**fields, "protocol": EMPTY, "mean": math.nan, "std": math.nan, "n": 0, "runs": ()})
-    return pd.DataFrame(rows, columns=ROW_COLUMNS)
+        rows.append({"suite": suite.name, **{name: first[column] for name, column in GROUP_COLUMNS.items()},
+                     "setting": prefix + " ".join(f"{key}={label_text(first[key])}" for key in setting if first[key] != EMPTY),
+                     "not complete": ", ".join(f"{counts[s]} {s}" for s in STATUSES if s != "complete" and counts[s]),
+                     "runs": tuple(complete["run_id"]), "paper": {metric: group_reference(group, metric) for metric in metrics},
+                     **{metric: summarize(complete[metric].dropna().tolist()) for metric in metrics}})
+    rows.sort(key=lambda row: is_baseline(row["method"]))  # stable: the suite's order, baselines last
+    return pd.DataFrame(rows, columns=[*ROW_COLUMNS, *metrics])
 
 
-def build_leaderboard(suites: list[Suite], out: Path, *, uri: str | None = None, storage: str | None = None) -> Path:
+def protocol_order(metric: str) -> tuple:
+    """The order of protocol columns: own set before ``eval.datasets``, then kNN, probes (all labels first), fine-tuning,
+    detection."""
+    key = parse_metric(metric)
+    fraction = float(key.labels.rstrip("%")) if key.labels else 100.0
+    return key.dataset or "", list(Family).index(key.family), key.k or 0, -fraction, key.protocol, key.name
+
+
+def protocol_title(key: MetricKey) -> str:
+    """A protocol column's header: ``kNN k=20``, ``linear 1%``, ``detection bbox AP``, ``cifar10: linear``."""
+    words = [FAMILY_TITLES[key.family]]
+    if key.k is not None:
+        words.append(f"k={key.k}")
+    if key.labels:
+        words.append(key.labels)
+    if key.family == Family.DETECTION:
+        words += [key.protocol.split(".")[-1], key.name]
+    title = " ".join(words)
+    return f"{key.dataset}: {title}" if key.dataset else title
+
+
+def build_leaderboard(suites: list[Suite], out: Path, *, uri: str | None = None, storage: str | None = None,
+                      variants: Sequence[str] = ()) -> Path:
     """Write the leaderboard site of ``suites`` under ``out``; returns the path of its ``index.html``.
 
     ``uri`` is the MLflow tracking URI of every suite (default: each suite's, else ``$MLFLOW_TRACKING_URI``, else
     ``results/mlflow.db``); ``storage`` the Optuna storage of search suites (default: the suite's). Runs link to
     the MLflow web UI when the URI is http(s); otherwise their ids are shown with a note on how to browse them.
+    ``variants`` says, per suite, which variant of it is shown (``as_run.Shown.line``).
     """
     names = [suite.name for suite in suites]
     repeated = sorted({name for name in names if names.count(name) > 1})
@@ -93,8 +130,9 @@ def build_leaderboard(suites: list[Suite], out: Path, *, uri: str | None = None,
                           "leaderboard: give at least one suite file, e.g. ssl-bench leaderboard suites/quickstart.yaml")
     out.mkdir(parents=True, exist_ok=True)
     _copy_static(out / "static")
-    tables, notes = [], []
-    for suite in suites:
+    variants = list(variants) or [""] * len(suites)
+    tables, notes = [], [html.escape(f"{suite.name}: {line}.") for suite, line in zip(suites, variants) if line]
+    for suite, variant in zip(suites, variants):
         suite_uri = uri or tracking_uri(suite.tracking.mlflow_uri)
         df = suite_runs(suite, uri=suite_uri)
         rows, run_url = leaderboard_rows(suite, df), _run_url(suite, suite_uri)
@@ -102,7 +140,7 @@ def build_leaderboard(suites: list[Suite], out: Path, *, uri: str | None = None,
         folder = out / suite.name
         plots = suite_plots(suite, folder / "plots", uri=suite_uri, storage=storage, runs=df)
         folder.mkdir(exist_ok=True)
-        (folder / "index.html").write_text(_suite_page(suite, df, plots, suite_uri))
+        (folder / "index.html").write_text(_suite_page(suite, df, plots, suite_uri, variant))
         if not _is_web(suite_uri):
             where = html.escape(suite_uri)
             notes.append(f"Runs of {suite.name} are in {where}, which has no web address, so their ids are shown as "
@@ -113,10 +151,13 @@ def build_leaderboard(suites: list[Suite], out: Path, *, uri: str | None = None,
 
 
 def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
-    """``ssl-bench leaderboard SUITE... --out DIR``: write the site and print the address of its index."""
-    suites = [load_suite(path) for path in args.suites]
-    index = build_leaderboard(suites, args.out, uri=tracking_uri(args.tracking) if args.tracking else None,
-                              storage=args.storage)
+    """``ssl-bench leaderboard SUITE... --out DIR``: write the site (the variant of each suite run last, or the
+    files as they are with ``--as-file``) and print the address of its index."""
+    shown = [shown_report_suite(path, [], as_run=None, as_file=args.as_file, tracking=args.tracking) for path in args.suites]
+    for item in shown:
+        console.print(f"{item.suite.name}: {item.line}", markup=False, highlight=False)
+    index = build_leaderboard([item.suite for item in shown], args.out, uri=tracking_uri(args.tracking) if args.tracking else None,
+                              storage=args.storage, variants=[item.line for item in shown])
     console.print(f"wrote {index}; open {index.resolve().as_uri()}", markup=False, highlight=False)
     return 0
 
@@ -154,45 +195,96 @@ def _copy_static(folder: Path) -> None:
         (folder / item.name).write_bytes(item.read_bytes())
 
 
-def _cell(column: str, value: Any, row: pd.Series) -> str:
-    """One ``<td>`` of the leaderboard; numeric columns carry their unrounded value in data-sort."""
+def _cell(column: str, value: Any) -> str:
+    """One configuration ``<td>`` of the leaderboard; numeric columns carry their value in data-sort."""
     if column == "suite":
         return f'<td><a href="{html.escape(value)}/index.html">{html.escape(value)}</a></td>'
-    if column == "mean ± std":
-        text = format_value(row["protocol"], row["mean"])
-        if row["n"] > 1:
-            text += f" ± {format_value(row['protocol'], row['std'])}"
-        sort = "" if math.isnan(row["mean"]) else repr(row["mean"])
-        return f'<td class="num" data-sort="{sort}" data-std="{row["std"]!r}">{text}</td>'
-    if column == "MLflow runs":
-        return f'<td data-runs="{" ".join(row["runs"])}">{row["links"]}</td>'
+    if column == "method":
+        return f"<td>{html.escape(method_label(value))}</td>"
     if column in NUMERIC:
         return f'<td class="num" data-sort="{value}">{html.escape(label_text(value))}</td>'
     css = ' class="status"' if column == "not complete" and value else ""
     return f"<td{css}>{html.escape(label_text(value))}</td>"
 
 
+def _protocol_cell(metric: str, summary: Any, best: bool, match: PaperMatch | None = None) -> str:
+    """One protocol ``<td>``: ``mean ± std`` over ``[ci_low, ci_high] n=N`` (``n=1, no interval``), and the published
+    number; data-* hold the unrounded numbers, data-sort the mean (empty where the row has none)."""
+    paper = paper_span(metric, match)
+    if not isinstance(summary, Summary) or summary.n == 0:  # not in this suite, or no complete run has it
+        return f'<td class="num" data-metric="{metric}" data-sort="" data-n="0">{paper}</td>'
+    text = format_value(metric, summary.mean)
+    if summary.n > 1:
+        text += f" ± {format_value(metric, summary.std)}"
+        ci = f"[{format_value(metric, summary.ci_low)}, {format_value(metric, summary.ci_high)}] n={summary.n}"
+    else:
+        ci = "n=1, no interval"
+    data = " ".join(f'data-{name.replace("_", "-")}="{getattr(summary, name)!r}"' for name in ("mean", "std", "ci_low", "ci_high"))
+    mean = f"<strong>{text}</strong>" if best else text
+    return (f'<td class="num{" best" * best}" data-metric="{metric}" data-sort="{summary.mean!r}" data-n="{summary.n}" {data}>'
+            f'<span class="mean">{mean}</span><span class="ci">{ci}</span>{paper}</td>')
+
+
+def paper_span(metric: str, match: PaperMatch | None) -> str:
+    """``paper 92.6†`` with its source and the protocol fields that differ (``field: theirs vs ours``) on hover."""
+    if match is None:
+        return ""
+    value = format_value(metric, match.reference.fraction())
+    note = match.comparison.note() if match.kind != MatchKind.EXACT else "the same protocol"
+    title = f"published {value}: {match.reference.citation()}; {note}"
+    return (f'<span class="paper {match.kind.value}" data-paper="{match.reference.fraction()!r}" title="{html.escape(title)}">'
+            f"paper {value}{match.kind.mark}</span>")
+
+
+def _best_cells(rows: pd.DataFrame, metrics: list[str]) -> set[tuple[int, str]]:
+    """(row, metric) of each suite's, dataset's and protocol's best mean (max, or min for a loss), baselines never."""
+    best = set()
+    methods = rows[~rows["method"].map(is_baseline)]
+    for metric in metrics:
+        means = methods[metric].map(lambda s: s.mean if isinstance(s, Summary) and s.n else math.nan)
+        for _, group in means.groupby([methods["suite"], methods["dataset"]], sort=False):
+            pick = group.min() if parse_metric(metric).lower_is_better else group.max()
+            best.update((i, metric) for i in group.index[group == pick])
+    return best
+
+
 def _index_page(suites: list[Suite], rows: pd.DataFrame, notes: list[str]) -> str:
-    head = "".join(f'<th scope="col">{html.escape(h)}</th>' for h in HEADERS)
-    body = "\n".join("<tr>" + "".join(_cell(h, row.get(h), row) for h in HEADERS) + "</tr>" for _, row in rows.iterrows())
+    metrics = sorted((c for c in rows.columns if c not in (*ROW_COLUMNS, "links")), key=protocol_order)
+    head = "".join(f'<th scope="col">{html.escape(h)}</th>' for h in CONFIG_HEADERS)
+    head += "".join(f'<th scope="col" title="{m}" data-metric="{m}">{html.escape(protocol_title(parse_metric(m)))}</th>'
+                    for m in metrics)
+    head += "".join(f'<th scope="col">{html.escape(h)}</th>' for h in TAIL_HEADERS)
+    best = _best_cells(rows, metrics)
+    lines = []
+    for i, row in rows.iterrows():
+        cells = [_cell(h, row[h]) for h in CONFIG_HEADERS]
+        cells += [_protocol_cell(m, row[m], (i, m) in best, row["paper"].get(m)) for m in metrics]
+        cells += [_cell("not complete", row["not complete"]), f'<td data-runs="{" ".join(row["runs"])}">{row["links"]}</td>']
+        lines.append("<tr>" + "".join(cells) + "</tr>")
     pages = ", ".join(f'<a href="{html.escape(s.name)}/index.html">{html.escape(s.name)}</a>' for s in suites)
-    accuracy = any(is_accuracy(metric) for metric in rows["protocol"])
+    accuracy = any(parse_metric(m).is_accuracy for m in metrics)
+    level = f"{CONFIDENCE:.0%}".replace("%", " %")
     content = f"""<h1>ssl-bench leaderboard</h1>
-<p>Suites: {pages}. Each row is one configuration and one evaluation protocol: mean ± sample std over seeds
-(± omitted for one run){", accuracies in %" if accuracy else ""}; n counts the complete runs averaged.</p>
+<p>Suites: {pages}. Each row is one configuration (method, dataset, backbone, epochs, batch size and the suite's
+other settings), each protocol column its number on the test split{" (top-1 accuracy in %)" if accuracy else ""}:
+mean ± sample std over seeds, under it the {level} confidence interval (t-distribution with n-1 degrees of freedom)
+and n, the complete runs averaged (one run: no interval). Bold: the best of each suite, dataset and protocol
+(baseline rows never). Under it the published number closest to the row's protocol: plain where its protocol
+record is ours, † where some must-match field differs, ‡ where its source does not state some; hover it for the
+source and the fields (theirs vs ours). Hover a header for the metric's name.</p>
 {"".join(f'<p class="note">{note}</p>' for note in notes)}
 <div class="filter"><label>Filter <input type="search" id="filter" data-filter="leaderboard"
-placeholder="words to match, e.g. vicreg digits linear"></label><span data-count-for="leaderboard"></span></div>
+placeholder="words to match, e.g. vicreg digits"></label><span data-count-for="leaderboard"></span></div>
 <table id="leaderboard" class="sortable">
 <thead><tr>{head}</tr></thead>
 <tbody>
-{body}
+{chr(10).join(lines)}
 </tbody>
 </table>"""
     return _page("ssl-bench leaderboard", content, "static")
 
 
-def _suite_page(suite: Suite, df: pd.DataFrame, plots: list[Plot], uri: str) -> str:
+def _suite_page(suite: Suite, df: pd.DataFrame, plots: list[Plot], uri: str, variant: str) -> str:
     counts = Counter(df["status"])
     status = ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s])
     keys = varying(df, [key for key in suite_axes(suite) + list(suite.search.space if suite.search else [])
@@ -204,6 +296,7 @@ def _suite_page(suite: Suite, df: pd.DataFrame, plots: list[Plot], uri: str) -> 
     content = f"""<p><a href="../index.html">← leaderboard</a></p>
 <h1>suite {html.escape(suite.name)}</h1>
 <p>{html.escape(suite.description)}</p>
+{f'<p class="note">{html.escape(variant)}.</p>' if variant else ""}
 <p>{len(df)} {"trials" if suite.search else "cells"}: {status}. Runs in <code>{html.escape(uri)}</code>.</p>
 <h2>Tables</h2>
 {tables or "<p>No complete run has an evaluation metric yet.</p>"}

@@ -26,16 +26,16 @@ from optuna.trial import TrialState
 from bench.config.suite import Suite, expand_suite
 from bench.errors import ConfigError
 from bench.orchestrate.launch import load_study, storage_url
-from bench.report.runs import STATUSES, flatten_config, resolve_key, suite_runs
-from bench.report.table import EMPTY, label_text, pivot
+from bench.report.labels import EMPTY, label_text, method_label
+from bench.report.metric_key import parse_metric
+from bench.report.pivot import pivot
+from bench.report.runs import CONFIG_COLUMN, METHOD_TAG, SELECTION_COLUMN, STATUSES, flatten_config, resolve_key, suite_runs
 from bench.stores import sqlite_file
 from bench.tracking.mlflow_runs import retry_locked, tracking_uri
+from bench.train.engine import MONITOR
 
 #: the columns of ``suite_runs`` that describe a cell rather than its config or its metrics
-CELL_COLUMNS = ("cell_id", "run_id", "status", "fail_reason")
-#: final metrics that describe training or the features, not an evaluation protocol, also under a prefix
-#: such as a stage's (``detection.train.seconds``)
-NOT_PROTOCOLS = ("diag", "train")
+CELL_COLUMNS = ("cell_id", "run_id", "status", "fail_reason", CONFIG_COLUMN, SELECTION_COLUMN)
 #: a numeric axis whose largest value is this many times its smallest is drawn on a log scale
 LOG_RATIO = 10
 #: the width over which the points of one category are spread, so their error bars do not overlap
@@ -70,19 +70,9 @@ def metric_columns(suite: Suite, df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c not in known and pd.api.types.is_numeric_dtype(df[c]) and df[c].notna().any()]
 
 
-def protocol_metrics(suite: Suite, df: pd.DataFrame) -> list[str]:
-    """The metrics of evaluation protocols (kNN, linear, label fractions, fine-tuning, detection) that some run has."""
-    return sorted(c for c in metric_columns(suite, df) if is_protocol(c))
-
-
-def is_protocol(metric: str) -> bool:
-    """Whether a final metric measures an evaluation protocol: no part of its dotted prefix is in NOT_PROTOCOLS."""
-    return not set(metric.split(".")[:-1]) & set(NOT_PROTOCOLS)
-
-
 def headline_metrics(suite: Suite, df: pd.DataFrame) -> list[str]:
-    """The protocol metrics worth a plot or a table: all but the top-5 accuracies."""
-    return [c for c in protocol_metrics(suite, df) if not c.endswith(".top5")]
+    """The metrics worth a plot or a table: test-split evaluations (no ``val.``, ``diag.``, ``train.``), no top-5."""
+    return sorted(c for c in metric_columns(suite, df) if parse_metric(c).is_headline)
 
 
 def varying(df: pd.DataFrame, keys: list[str]) -> list[str]:
@@ -122,7 +112,8 @@ def ablation_plot(df: pd.DataFrame, axis: str, metric: str, out_dir: Path, *, hu
     for k, i in enumerate(lines):
         label = table.mean.index[i]
         keys = label if isinstance(label, tuple) else (label,)
-        name = " · ".join([label_text(keys[0])] + [f"{key}={label_text(v)}" for key, v in zip(split, keys[1:]) if v != EMPTY])
+        first = method_label(keys[0]) if hue_key == "method" else label_text(keys[0])
+        name = " · ".join([first] + [f"{key}={label_text(v)}" for key, v in zip(split, keys[1:]) if v != EMPTY])
         shift = 0.0 if numeric else DODGE * (k - (len(lines) - 1) / 2) / len(lines)
         drawn = [j for j in range(len(values)) if table.n.iat[i, j] > 0]
         xs = [positions[j] + shift for j in drawn]
@@ -163,7 +154,7 @@ def training_curves(uri: str, run_ids: list[str], out_dir: Path, *, metric: str 
             continue
         curve = pd.DataFrame({"step": [m.step for m in history], "value": [m.value for m in history]})
         curve = curve.drop_duplicates("step", keep="last").reset_index(drop=True)
-        method, dataset = tags.get("ssl_bench.method", "?"), tags.get("ssl_bench.dataset", "?")
+        method, dataset = tags.get(METHOD_TAG, "?"), tags.get("ssl_bench.dataset", "?")
         colour = colours.setdefault(method, f"C{len(colours) % 10}")
         style = styles.setdefault(dataset, LINE_STYLES[len(styles) % len(LINE_STYLES)])
         label = f"{method} · {dataset}" if (method, dataset) not in named else "_nolegend_"
@@ -172,7 +163,7 @@ def training_curves(uri: str, run_ids: list[str], out_dir: Path, *, metric: str 
         frames.append(curve.assign(run_id=run_id, method=method, dataset=dataset))
     if not frames:
         raise ConfigError(f"none of the {len(run_ids)} runs logged the per-epoch metric {metric} in {uri}; "
-                          "per-epoch metrics are train/<field> and knn/<x> (knn/top1 needs train.knn_every > 0)")
+                          f"per-epoch metrics are train/<field> and {MONITOR} (which needs train.knn_every > 0)")
     values = pd.concat(frames, ignore_index=True)["value"]
     if values.min() > 0 and values.max() > 20 * values.min():  # losses of different methods differ by orders of magnitude
         ax.set_yscale("log")
@@ -185,8 +176,8 @@ def training_curves(uri: str, run_ids: list[str], out_dir: Path, *, metric: str 
 
 
 def knn_curves(uri: str, run_ids: list[str], out_dir: Path) -> Plot:
-    """The online kNN top-1 accuracy (``knn/top1``) of each run over the epochs."""
-    return training_curves(uri, run_ids, out_dir, metric="knn/top1")
+    """The online kNN top-1 accuracy on the validation split (``val/knn20.top1``) of each run over the epochs."""
+    return training_curves(uri, run_ids, out_dir, metric=MONITOR)
 
 
 def search_plots(study: optuna.Study, out_dir: Path, *, metric: str = "objective") -> list[Plot]:

@@ -1,20 +1,23 @@
 """Published reference numbers of the seed papers and the anchor libraries (``published.yaml``), and the paper column.
 
 Each entry names a method and a dataset with ssl-bench's names (a method that ssl-bench lacks keeps its paper's
-name in lower case; ImageNet-1K is ``imagenet``), the protocol, the metric as its source reports it, the backbone,
-the pre-training epochs and the source (paper or library, and table). Values are copied literally from the
-sources, in percent unless ``unit: fraction``. Entries are in order of preference: a table cell shows the first
-entry that matches it.
+name in lower case; ImageNet-1K is ``imagenet``), the metric as its source reports it, the value and the source
+(paper or library, and table), and carries the protocol record of the number (``protocol.ProtocolRecord``).
+
+The paper column compares each table cell's protocol records (``ours.cell_record``) with the records of the
+published numbers of the same method, evaluation set, metric, kind of probe (kNN, a trained head, detection) and
+label fraction: the number shown is the closest one (fewest must-match fields that differ or are not stated; the
+file's order among equals), marked by how it compares (``protocol.MatchKind``: plain, † or ‡).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import math
-import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import Any, Literal
 
 import pandas as pd
 import yaml
@@ -22,72 +25,62 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from bench.config.run import format_validation_error
 from bench.errors import ConfigError
+from bench.report.labels import is_baseline
+from bench.report.ours import cell_record, has_code_reading, published_key
+from bench.report.pivot import Pivot, as_tuple
+from bench.report.protocol import Comparison, MatchKind, ProtocolRecord, compare
+from bench.report.runs import CONFIG_COLUMN, SELECTION_COLUMN
 
-if TYPE_CHECKING:
-    from bench.report.table import Pivot
 
 PUBLISHED = Path(__file__).with_name("published.yaml")
-#: ``linear.top1``, ``linear_1pct.top1``, ``finetune.top5`` (label fractions are written ``<x>pct``)
-PROBE_METRIC = re.compile(r"(?P<protocol>linear|finetune)(?:_(?P<pct>[\d.]+)pct)?\.(?P<metric>top\d+)")
-#: ``knn20.top1``
-KNN_METRIC = re.compile(r"knn(?P<k>\d+)\.(?P<metric>top\d+)")
-#: ``cifar10.linear.top1``: a protocol on another labelled set than the pre-training one (``eval.datasets``)
-OTHER_SET = re.compile(r"(?P<dataset>[a-z][a-z0-9_]*)\.(?P<rest>(?:linear|finetune|knn).*)")
 
 
-class Reference(BaseModel):
-    """One published number."""
-
-    model_config = ConfigDict(extra="forbid")
+class Reference(ProtocolRecord):
+    """One published number and its protocol record. A ``pretrain`` without ``dataset`` was pre-trained on the
+    evaluation set."""
 
     method: str = Field(min_length=1, description="ssl-bench method name; else the paper's, in lower case")
-    dataset: str = Field(min_length=1, description="ssl-bench dataset name; else e.g. imagenet, imagenet100, coco")
-    protocol: Literal["linear", "knn", "semi", "finetune", "detection"]
     metric: str = Field("top1", description="top1, top5, box_ap, mask_ap, ap50, as the source reports it")
     value: float
     unit: Literal["percent", "fraction"] = "percent"
-    backbone: str = Field(min_length=1)
-    epochs: int | None = Field(description="pre-training epochs (null: the source does not say)")
     source: str = Field(min_length=1, description="paper or library, and table")
-    k: int | None = Field(None, ge=1, description="kNN only: the number of neighbours")
-    labels: str | None = Field(None, description="fraction of the labels when not all, e.g. '1%'")
-    pretrain: str | None = Field(None, description="pre-training dataset when it is not the evaluation dataset")
-    batch_size: int | None = Field(None, ge=1)
-    setting: str | None = Field(None, description="what else sets the number apart: crops, detector, probe, std. err.")
+    setting: str | None = Field(None, description="what else sets the number apart: detector, tuning, std. err.")
 
-    @model_validator(mode="after")
-    def _knn_has_k(self) -> Reference:
-        if (self.protocol == "knn") != (self.k is not None):
-            raise ValueError("give k for a kNN entry, and only for one")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _pretrained_on_itself(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(pretrain := data.get("pretrain", {}), dict) and "dataset" not in pretrain:
+            return {**data, "pretrain": {**pretrain, "dataset": data.get("dataset")}}
+        return data
 
     def fraction(self) -> float:
         """The value as a fraction, the unit of ssl-bench's accuracy metrics."""
         return self.value / 100 if self.unit == "percent" else self.value
 
     def citation(self) -> str:
-        """Where the number comes from, with the setting it was measured in."""
-        epochs = f"{self.epochs} epochs" if self.epochs else "epochs not stated"
-        extra = f", {self.setting}" if self.setting else ""
-        return f"{self.method} on {self.dataset}: {self.source} ({self.backbone}, {epochs}{extra})"
+        """Where the number comes from: ``simclr on cifar10: solo-learn README, CIFAR-10 table``."""
+        return f"{self.method} on {self.dataset}: {self.source}"
 
 
 class Published(BaseModel):
-    """The file ``published.yaml``."""
+    """The file ``published.yaml``: shared protocol records (merged into entries by YAML's ``<<``) and the entries."""
 
     model_config = ConfigDict(extra="forbid")
 
+    protocols: dict[str, dict[str, Any]] = Field(default_factory=dict)
     references: list[Reference]
 
 
-class Lookup(NamedTuple):
-    """What an ssl-bench metric corresponds to in the papers."""
+@dataclass(frozen=True)
+class PaperMatch:
+    """The published number shown for one of our table cells, and how its record compares with ours."""
 
-    protocol: str
-    metric: str
-    labels: str | None
-    k: int | None
-    evaluated_on: str | None = None  #: the labelled set of ``eval.datasets``; None: the pre-training set
+    reference: Reference
+    comparison: Comparison
+
+    @property
+    def kind(self) -> MatchKind:
+        return self.comparison.kind
 
 
 @functools.cache
@@ -99,52 +92,67 @@ def published(path: Path = PUBLISHED) -> tuple[Reference, ...]:
         raise ConfigError(f"{path}: {format_validation_error(err)}") from None
 
 
-def metric_lookup(metric: str) -> Lookup | None:
-    """The protocol of an ssl-bench metric: ``linear.top1`` -> linear probe, ``linear_1pct.top1`` -> with 1% of the
-    labels, ``knn20.top1`` -> kNN with k = 20, ``finetune.top1`` -> fine-tuning, ``cifar10.linear.top1`` -> the
-    linear probe on CIFAR-10 after pre-training elsewhere; None for any other metric."""
-    if (other := OTHER_SET.fullmatch(metric)) and (lookup := metric_lookup(other["rest"])) and lookup.evaluated_on is None:
-        return lookup._replace(evaluated_on=other["dataset"])
-    if match := PROBE_METRIC.fullmatch(metric):
-        labels = f"{match['pct']}%" if match["pct"] else None
-        return Lookup(match["protocol"], match["metric"], labels, None)
-    if match := KNN_METRIC.fullmatch(metric):
-        return Lookup("knn", match["metric"], None, int(match["k"]))
-    return None
+def find_reference(method: str, metric: str, ours: list[ProtocolRecord]) -> PaperMatch | None:
+    """The published number closest to our records ``ours`` (the cells of one table cell) of ``method``'s
+    ``metric``; None when no entry reports that number."""
+    first = ours[0]
+    candidates = [r for r in published() if r.method == method and r.dataset == first.dataset and r.metric == metric
+                  and _kind(r) == _kind(first) and r.labels.fraction == first.labels.fraction]
+    if not candidates:
+        return None
+    matters = has_code_reading(method)
+    compared = [(compare(r, ours, reading_matters=matters), i, r) for i, r in enumerate(candidates)]
+    comparison, _, reference = min(compared, key=lambda item: (item[0].distance, item[1]))
+    return PaperMatch(reference, comparison)
 
 
-def find_reference(method: str, dataset: str, lookup: Lookup, *, backbone: str | None = None,
-                   epochs: int | None = None) -> Reference | None:
-    """The preferred published number of ``method`` pre-trained on ``dataset`` and evaluated under ``lookup``
-    (on ``dataset`` itself, or on ``lookup.evaluated_on``)."""
-    evaluated_on, pretrain = (lookup.evaluated_on, dataset) if lookup.evaluated_on else (dataset, None)
-    return next((r for r in published() if r.method == method and r.dataset == evaluated_on and r.pretrain == pretrain
-                 and (r.protocol, r.metric, r.labels, r.k) == lookup[:4]
-                 and backbone in (None, r.backbone) and epochs in (None, r.epochs)), None)
+def group_reference(cells: pd.DataFrame, metric: str) -> PaperMatch | None:
+    """The published number for a group of ``suite_runs`` rows (a table cell): their complete cells (all of them when
+    none completed) must share one method that is no baseline; None otherwise, or when nothing is published."""
+    key = published_key(metric)
+    complete = cells[cells["status"] == "complete"]
+    rows = complete if len(complete) else cells
+    methods = set(rows["method"])
+    if key is None or len(methods) != 1 or is_baseline(method := next(iter(methods))) or CONFIG_COLUMN not in rows:
+        return None
+    ours = [cell_record(json.loads(config), _report(json.loads(selection)), metric)
+            for config, selection in zip(rows[CONFIG_COLUMN], rows[SELECTION_COLUMN])]
+    if len({record.dataset for record in ours}) != 1:
+        return None
+    return find_reference(str(method), key.name, list(dict.fromkeys(ours)))
 
 
-def paper_column(table: Pivot, *, backbone: str | None = None, epochs: int | None = None) -> Pivot:
-    """``table`` with ``paper`` (published values beside each column, NaN where none) and their ``sources``.
-
-    The table's rows must include ``method`` and its columns ``dataset``; ``backbone`` and ``epochs`` keep only
-    references of that backbone or that many pre-training epochs.
-    """
-    lookup = metric_lookup(table.metric)
-    if lookup is None:
-        raise ConfigError(f"no published numbers for the metric {table.metric}; the paper column exists for "
-                          "linear.top1/top5, linear_<x>pct.top1, knn<k>.top1/top5 and finetune.top1/top5")
-    if "method" not in table.rows or "dataset" not in table.cols:
-        raise ConfigError("the paper column needs methods as rows and datasets as columns: --rows method --cols dataset")
-    methods = table.mean.index.get_level_values("method")
-    datasets = table.mean.columns.get_level_values("dataset")
-    values, sources = [], {}
-    for method in methods:
-        line = []
-        for dataset in datasets:
-            ref = find_reference(str(method), str(dataset), lookup, backbone=backbone, epochs=epochs)
-            line.append(math.nan if ref is None else ref.fraction())
-            if ref is not None:
-                sources.setdefault(ref.citation())
+def paper_column(table: Pivot, df: pd.DataFrame) -> Pivot:
+    """``table`` with ``paper`` (the published values beside each column, NaN where none), ``matches`` (their
+    ``PaperMatch``) and ``sources``; ``df`` is the ``suite_runs`` frame the table was made from."""
+    if published_key(table.metric) is None:
+        raise ConfigError(f"no published numbers for the metric {table.metric}; the paper column exists for the test "
+                          "accuracies of kNN, the probes and fine-tuning: knn20.top1, linear.top1, logreg_1pct.top1, ...")
+    keys = table.rows + table.cols
+    kept = df.dropna(subset=keys)
+    groups = {label: rows for label, rows in kept.groupby(keys, sort=False)}
+    values, matches, sources = [], [], {}
+    for row in table.mean.index:
+        line, found = [], []
+        for column in table.mean.columns:
+            cells = groups.get(as_tuple(row) + as_tuple(column))
+            match = None if cells is None else group_reference(cells, table.metric)
+            line.append(math.nan if match is None else match.reference.fraction())
+            found.append(match)
+            if match is not None:
+                sources.setdefault(match.reference.citation())
         values.append(line)
+        matches.append(found)
     paper = pd.DataFrame(values, index=table.mean.index, columns=table.mean.columns)
-    return replace(table, paper=paper, sources=tuple(sources))
+    frame = pd.DataFrame(matches, index=table.mean.index, columns=table.mean.columns, dtype=object)
+    return replace(table, paper=paper, matches=frame, sources=tuple(sources))
+
+
+def _kind(record: ProtocolRecord) -> str:
+    """kNN, a trained head (linear, logistic, fine-tuned; also a head whose training is not stated) or detection."""
+    return record.probe.type.kind if record.probe.type is not None else "classifier"
+
+
+def _report(selection: dict[str, Any] | None) -> dict[str, Any]:
+    """The part of a cell's report.json that ``cell_record`` reads, from its logged selection."""
+    return {} if selection is None else {"selection": selection}

@@ -3,18 +3,27 @@
 Columns: ``cell_id``, ``run_id`` (None for a cell never run), ``status`` (one of ``STATUSES``),
 ``fail_reason``, the suite's axis keys as written (``method``, ``dataset``, ``vicreg.projector``, ``seed``;
 ``method`` and ``dataset`` are always there), every key of the cell's resolved run config flattened with dots
-(``batch_size``, ``method.projector``, ``optimizer.lr``), and one column per final metric (``knn20.top1``).
+(``batch_size``, ``method.projector``, ``optimizer.lr``), one column per final metric (``knn20.top1``), and as
+JSON text the whole resolved config (``cell.config``) and the choices its run made on the validation split
+(``cell.selection``: the run's params ``selection.<name>``; null when it logged none, as runs from before the
+validation split), from which the paper column derives the cell's protocol record. The fingerprint tags of a
+cell's run are columns too (``fingerprint.packages.torch``, ``bench.report.provenance``).
 A search suite has no fixed cells: its rows are the child runs found, with their config read from the run's
 ``config.yaml``. Lists and mappings become text (``[scattering, hog]``), so every column can be grouped.
-Runs are read with an explicit ``MlflowClient``, never through MLflow's global state.
+A cell whose run is tagged with a baseline's method (``labels.Baseline``: ``random_init``, ``raw_pixels``) has
+that method. Runs are read with an explicit ``MlflowClient``, never through MLflow's global state.
+``shown_report_suite`` picks the variant of a suite that a report shows (``bench.config.as_run``) from the
+records of its MLflow parent run.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import tempfile
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -22,19 +31,28 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
+from bench.config.as_run import RunHistory, Shown, shown_suite
 from bench.config.overrides import flatten
 from bench.config.suite import Suite, expand_suite
 from bench.errors import ConfigError
 from bench.methods import all_methods
+from bench.report.labels import is_baseline
+from bench.report.provenance import fingerprint_columns
 from bench.stores import sqlite_file
-from bench.tracking.mlflow_runs import FAIL_REASON, ROLE, STATUS, SUITE, retry_locked, tracking_uri
+from bench.tracking.mlflow_runs import FAIL_REASON, ROLE, STATUS, SUITE, recorded_runs, retry_locked, tracking_uri
 
 #: the status of a cell (see ``run_status``)
 STATUSES = ("complete", "failed", "running", "pruned", "missing")
 #: the tag naming a child run's cell
 CELL_TAG = "ssl_bench.cell_id"
-#: per-epoch metrics are logged as ``train/<x>`` and ``knn/<x>``; final metrics have no slash
+#: the tag naming a child run's method
+METHOD_TAG = "ssl_bench.method"
+#: per-epoch metrics are logged as ``train/<x>`` and ``val/knn20.top1``; final metrics have no slash
 EPOCH_METRIC_MARK = "/"
+#: the columns holding a cell's resolved config and its run's selection, as JSON text
+CONFIG_COLUMN, SELECTION_COLUMN = "cell.config", "cell.selection"
+#: the prefix of the params that hold the choices made on the validation split (``selection.linear.lr``)
+SELECTION_PARAM = "selection."
 
 
 def suite_runs(suite: Suite, *, uri: str | None = None) -> pd.DataFrame:
@@ -58,6 +76,26 @@ def suite_runs(suite: Suite, *, uri: str | None = None) -> pd.DataFrame:
     for column in ("run_id", "fail_reason"):  # None (not NaN) where there is no run or no reason
         frame[column] = pd.Series([row[column] for row in rows], index=frame.index, dtype=object)
     return frame
+
+
+def shown_report_suite(path: Path, sets: Sequence[str], *, as_run: int | None, as_file: bool,
+                       tracking: str | None) -> Shown:
+    """The variant of the suite at ``path`` that a report shows (``as_run.shown_suite``), from the records on its
+    MLflow parent run in ``tracking`` (default: the suite's tracking URI)."""
+    return shown_suite(path, sets, as_run=as_run, as_file=as_file,
+                       history=lambda suite: mlflow_history(suite, tracking_uri(tracking or suite.tracking.mlflow_uri)))
+
+
+def mlflow_history(suite: Suite, uri: str) -> RunHistory:
+    """The variants of ``suite``'s name recorded in the store at ``uri`` (none when it has no such experiment)."""
+    store = sqlite_file(uri)
+    experiment = None
+    if store is None or store.is_file():
+        client = MlflowClient(tracking_uri=uri)
+        experiment = retry_locked(client.get_experiment_by_name, suite.tracking.experiment or suite.name)
+    if experiment is None:
+        return RunHistory([], f"the MLflow store {uri}", lambda run: "")
+    return recorded_runs(client, experiment.experiment_id, suite.name)
 
 
 def resolve_key(df: pd.DataFrame, key: str) -> str:
@@ -114,8 +152,22 @@ def run_status(run: Run | None) -> str:
 
 
 def final_metrics(run: Run) -> dict[str, float]:
-    """The run's final metrics (``knn20.top1``), without the per-epoch ones (``train/loss``, ``knn/top1``)."""
+    """The run's final metrics (``knn20.top1``), without the per-epoch ones (``train/loss``, ``val/knn20.top1``)."""
     return {k: v for k, v in run.data.metrics.items() if EPOCH_METRIC_MARK not in k}
+
+
+def selection(run: Run) -> dict[str, Any]:
+    """The choices the run made on the validation split, from its params ``selection.<name>`` (values as logged:
+    JSON for numbers)."""
+    return {name.removeprefix(SELECTION_PARAM): _param_value(value)
+            for name, value in run.data.params.items() if name.startswith(SELECTION_PARAM)}
+
+
+def _param_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def _column_for(key: str, columns: Any) -> str | None:
@@ -160,6 +212,11 @@ def _row(cell_id: str, config: dict[str, Any], axes: dict[str, Any], run: Run | 
     row.setdefault("method", config["method"]["name"])
     row.setdefault("dataset", config["dataset"]["name"])
     row.update(flatten_config(config))
+    row[CONFIG_COLUMN] = json.dumps(config)
+    row[SELECTION_COLUMN] = json.dumps(selection(run) or None if run is not None else None)
     if run is not None:
         row.update(final_metrics(run))
+        row.update(fingerprint_columns(run.data.tags))
+        if is_baseline(run.data.tags.get(METHOD_TAG)):
+            row["method"] = run.data.tags[METHOD_TAG]
     return row

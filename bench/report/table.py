@@ -1,160 +1,64 @@
-"""Pivot tables of a suite's results: mean ± std over seeds for each (rows × cols) group, as md, csv, LaTeX or HTML.
+"""Pivot tables of a suite's results (``pivot.Pivot``) as md, csv, LaTeX or HTML, and ``ssl-bench table``.
 
-``pivot`` aggregates the frame of ``suite_runs`` into a ``Pivot``: the numbers (``mean``, ``std``, ``n``), the
-status counts of every group (``cells``), the best row of each column, and optionally the difference to a baseline
-row and published numbers (``reference.paper_column``). Every renderer reads the same Pivot. Accuracy metrics
-(``*.top1``, ``*.top5``: fractions in MLflow) are shown in percent with one decimal, any other metric with three
-significant digits; the csv keeps the unrounded numbers.
+A value cell reads ``mean ± std [ci_low, ci_high] n=N`` (the 95 % t-interval), ``mean (n=1, no interval)`` for
+one run, and the status of cells that did not complete. With a baseline, each column gets ``Δ`` (the difference
+of means; ``n.s.`` where it is not significant) and ``p`` (the two-sided t-test's p, its Benjamini–Hochberg q and
+which test). With the paper column, each column gets the published number closest to the cells' protocol
+(``reference.paper_column``): plain where every must-match field of its protocol record equals ours, ``†n`` where
+some differ and ``‡n`` where the source does not state some, footnote n naming them (``epochs: 1000 vs 6``). The
+caption says all of that. The csv keeps the unrounded numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import html
-import math
-import re
-from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from rich.console import Console
 
-from bench.config.suite import load_suite
 from bench.errors import ConfigError
-from bench.report.reference import paper_column
-from bench.report.runs import STATUSES, resolve_key, suite_runs
+from bench.report.labels import EMPTY, format_p, format_value, label_text, method_label
+from bench.report.metric_key import parse_metric
+from bench.report.pivot import Pivot, as_tuple, pivot
+from bench.report.protocol import MUST_MATCH_TEXT, MatchKind
+from bench.report.provenance import environment_warnings
+from bench.report.reference import PaperMatch, paper_column
+from bench.report.runs import STATUSES, shown_report_suite, suite_runs
+from bench.report.stats import ALPHA, CONFIDENCE
 from bench.tracking.mlflow_runs import tracking_uri
 
-#: the last part of an accuracy metric's name (``knn20.top1``, ``linear.top5``)
-ACCURACY = re.compile(r"top\d+|acc\w*")
-#: metrics whose name holds one of these words are better when lower
-LOWER_IS_BETTER = ("loss", "error")
-#: the text of a table cell that has no number
-EMPTY = "–"
+#: the mark of a difference to the baseline that is not significant († and ‡ mark published numbers)
+NOT_SIGNIFICANT = "n.s."
 TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
                "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "×": r"$\times$", "Δ": r"$\Delta$",
-               "–": "--"}
-
-
-@dataclass(frozen=True)
-class Pivot:
-    """One metric aggregated over the runs of each group (rows × cols keys).
-
-    ``mean``, ``std`` (sample std, NaN below two runs) and ``n`` (complete runs with a value) have the row keys as
-    index and the column keys as columns. ``cells`` has one row per group present in the suite (index: row keys then
-    column keys) and one count per status. ``best`` marks each column's best mean; ``delta`` is the mean minus the
-    mean of the ``baseline`` row (the row whose first key is the baseline and whose other keys are equal);
-    ``paper`` holds published values in the metric's unit, named in ``sources``. ``left_out`` counts the cells
-    that have no value for some key (a VICReg ablation key on a SimCLR cell) and so belong to no group.
-    """
-
-    metric: str
-    rows: list[str]
-    cols: list[str]
-    mean: pd.DataFrame
-    std: pd.DataFrame
-    n: pd.DataFrame
-    cells: pd.DataFrame
-    best: pd.DataFrame
-    baseline: str | None = None
-    delta: pd.DataFrame | None = None
-    left_out: int = 0
-    paper: pd.DataFrame | None = None
-    sources: tuple[str, ...] = ()
-
-    def status_counts(self, i: int, j: int) -> dict[str, int]:
-        """Cells of each status in table cell (row ``i``, column ``j``); empty when the suite has no such cell."""
-        key = _tuple(self.mean.index[i]) + _tuple(self.mean.columns[j])
-        return self.cells.loc[key].to_dict() if key in self.cells.index else {}
-
-    def note(self, i: int, j: int) -> str:
-        """What a table cell says besides its number: '' when all ran, else e.g. 'missing', 'failed (1/2)', 'running'."""
-        counts = self.status_counts(i, j)
-        total = sum(counts.values())
-        return ", ".join(status if counts[status] == total else f"{status} ({counts[status]}/{total})"
-                         for status in STATUSES if status != "complete" and counts.get(status))
-
-
-def pivot(df: pd.DataFrame, rows: list[str], cols: list[str], metric: str, *, baseline: str | None = None) -> Pivot:
-    """Aggregate ``metric`` over the complete runs of each (rows × cols) group of ``suite_runs``' frame.
-
-    Keys are resolved with ``resolve_key`` (``projector`` finds ``method.projector``). Rows and columns keep the
-    order in which the suite lists their values. ``baseline`` is a value of the first row key (e.g. ``simclr``).
-    """
-    rows = [resolve_key(df, key) for key in rows]
-    cols = [resolve_key(df, key) for key in cols]
-    metric = resolve_key(df, metric)
-    keys = rows + cols
-    if not rows or not cols or len(set(keys)) < len(keys):
-        raise ConfigError(f"rows {rows} and cols {cols}: give at least one key each, and no key twice")
-    if not pd.api.types.is_numeric_dtype(df[metric]):
-        raise ConfigError(f"{metric} is not a metric (its values are not numbers); give a final metric such as knn20.top1")
-    kept = df.dropna(subset=keys)
-    if kept.empty:
-        raise ConfigError(f"no cell of the suite has a value for every key of {keys}; pick keys that apply to its cells")
-    row_of = list(zip(*(kept[k] for k in rows)))
-    col_of = list(zip(*(kept[k] for k in cols)))
-    values: dict[tuple, list[float]] = defaultdict(list)
-    counts: dict[tuple, Counter] = defaultdict(Counter)
-    for r, c, status, value in zip(row_of, col_of, kept["status"], kept[metric]):
-        counts[r, c][status] += 1
-        if status == "complete" and not math.isnan(value):
-            values[r, c].append(float(value))
-    row_labels, col_labels = list(dict.fromkeys(row_of)), list(dict.fromkeys(col_of))
-    index, columns = _index(row_labels, rows), _index(col_labels, cols)
-
-    def grid(stat: Callable[[list[float]], float]) -> pd.DataFrame:
-        return pd.DataFrame([[stat(values.get((r, c), [])) for c in col_labels] for r in row_labels], index=index, columns=columns)
-
-    mean = grid(lambda v: float(np.mean(v)) if v else math.nan)
-    cells = pd.DataFrame([[counts[group][s] for s in STATUSES] for group in counts], columns=list(STATUSES),
-                         index=pd.MultiIndex.from_tuples([r + c for r, c in counts], names=keys))
-    return Pivot(
-        metric=metric, rows=rows, cols=cols, mean=mean,
-        std=grid(lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else math.nan),
-        n=grid(len).astype(int), cells=cells, best=_best(mean, metric), baseline=baseline,
-        delta=None if baseline is None else _delta(mean, rows[0], baseline), left_out=len(df) - len(kept),
-    )
-
-
-def is_accuracy(metric: str) -> bool:
-    """True for accuracy metrics (``*.top1``, ``*.top5``), which are fractions shown in percent."""
-    return ACCURACY.fullmatch(metric.rsplit(".", 1)[-1]) is not None
-
-
-def lower_is_better(metric: str) -> bool:
-    """True when the metric's name says loss or error."""
-    return any(word in metric for word in LOWER_IS_BETTER)
-
-
-def format_value(metric: str, value: float, *, signed: bool = False) -> str:
-    """A number of ``metric`` as shown: percent with one decimal for accuracies, else 3 significant digits."""
-    if math.isnan(value):
-        return EMPTY
-    sign = "+" if signed else ""
-    return f"{value * 100:{sign}.1f}" if is_accuracy(metric) else f"{value:{sign}.3g}"
-
-
-def label_text(value: Any) -> str:
-    """A key value as shown in a header or a row label (``0.001``, ``16-16``, ``simclr``)."""
-    return f"{value:g}" if isinstance(value, float) else str(value)
+               "–": "--", "†": r"\dag{}", "‡": r"\ddag{}", "≥": r"$\geq$", "<": r"$<$", ">": r"$>$"}
 
 
 def caption(table: Pivot) -> str:
-    """The line above a table: the metric and its unit, what the numbers are, and any notes."""
-    unit = " (%; accuracy × 100)" if is_accuracy(table.metric) else ""
-    parts = [f"{table.metric}{unit}: mean ± sample std over runs (± omitted for one run); best per column in bold"]
+    """The line above a table: the metric and its unit, what the numbers are, the tests, and any notes."""
+    accuracy = parse_metric(table.metric).is_accuracy
+    unit = " (%; accuracy × 100)" if accuracy else ""
+    level = f"{CONFIDENCE:.0%}".replace("%", " %")
+    parts = [f"{table.metric}{unit}: mean ± sample std [{level} confidence interval, t-distribution with n-1 degrees of "
+             "freedom] over n runs (one run: no ± and no interval); best per column in bold (baseline rows never)"]
     if table.delta is not None:
-        points = " in percentage points" if is_accuracy(table.metric) else ""
-        parts.append(f"Δ: difference to {table.rows[0]} = {table.baseline}{points}")
+        points = " in percentage points" if accuracy else ""
+        parts.append(f"Δ: difference to {table.rows[0]} = {table.baseline}{points}; p: two-sided t-test against that row, "
+                     "paired by seed when both rows are one method with the same seeds (each once), else Welch's; "
+                     f"q: p adjusted by Benjamini-Hochberg over the table's {table.tests} tests; "
+                     f"{NOT_SIGNIFICANT} not significant (q ≥ {ALPHA:g}); {EMPTY}: no test (fewer than two runs in a row)")
     if table.left_out:
         parts.append(f"{table.left_out} cells without a value for {', '.join(table.rows + table.cols)} left out")
     if table.sources:
-        parts.append("paper: " + "; ".join(table.sources))
+        parts.append("paper: the published number closest to the cells' protocol, plain where its record equals ours in "
+                     f"every must-match field ({MUST_MATCH_TEXT}); {MatchKind.PARTIAL.mark}n: some differ, "
+                     f"{MatchKind.UNKNOWN.mark}n: the source does not state some, footnote n names them as "
+                     "field: theirs vs ours; from " + "; ".join(table.sources))
     return ". ".join(parts) + "."
 
 
@@ -164,11 +68,14 @@ def to_markdown(table: Pivot) -> str:
 
     def cell(entry: _Entry) -> str:
         text = entry.text.replace("|", r"\|")
-        return f"**{text}**" if entry.best else text
+        text = f"**{text}**" if entry.best else text
+        return f"{text} {entry.note}" if entry.note else text
 
     align = ["---"] * len(table.rows) + ["---:"] * (len(header) - len(table.rows))
     lines = [caption(table), "", _md_row(h.replace("|", r"\|") for h in header), _md_row(align)]
     lines += [_md_row(cell(entry) for entry in line) for line in body]
+    notes = _notes(body)
+    lines += ["", *(f"{mark} {text}" for mark, text in notes.items())] if notes else []
     return "\n".join(lines) + "\n"
 
 
@@ -178,47 +85,63 @@ def to_latex(table: Pivot) -> str:
 
     def cell(entry: _Entry) -> str:
         text = _tex(entry.text)
-        return rf"\textbf{{{text}}}" if entry.best else text
+        text = rf"\textbf{{{text}}}" if entry.best else text
+        return rf"{text}\textsuperscript{{{_tex(entry.note)}}}" if entry.note else text
 
     spec = "l" * len(table.rows) + "r" * (len(header) - len(table.rows))
     lines = [r"\begin{table}[ht]", r"\centering", rf"\caption{{{_tex(caption(table))}}}", rf"\begin{{tabular}}{{{spec}}}",
              r"\toprule", " & ".join(_tex(h) for h in header) + r" \\", r"\midrule"]
     lines += [" & ".join(cell(entry) for entry in line) + r" \\" for line in body]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    notes = _notes(body)
+    if notes:  # the footnotes under the tabular, inside the float
+        lines += [r"\par\footnotesize"] + [rf"\textsuperscript{{{_tex(mark)}}} {_tex(text)}\\" for mark, text in notes.items()]
+    lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
 
 
 def to_html(table: Pivot) -> str:
-    """A plain ``<table class="ssl-bench-table">``; cells carry classes (key, value, best, delta, paper, missing, ...)."""
+    """A plain ``<table class="ssl-bench-table">``; cells carry classes (key, value, best, delta, p, paper, missing, ...)."""
     header, body = _grid(table)
     lines = ['<table class="ssl-bench-table">', f"<caption>{html.escape(caption(table))}</caption>", "<thead>",
              "<tr>" + "".join(f'<th scope="col">{html.escape(h)}</th>' for h in header) + "</tr>", "</thead>", "<tbody>"]
+    notes = _notes(body)
     for line in body:
         cells = []
         for entry in line:
             text = html.escape(entry.text)
-            classes = entry.kind + " best" * entry.best
+            classes = entry.kind + " best" * entry.best + f" {entry.match}" * bool(entry.match)
             if entry.kind == "key":
                 cells.append(f'<th scope="row" class="{classes}">{text}</th>')
-            else:
-                cells.append(f'<td class="{classes}">' + (f"<strong>{text}</strong>" if entry.best else text) + "</td>")
+                continue
+            text = f"<strong>{text}</strong>" if entry.best else text
+            if entry.note:  # the footnote as a tooltip too
+                text += f' <sup title="{html.escape(notes[entry.note])}">{html.escape(entry.note)}</sup>'
+            cells.append(f'<td class="{classes}">{text}</td>')
         lines.append("<tr>" + "".join(cells) + "</tr>")
-    lines += ["</tbody>", "</table>"]
+    lines.append("</tbody>")
+    if notes:
+        lines.append(f'<tfoot><tr><td colspan="{len(header)}" class="notes">'
+                     + "<br>".join(html.escape(f"{mark} {text}") for mark, text in notes.items()) + "</td></tr></tfoot>")
+    lines.append("</table>")
     return "\n".join(lines) + "\n"
 
 
 def to_csv(table: Pivot) -> str:
-    """The unrounded numbers: the row keys, then per column ``<col> mean``, ``std``, ``n`` (``delta``, ``paper``), ``status``."""
-    data: dict[str, Any] = {key: [_tuple(label)[k] for label in table.mean.index] for k, key in enumerate(table.rows)}
+    """The unrounded numbers: the row keys, then per column ``<col> mean``, ``std``, ``ci_low``, ``ci_high``, ``n``
+    (with a baseline ``delta``, ``p``, ``q``, ``test``; with the paper column ``paper``, ``paper_match`` (exact,
+    partial, unknown), ``paper_diff`` (``field=theirs|ours;...``) and ``paper_source``) and ``status``."""
+    data: dict[str, Any] = {key: [as_tuple(label)[k] for label in table.mean.index] for k, key in enumerate(table.rows)}
     for j, column in enumerate(table.mean.columns):
         name = _column_text(column)
-        data[f"{name} mean"] = table.mean.iloc[:, j].to_numpy()
-        data[f"{name} std"] = table.std.iloc[:, j].to_numpy()
-        data[f"{name} n"] = table.n.iloc[:, j].to_numpy()
-        if table.delta is not None:
-            data[f"{name} delta"] = table.delta.iloc[:, j].to_numpy()
-        if table.paper is not None:
-            data[f"{name} paper"] = table.paper.iloc[:, j].to_numpy()
+        frames = {"mean": table.mean, "std": table.std, "ci_low": table.ci_low, "ci_high": table.ci_high, "n": table.n,
+                  "delta": table.delta, "p": table.p, "q": table.q, "test": table.test, "paper": table.paper}
+        data.update({f"{name} {field}": frame.iloc[:, j].to_numpy() for field, frame in frames.items() if frame is not None})
+        if table.matches is not None:
+            found: list[PaperMatch | None] = table.matches.iloc[:, j].tolist()
+            data[f"{name} paper_match"] = [m.kind.value if m else "" for m in found]
+            data[f"{name} paper_diff"] = [m.comparison.csv() if m else "" for m in found]
+            data[f"{name} paper_source"] = [m.reference.citation() if m else "" for m in found]
         data[f"{name} status"] = [table.note(i, j) or ("complete" if table.status_counts(i, j) else "none")
                                   for i in range(len(table.mean.index))]
     return pd.DataFrame(data).to_csv(index=False)
@@ -236,19 +159,27 @@ def table_path(out: Path, suite_name: str, table: Pivot, fmt: str) -> Path:
 
 
 def cmd_table(args: argparse.Namespace, console: Console) -> int:
-    """``ssl-bench table SUITE --rows ... --cols ... --metric ...``: print the table, or write it with ``--out``."""
-    suite = load_suite(args.suite, args.set)
-    df = suite_runs(suite, uri=tracking_uri(args.tracking) if args.tracking else None)
+    """``ssl-bench table SUITE --rows ... --cols ... --metric ...``: print the table, or write it with ``--out``.
+
+    Which variant of the suite it shows goes to stderr, so the table alone goes to stdout."""
+    shown = shown_report_suite(args.suite, args.set, as_run=args.as_run, as_file=args.as_file, tracking=args.tracking)
+    Console(stderr=True, soft_wrap=True).print(shown.line, markup=False, highlight=False)
+    df = suite_runs(shown.suite, uri=tracking_uri(args.tracking) if args.tracking else None)
+    if df["run_id"].isna().all():
+        raise ConfigError(f"no cell of the suite shown has run ({shown.line}); run it, or pick a variant that ran "
+                          "(leave out --set and --as-file, or give --as-run N)")
     table = pivot(df, args.rows, args.cols, args.metric, baseline=args.baseline)
+    for line in environment_warnings(df):
+        Console(stderr=True).print(f"warning: {line}", style="yellow", markup=False, highlight=False)
     if args.paper:
-        table = paper_column(table)
+        table = paper_column(table, df)
     suffix = args.out.suffix.lstrip(".") if args.out else ""
     fmt = args.format or (suffix if suffix in RENDERERS else "md")
     text = RENDERERS[fmt](table)
     if args.out is None:
         console.out(text, highlight=False, end="")
         return 0
-    path = table_path(args.out, suite.name, table, fmt)
+    path = table_path(args.out, shown.suite.name, table, fmt)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     console.print(f"wrote {path}", markup=False, highlight=False)
@@ -257,11 +188,15 @@ def cmd_table(args: argparse.Namespace, console: Console) -> int:
 
 @dataclass(frozen=True)
 class _Entry:
-    """One rendered cell: its text, its kind (key, value, delta, paper, or the status of a cell without a value)."""
+    """One rendered cell: its text, its kind (key, value, delta, p, paper, or the status of a cell without a value);
+    a paper cell also its match (exact, partial, unknown), its footnote mark (``†1``) and the footnote."""
 
     text: str
     kind: str
     best: bool = False
+    match: str = ""
+    note: str = ""
+    footnote: str = ""
 
 
 def _grid(table: Pivot) -> tuple[list[str], list[list[_Entry]]]:
@@ -269,65 +204,72 @@ def _grid(table: Pivot) -> tuple[list[str], list[list[_Entry]]]:
     header = list(table.rows)
     for column in table.mean.columns:
         name = _column_text(column)
-        header += [name] + [f"{name} Δ {table.baseline}"] * (table.delta is not None) + [f"{name} (paper)"] * (table.paper is not None)
-    body = []
+        header.append(name)
+        if table.delta is not None:
+            header += [f"{name} Δ {table.baseline}", f"{name} p"]
+        if table.paper is not None:
+            header.append(f"{name} (paper)")
+    body, numbers = [], {}
     for i, label in enumerate(table.mean.index):
-        line = [_Entry(label_text(value), "key") for value in _tuple(label)]
+        line = [_Entry(method_label(value) if key == "method" else label_text(value), "key")
+                for key, value in zip(table.rows, as_tuple(label))]
         for j in range(len(table.mean.columns)):
             line.append(_value_entry(table, i, j))
             if table.delta is not None:
-                line.append(_Entry(format_value(table.metric, table.delta.iat[i, j], signed=True), "delta"))
+                line += _test_entries(table, i, j)
             if table.paper is not None:
-                line.append(_Entry(format_value(table.metric, table.paper.iat[i, j]), "paper"))
+                line.append(_paper_entry(table, i, j, numbers))
         body.append(line)
     return header, body
 
 
+def _paper_entry(table: Pivot, i: int, j: int, numbers: dict[str, int]) -> _Entry:
+    """The published number, marked with its footnote (``†1``) where the protocols are not the same; ``numbers``
+    numbers the footnotes of the table in order of appearance (one number per distinct footnote)."""
+    text = format_value(table.metric, table.paper.iat[i, j])
+    match: PaperMatch | None = table.matches.iat[i, j] if table.matches is not None else None
+    if match is None or match.kind == MatchKind.EXACT:
+        return _Entry(text, "paper", match=match.kind.value if match else "")
+    footnote = f"({match.reference.citation()}) {match.comparison.note()}"
+    number = numbers.setdefault(footnote, len(numbers) + 1)
+    return _Entry(text, "paper", match=match.kind.value, note=f"{match.kind.mark}{number}", footnote=footnote)
+
+
+def _notes(body: list[list[_Entry]]) -> dict[str, str]:
+    """Footnote mark (``†1``) -> its text, in the order of the table's cells."""
+    return {entry.note: entry.footnote for line in body for entry in line if entry.note}
+
+
 def _value_entry(table: Pivot, i: int, j: int) -> _Entry:
-    """``mean ± std`` with the cell's status note, e.g. ``71.2 ± 0.4, failed (1/3)``, or ``missing``."""
+    """``mean ± std [low, high] n=N`` with the cell's status note, e.g. ``71.2 (n=1, no interval), failed (1/2)``."""
     n = table.n.iat[i, j]
     value = ""
     if n:
         value = format_value(table.metric, table.mean.iat[i, j])
         if n > 1:
-            value += f" ± {format_value(table.metric, table.std.iat[i, j])}"
+            low, high = (format_value(table.metric, frame.iat[i, j]) for frame in (table.ci_low, table.ci_high))
+            value += f" ± {format_value(table.metric, table.std.iat[i, j])} [{low}, {high}] n={n}"
+        else:
+            value += " (n=1, no interval)"
     counts = table.status_counts(i, j)
     kind = "value" if n else next((s for s in STATUSES if counts.get(s)), "empty")
     text = ", ".join(part for part in (value, table.note(i, j)) if part) or EMPTY
     return _Entry(text, kind, bool(table.best.iat[i, j]))
 
 
-def _best(mean: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """True where a mean is its column's best (max, or min for a loss or an error)."""
-    pick = mean.min() if lower_is_better(metric) else mean.max()
-    return mean.eq(pick, axis="columns")
-
-
-def _delta(mean: pd.DataFrame, key: str, baseline: str) -> pd.DataFrame:
-    """Each mean minus the mean of the row whose first key is ``baseline`` and whose other keys are the same."""
-    firsts = list(dict.fromkeys(_tuple(label)[0] for label in mean.index))
-    match = [value for value in firsts if label_text(value) == baseline]
-    if not match:
-        raise ConfigError(f"baseline '{baseline}' is not a value of {key} (its values: "
-                          f"{', '.join(label_text(v) for v in firsts)}); give one of them")
-    by_label = {_tuple(label): row for label, row in zip(mean.index, mean.to_numpy())}
-    missing = np.full(len(mean.columns), math.nan)
-    reference = [by_label.get((match[0], *_tuple(label)[1:]), missing) for label in mean.index]
-    return pd.DataFrame(mean.to_numpy() - np.array(reference), index=mean.index, columns=mean.columns)
-
-
-def _index(labels: list[tuple], names: list[str]) -> pd.Index:
-    if len(names) == 1:
-        return pd.Index([label[0] for label in labels], name=names[0], dtype=object)
-    return pd.MultiIndex.from_tuples(labels, names=names)
-
-
-def _tuple(label: Any) -> tuple:
-    return label if isinstance(label, tuple) else (label,)
+def _test_entries(table: Pivot, i: int, j: int) -> list[_Entry]:
+    """The Δ cell (``+1.2``, ``-0.4 †`` when not significant) and the p cell (``p 0.012, q 0.030 (Welch)``)."""
+    delta = format_value(table.metric, table.delta.iat[i, j], signed=True)
+    significant = table.significant(i, j)
+    if significant is None:
+        return [_Entry(delta, "delta"), _Entry(EMPTY, "p")]
+    mark = "" if significant else f" {NOT_SIGNIFICANT}"
+    p = f"p {format_p(table.p.iat[i, j])}, q {format_p(table.q.iat[i, j])} ({table.test.iat[i, j]})"
+    return [_Entry(delta + mark, "delta"), _Entry(p, "p")]
 
 
 def _column_text(label: Any) -> str:
-    return " / ".join(label_text(value) for value in _tuple(label))
+    return " / ".join(label_text(value) for value in as_tuple(label))
 
 
 def _md_row(cells: Iterable[str]) -> str:

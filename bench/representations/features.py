@@ -25,21 +25,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from kymatio.scattering2d.frontend.torch_frontend import ScatteringTorch2D
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from skimage.feature import hog as skimage_hog
 from skimage.feature import local_binary_pattern
 
 from bench.data.augment import normalize
 from bench.data.views import ViewSpec, make_view
+from bench.schema import ConfigModel
 
 #: the representation computed per step (random), never cached
 AUGMENTED = "augmented"
 
 
-class RepParams(BaseModel):
+class RepParams(ConfigModel):
     """Typed parameters of one representation (frozen: hashable, part of the cache key)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     def identity(self) -> dict[str, Any]:
         """What the cached values depend on besides the dataset and the image shape."""

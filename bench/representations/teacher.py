@@ -25,13 +25,14 @@ from torch import nn
 from bench.errors import ConfigError
 from bench.models.backbones import BackboneConfig, build_backbone
 from bench.representations.features import RepParams, register_representation
+from bench.schema import PathField
 
 _CLASSIFIERS = ("fc", "heads", "head", "classifier")
 
 
 class TeacherParams(RepParams):
     source: Literal["checkpoint", "torchvision", "open_clip"] = Field(description="where the teacher comes from")
-    path: Path | None = Field(None, description="checkpoint: a run's model.pt; torchvision: a state_dict file")
+    path: PathField | None = Field(None, description="checkpoint: a run's model.pt; torchvision: a state_dict file")
     arch: str = Field("ViT-B-16", description="torchvision: e.g. 'resnet50'; open_clip: the model name")
     pretrained: str = Field("laion400m_e32", description="open_clip: the pretrained tag or a local weights file")
     input_size: int | None = Field(None, ge=8, description="resize side; None: 224 (torchvision, open_clip) or the image's own (checkpoint)")

@@ -8,15 +8,29 @@ Names written to MLflow:
   (``running`` | ``complete`` | ``failed`` | ``pruned``), ``ssl_bench.fail_reason``; on cells also
   ``ssl_bench.cell_id``, ``ssl_bench.method``, ``ssl_bench.dataset``, ``ssl_bench.seed``, ``ssl_bench.host``,
   ``ssl_bench.device``, ``mlflow.source.git.commit``, ``mlflow.parentRunId`` and ``optuna.study``,
-  ``optuna.trial_number``, ``optuna.trial_id``.
+  ``optuna.trial_number``, ``optuna.trial_id``, ``ssl_bench.objective`` (the metric the study's objective reads,
+  ``val.knn20.top1``) and ``ssl_bench.objective_split`` (``val``).
 - params (cells, on creation only): the resolved config flattened to dotted keys (``optimizer.lr``) and the
   suite's axes as ``axis.<name>``; strings as they are, every other value as JSON (``0.3``, ``true``,
   ``null``, ``[20, 200]``).
-- per-epoch metrics, ``step = epoch``: a history field ``knn_<x>`` (the online kNN monitor) as ``knn/<x>``,
-  every other numeric field as ``train/<field>`` (``train/loss``, ``train/lr``, ``train/images_per_s`` and
-  the method's own terms).
-- final metrics, step 0: the names the evaluation gives them (``knn20.top1``, ``linear.top1``).
-- artifacts: ``suite.yaml`` (parent), ``config.yaml`` and ``report.json`` (cells).
+- per-epoch metrics, ``step = epoch``: the online kNN monitor as ``val/knn20.top1`` (validation split) and its
+  RankMe as ``val/rankme``, every other numeric history field as ``train/<field>`` (``train/loss``, ``train/lr``,
+  ``train/images_per_s`` and the method's own terms). A slash marks a per-epoch metric.
+- final metrics, step 0: the names the evaluation gives them, test numbers as ``knn20.top1``, ``linear.top1``,
+  validation ones as ``val.knn20.top1``.
+- selection (cells, at the end): the hyper-parameters chosen on the validation split as params ``selection.<name>``
+  (``selection.linear.lr``, ``selection.logreg.C``, ``selection.knn.k``).
+- fingerprint (cells, ``bench.tracking.fingerprint``): tags ``ssl_bench.fingerprint`` (its id) and
+  ``fingerprint.<group>.<field>`` (``fingerprint.packages.torch``, ``fingerprint.data.sha256``).
+- cost (cells, final metrics, ``bench.core.cost``): ``cost.wall.<stage>`` (``load``, ``fingerprint``, ``train``,
+  ``monitor``, ``checkpoint``, ``extract``, ``knn``, ``logreg``, ``linear``, ...), ``cost.wall.other``,
+  ``cost.wall.total``, ``cost.peak_mem_gb.<stage>``, ``cost.gpus``, ``cost.gpu_seconds``, ``cost.gpu_hours``,
+  ``cost.image_epochs``.
+- artifacts: ``suite.yaml`` (parent), ``config.yaml``, ``report.json``, ``fingerprint.json`` and ``diff.patch``
+  (when the code was dirty) (cells).
+- the variants of the suite that ``run`` queued (``bench.config.as_run``): on the parent, one tag
+  ``ssl_bench.suite_run.<key>`` per variant (its ``SuiteRun`` record as JSON) and the artifact
+  ``suite_runs/<key>.yaml`` (the resolved suite).
 
 Several workers may write to one SQLite store at once. MLflow gives every SQLite session a 20 s busy
 timeout, but SQLite answers "database is locked" at once where waiting could deadlock; such calls are
@@ -25,14 +39,14 @@ retried here with jittered exponential backoff (a failed SQLite transaction is r
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import random
 import socket
-import subprocess
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import unquote, urlparse
@@ -46,11 +60,13 @@ from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
-import bench
+from bench.config.as_run import RECORD_PREFIX, RunHistory, SuiteRun, by_first_run, next_record, suite_key
 from bench.config.overrides import flatten
 from bench.config.run import RunConfig
+from bench.config.search import metric_split
 from bench.errors import ConfigError
 from bench.stores import sqlite_file
+from bench.tracking.fingerprint import DIFF_FILE, FINGERPRINT_FILE, fingerprint_tags, git_commit
 from bench.train.engine import pick_device
 
 Status = Literal["complete", "failed", "pruned"]
@@ -59,6 +75,10 @@ Status = Literal["complete", "failed", "pruned"]
 RUN_STATUS: dict[str, str] = {"complete": "FINISHED", "failed": "FAILED", "pruned": "KILLED"}
 
 ROLE, SUITE, STATUS, FAIL_REASON = "ssl_bench.role", "ssl_bench.suite", "ssl_bench.status", "ssl_bench.fail_reason"
+CELL_ID = "ssl_bench.cell_id"
+#: the parent's artifact folder of the YAML of each variant of the suite that ``run`` queued
+SUITE_RUNS_DIR = "suite_runs"
+OBJECTIVE, OBJECTIVE_SPLIT = "ssl_bench.objective", "ssl_bench.objective_split"
 
 #: the columns ``mlflow.search_runs`` puts before ``metrics.*``, ``params.*`` and ``tags.*``
 RUN_COLUMNS = ["run_id", "experiment_id", "status", "artifact_uri", "start_time", "end_time"]
@@ -82,8 +102,9 @@ def tracking_uri(configured: str | None, results: Path = Path("results")) -> str
 
 
 def epoch_metric_name(field: str) -> str:
-    """MLflow metric name of one history field: ``knn_top1`` -> ``knn/top1``, ``loss`` -> ``train/loss``."""
-    return f"knn/{field.removeprefix('knn_')}" if field.startswith("knn_") else f"train/{field}"
+    """MLflow metric name of one history field: a field with a split prefix as it is (the online kNN monitor's
+    ``val/knn20.top1``), any other ``train/<field>`` (``loss`` -> ``train/loss``)."""
+    return field if "/" in field else f"train/{field}"
 
 
 def flatten_params(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -139,19 +160,29 @@ class SuiteTracker:
         retry_locked(self.client.log_text, run_id, suite_yaml, "suite.yaml")
         return run_id
 
+    def record_run(self, parent_id: str, suite_yaml: str, sets: Sequence[str], now: datetime) -> SuiteRun:
+        """Record on the parent run that this variant of the suite (``sets`` applied) was queued at ``now``."""
+        key = suite_key(suite_yaml)
+        previous = retry_locked(self.client.get_run, parent_id).data.tags.get(RECORD_PREFIX + key)
+        record = next_record(None if previous is None else SuiteRun.model_validate_json(previous), suite_yaml, sets, now)
+        retry_locked(self.client.set_tag, parent_id, RECORD_PREFIX + key, record.model_dump_json())
+        retry_locked(self.client.log_text, parent_id, suite_yaml, f"{SUITE_RUNS_DIR}/{key}.yaml")
+        return record
+
     def start_cell(self, parent_id: str, cell_id: str, config: RunConfig, *, suite: str, axes: dict[str, Any],
-                   trial: dict[str, Any], run_id: str | None = None) -> str:
+                   trial: dict[str, Any], run_id: str | None = None, objective: str | None = None) -> str:
         """Create the cell's child run (params and ``config.yaml`` once), or reopen ``run_id`` of a retried cell.
 
         ``trial`` holds the Optuna ``study`` name and the trial's ``number`` and ``id``; ``axes`` the suite axes
-        that make this cell (logged as ``axis.<name>`` params). Returns the run id.
+        that make this cell (logged as ``axis.<name>`` params); ``objective`` the metric the study's objective reads
+        (tags ``ssl_bench.objective`` and ``ssl_bench.objective_split``, ``val`` for ``val.*``). Returns the run id.
         """
         tags = {
             "mlflow.parentRunId": parent_id,
             ROLE: "cell",
             SUITE: suite,
             STATUS: "running",
-            "ssl_bench.cell_id": cell_id,
+            CELL_ID: cell_id,
             "ssl_bench.method": config.method.name,
             "ssl_bench.dataset": config.dataset.name,
             "ssl_bench.seed": str(config.seed),
@@ -162,6 +193,8 @@ class SuiteTracker:
             "optuna.trial_number": str(trial["number"]),
             "optuna.trial_id": str(trial["id"]),
         }
+        if objective is not None:
+            tags |= {OBJECTIVE: objective, OBJECTIVE_SPLIT: metric_split(objective)}
         if run_id is not None:
             self._reopen(run_id, cell_id, tags)
             return run_id
@@ -182,16 +215,31 @@ class SuiteTracker:
 
     def finish_cell(self, run_id: str, *, status: Status, metrics: dict[str, float] | None = None,
                     report: dict[str, Any] | None = None, reason: str | None = None) -> None:
-        """Log final metrics, ``report.json`` and the status tags, then end the run FINISHED / FAILED / KILLED."""
+        """Log final metrics, the report's selection (params ``selection.<name>``), ``report.json`` and the status tags,
+        then end the run FINISHED / FAILED / KILLED."""
         tags = [RunTag(STATUS, status)]
         if reason:
             tags.append(RunTag(FAIL_REASON, reason[:MAX_TAG_VAL_LENGTH]))
         now = _now_ms()
         final = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
-        retry_locked(self.client.log_batch, run_id, metrics=final, tags=tags)
+        chosen = flatten_params((report or {}).get("selection", {}), "selection.")
+        retry_locked(self.client.log_batch, run_id, metrics=final, params=[Param(k, v) for k, v in chosen.items()], tags=tags)
         if report is not None:
             retry_locked(self.client.log_dict, run_id, report, "report.json")
         retry_locked(self.client.set_terminated, run_id, RUN_STATUS[status])
+
+    def log_provenance(self, run_id: str, run_dir: Path) -> None:
+        """The cell's fingerprint from ``run_dir`` (written when the cell started): its tags, ``fingerprint.json`` and
+        ``diff.patch`` (when the code was dirty). Nothing when the cell never got that far."""
+        path = run_dir / FINGERPRINT_FILE
+        if not path.is_file():
+            return
+        record = json.loads(path.read_text())
+        tags = [RunTag(k, v[:MAX_TAG_VAL_LENGTH]) for k, v in fingerprint_tags(record).items()]
+        retry_locked(self.client.log_batch, run_id, tags=tags)
+        retry_locked(self.client.log_dict, run_id, record, FINGERPRINT_FILE)
+        if (run_dir / DIFF_FILE).is_file():
+            retry_locked(self.client.log_artifact, run_id, str(run_dir / DIFF_FILE))
 
     def finish_parent(self, parent_id: str, status: Literal["complete", "failed"]) -> None:
         """Tag the suite's status and end its parent run FINISHED / FAILED."""
@@ -255,6 +303,21 @@ class SuiteTracker:
                 return
 
 
+def recorded_runs(client: MlflowClient, experiment_id: str, suite_name: str) -> RunHistory:
+    """The variants of suite ``suite_name`` recorded on its parent run in ``experiment_id`` (none without one)."""
+    query = f"tags.`{ROLE}` = 'parent' and tags.`{SUITE}` = '{suite_name}'"
+    parents = retry_locked(client.search_runs, [experiment_id], query, max_results=1)
+    tags = parents[0].data.tags if parents else {}
+    runs = [SuiteRun.model_validate_json(value) for key, value in tags.items() if key.startswith(RECORD_PREFIX)]
+
+    def suite_text(run: SuiteRun) -> str:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = retry_locked(client.download_artifacts, parents[0].info.run_id, f"{SUITE_RUNS_DIR}/{run.key}.yaml", tmp)
+            return Path(path).read_text()
+
+    return RunHistory(by_first_run(runs), f"the MLflow store {client.tracking_uri}", suite_text)
+
+
 def _artifact_location(uri: str, experiment: str) -> str | None:
     """``<store folder>/mlartifacts/<experiment>`` as a file URI for a local store; None (server default) else."""
     parsed = urlparse(uri)
@@ -281,17 +344,6 @@ def _run_row(run: Run) -> dict[str, Any]:
 def _device_name(config: RunConfig) -> str:
     device = pick_device(config.train.device)
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-@functools.cache
-def git_commit() -> str:
-    """The commit checked out in the repository holding the bench package, or "unknown" outside git."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(bench.__file__).parent, capture_output=True,
-                             text=True, timeout=5, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip()
 
 
 def _now_ms() -> int:

@@ -10,9 +10,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.core.cost import timed
+
 CHECKPOINT = "checkpoint.pt"
 
 
+@timed("checkpoint", carve=True)
 def atomic_save(obj: Any, path: Path) -> None:
     """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)

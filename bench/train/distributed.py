@@ -22,6 +22,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from bench.core.torch_state import threads_scope
 from bench.errors import ConfigError
 
 
@@ -174,8 +175,7 @@ def process_group(rank: int, world: int, port: int, device_type: str) -> Iterato
 
 
 def _peer(rank: int, world: int, port: int, device_type: str, threads: int, work: Callable[[], object]) -> None:
-    torch.set_num_threads(threads)
-    with process_group(rank, world, port, device_type):
+    with threads_scope(threads), process_group(rank, world, port, device_type):
         work()
 
 
@@ -197,15 +197,13 @@ def rank_zero_of(world: int, device_type: str, peer_work: Callable[[], object]) 
     peers = [spawn.Process(target=_peer, args=(r, world, port, device_type, share, peer_work)) for r in range(1, world)]
     for p in peers:
         p.start()
-    torch.set_num_threads(share)
     try:
-        with process_group(0, world, port, device_type):
+        with threads_scope(share), process_group(0, world, port, device_type):
             yield
     except BaseException:
         for p in peers:
             p.terminate()
         raise
     finally:
-        torch.set_num_threads(threads)
         for p in peers:
             p.join()

@@ -21,11 +21,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from bench.config.run import RunConfig, config_id, resolve_run_config
+from bench.core.cost import active_clock, stage, timed
+from bench.core.torch_state import torch_scope
 from bench.data.loader import epoch_permutation, iter_batches
-from bench.data.registry import DatasetSplits, load_dataset
+from bench.data.registry import DatasetSplits, Split, load_dataset
 from bench.data.views import ViewMaker, build_recipe
 from bench.errors import ConfigError, DivergedError
+from bench.eval.diagnostics import effective_rank
 from bench.eval.features import extract_features
+from bench.eval.fractions import class_balanced_subset
 from bench.eval.knn import knn_eval
 from bench.methods import Method, method_class
 from bench.models.backbones import build_backbone
@@ -45,6 +49,10 @@ from bench.train.optim import build_optimizer
 from bench.train.schedule import lr_factor
 
 MODEL = "model.pt"
+#: the history field of the online kNN monitor (``train.knn_every``): validation 20-NN top-1, what the pruner reads
+MONITOR = "val/knn20.top1"
+#: the history field of the online monitor's RankMe (``train.knn_every``): effective rank of its features, no labels read
+RANKME_MONITOR = "val/rankme"
 
 
 class Preempted(Exception):
@@ -69,25 +77,19 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def configure_torch(cfg: RunConfig) -> torch.device:
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return pick_device(cfg.train.device)
+def cell_scope(cfg: RunConfig):
+    """The cell's torch settings (threads, determinism) and seeded generators, restored when the cell ends."""
+    return torch_scope(threads=cfg.train.threads, deterministic=cfg.train.deterministic, seed=cfg.seed)
 
 
 def build_method(cfg: RunConfig, splits: DatasetSplits) -> Method:
-    torch.manual_seed(cfg.seed)
+    """The method at its initialisation for ``cfg.seed``; the global generator is left as it was."""
     channels, size = splits.pretrain.channels, splits.pretrain.image_size
-    backbone = build_backbone(cfg.backbone, channels)
-    cls = method_class(cfg.method.name)
-    return cls(backbone, cfg.method, num_classes=splits.train.num_classes, image_shape=(channels, size, size))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        backbone = build_backbone(cfg.backbone, channels)
+        cls = method_class(cfg.method.name)
+        return cls(backbone, cfg.method, num_classes=splits.train.num_classes, image_shape=(channels, size, size))
 
 
 def autocast(cfg: RunConfig, device: torch.device):
@@ -129,8 +131,15 @@ def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None,
     Inside a process group (bench.train.distributed) every rank calls this: each trains on its contiguous
     share of every global batch with its own view generator, gradients are averaged over the ranks, the
     stop decisions (non-finite loss, SIGTERM) are agreed, and only rank 0 writes files and calls ``on_epoch``.
+    Torch's global settings are the cell's (:func:`cell_scope`) while it trains and restored afterwards.
     """
-    device = configure_torch(cfg)
+    with cell_scope(cfg):
+        return _train(cfg, run_dir, splits=splits, console=console, on_epoch=on_epoch)
+
+
+def _train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None, console: Console | None,
+           on_epoch: Callable[[dict], None] | None) -> TrainResult:
+    device = pick_device(cfg.train.device)
     world = world_size()
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size={cfg.batch_size} does not split evenly over the {world} processes of the cell "
@@ -159,6 +168,7 @@ def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None,
     channels_last = device.type == "cuda" and cfg.train.channels_last
 
     result = TrainResult(method, splits, device)
+    clock = active_clock()
     start_epoch, start_batch, gen_state = 0, 0, None
     ckpt = load_checkpoint(run_dir)
     if ckpt is not None:
@@ -178,6 +188,8 @@ def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None,
             gen_state = states[rank()]
         result.history = list(ckpt["history"])
         result.seconds = ckpt["seconds"]
+        if clock is not None and ckpt.get("cost"):
+            clock.resume(ckpt["cost"])  # the earlier attempts' stage seconds (bench.core.cost)
 
     def save(epoch: int, batch: int, generator: torch.Generator) -> None:
         gathered = gather_with_grad(generator.get_state().to(device)[None]).cpu()  # every rank's view stream
@@ -195,6 +207,7 @@ def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None,
                 "batch": batch,
                 "history": result.history,
                 "seconds": result.seconds,
+                "cost": clock.snapshot() if clock is not None else None,
                 "config": cfg.model_dump(mode="json"),
             },
             run_dir / CHECKPOINT,
@@ -207,7 +220,7 @@ def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None,
         TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not show, transient=False,
     )
     method.train()
-    with progress, SigtermFlag() as sigterm:
+    with progress, SigtermFlag() as sigterm, stage("train"):
         task = progress.add_task(f"{cfg.method.name}", total=total_steps, completed=start_epoch * steps_per_epoch + start_batch, info="")
         for epoch in range(start_epoch, cfg.epochs):
             generator = torch.Generator(device=device).manual_seed((cfg.seed * 7919 + epoch) * world + rank())
@@ -223,7 +236,7 @@ def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None,
             t0, seen = time.perf_counter(), 0
             stop = False  # SIGTERM, agreed by all ranks
             batches = iter_batches(pretrain, cfg.batch_size // world, device, order=order, drop_last=True, start=start_batch,
-                                   workers=cfg.train.workers)
+                                   workers=cfg.train.workers, views=maker.plan(cfg.seed, epoch))
             for b, (images, labels, index) in enumerate(batches, start=start_batch):
                 step = epoch * steps_per_epoch + b
                 factor = lr_factor(cfg.schedule, step, total_steps, steps_per_epoch)
@@ -250,7 +263,7 @@ def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None,
                 for k, v in out.items():
                     if k != "loss":
                         logs_sum[k] = logs_sum.get(k, 0) + v.detach().float()
-                seen += images.shape[0] * world
+                seen += labels.shape[0] * world
                 check = (b + 1) % cfg.train.log_every == 0 or b + 1 == steps_per_epoch
                 if check:
                     first_bad = all_reduce(first_bad, "max")
@@ -302,12 +315,19 @@ def _check_finite(first_bad: torch.Tensor, steps_per_epoch: int) -> None:
         raise DivergedError(epoch=bad // steps_per_epoch + 1, step=bad + 1)
 
 
+def monitor_bank(train: Split, size: int) -> Split:
+    """The online kNN's bank: ``train``, or a fixed class-balanced subset (seed 0) of about ``size`` of its samples."""
+    if len(train) <= size:
+        return train
+    return train.subset(class_balanced_subset(train.labels, size / len(train), seed=0))
+
+
+@timed("monitor", carve=True)
 def online_knn(method: Method, splits: DatasetSplits, device: torch.device, cfg: RunConfig) -> dict[str, float]:
-    """kNN accuracy of the current backbone (k=20), on at most ``train.knn_bank`` training samples."""
-    bank = splits.train.labeled()
-    if len(bank) > cfg.train.knn_bank and hasattr(bank, "subset"):
-        bank = bank.subset(torch.arange(cfg.train.knn_bank))
-    train_f, train_y = extract_features(method.backbone, bank, device)
-    test_f, test_y = extract_features(method.backbone, splits.test, device)
-    acc = knn_eval(train_f, train_y, test_f, test_y, splits.train.num_classes, ks=(20,), temperature=cfg.eval.knn_temperature)
-    return {"knn_top1": acc["knn20.top1"]}
+    """``{MONITOR: .., RANKME_MONITOR: ..}``: 20-NN top-1 of the current backbone on the validation split (never the
+    test split), the bank a fixed class-balanced subset (seed 0) of about ``train.knn_bank`` training samples, and the
+    RankMe of the validation features (no labels read)."""
+    train_f, train_y = extract_features(method.backbone, monitor_bank(splits.train.labeled(), cfg.train.knn_bank), device)
+    val_f, val_y = extract_features(method.backbone, splits.val.labeled(), device)
+    acc = knn_eval(train_f, train_y, val_f, val_y, splits.train.num_classes, ks=(20,), temperature=cfg.eval.knn_temperature)
+    return {MONITOR: acc["knn20.top1"], RANKME_MONITOR: effective_rank(val_f)}

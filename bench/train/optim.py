@@ -9,16 +9,18 @@ over the processes of a distributed run.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
+from bench.schema import FROM_YAML, ConfigModel
+from bench.lars import LARS
 
-class OptimizerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
+
+class OptimizerConfig(ConfigModel):
     name: Literal["sgd", "lars", "adam", "adamw"] = "adamw"
     lr: float = Field(1e-3, gt=0, description="base learning rate at reference_batch")
     lr_scaling: Literal["none", "linear", "sqrt"] = Field(
@@ -27,7 +29,7 @@ class OptimizerConfig(BaseModel):
     reference_batch: int = Field(256, ge=1)
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: Annotated[tuple[float, float], FROM_YAML] = (0.9, 0.999)
     exclude_bias_bn: bool = Field(True, description="no weight decay (and no LARS adaptation) on biases and norm parameters")
     lars_eta: float = Field(0.001, gt=0, description="LARS trust coefficient")
 
@@ -36,38 +38,6 @@ class OptimizerConfig(BaseModel):
         ratio = batch_size / self.reference_batch
         factor = {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[self.lr_scaling]
         return self.lr * factor
-
-
-class LARS(torch.optim.Optimizer):
-    """SGD with momentum and layer-wise adaptive rate scaling (You et al. 2017).
-
-    Groups with ``lars_exclude=True`` (biases, norms) get plain SGD with momentum.
-    """
-
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_exclude=False))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                d_p = p.grad
-                if group["weight_decay"] != 0:
-                    d_p = d_p.add(p, alpha=group["weight_decay"])
-                if not group["lars_exclude"]:
-                    p_norm, g_norm = torch.norm(p), torch.norm(d_p)
-                    trust = torch.where((p_norm > 0) & (g_norm > 0), group["eta"] * p_norm / g_norm, torch.ones_like(p_norm))
-                    d_p = d_p.mul(trust)
-                buf = self.state[p].get("momentum_buffer")
-                if buf is None:
-                    buf = self.state[p]["momentum_buffer"] = d_p.clone()
-                else:
-                    buf.mul_(group["momentum"]).add_(d_p)
-                p.add_(buf, alpha=-group["lr"])
-        return loss
 
 
 def param_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict]:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from bench.schema import ConfigModel
 
 
-class ScheduleConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ScheduleConfig(ConfigModel):
     name: Literal["cosine", "constant"] = "cosine"
     warmup_epochs: float = Field(10.0, ge=0, description="linear warm-up length (clipped to the run's length)")
     warmup_start: float = Field(0.0, ge=0, le=1, description="lr at step 0, as a fraction of the peak lr")

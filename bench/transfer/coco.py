@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from pycocotools.coco import COCO
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch.utils.data import Dataset
 
 from bench.data.disk import require_root
-from bench.data.folder import read_rgb
+from bench.data.decode import read_rgb
 from bench.errors import DataError
+from bench.schema import ConfigModel, PathField
 
 COCO_2017_SPLITS = ("train2017", "val2017")
 REQUIRED_FIELDS = {
@@ -32,12 +33,10 @@ REQUIRED_FIELDS = {
 }
 
 
-class CocoConfig(BaseModel):
+class CocoConfig(ConfigModel):
     """Where a COCO-format set lives and which of its annotations a detector trains on."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    root: Path = Field(description="folder holding annotations/instances_<split>.json and one image folder per split")
+    root: PathField = Field(description="folder holding annotations/instances_<split>.json and one image folder per split")
     train_split: str = Field("train2017", description="split the detector is fine-tuned on")
     val_split: str = Field("val2017", description="split the detector is evaluated on")
     classes: list[str] | None = Field(None, description="category names the annotation files must hold (any order)")
@@ -47,6 +46,26 @@ class CocoConfig(BaseModel):
 def annotation_file(root: Path, split: str) -> Path:
     """The instances file of ``split`` under ``root``."""
     return root / "annotations" / f"instances_{split}.json"
+
+
+def image_dir(root: Path, split: str) -> Path:
+    """The image folder of ``split`` under ``root``."""
+    return root / split
+
+
+def check_coco(cfg: CocoConfig) -> None:
+    """Raise a DataError when the annotation file or the image folder of either split is missing (none is read)."""
+    for split in (cfg.train_split, cfg.val_split):
+        _check_split(cfg.root, split)
+
+
+def _check_split(root: Path, split: str) -> None:
+    source = _source(root, split)
+    require_root(root, f"annotations/instances_{split}.json and {split}/", source)
+    if not annotation_file(root, split).is_file():
+        raise DataError(f"COCO annotation file {annotation_file(root, split)} not found; {source}")
+    if not image_dir(root, split).is_dir():
+        raise DataError(f"image folder {image_dir(root, split)} not found (named by {annotation_file(root, split)}); {source}")
 
 
 def _source(root: Path, split: str) -> str:
@@ -66,8 +85,7 @@ def read_coco(root: Path, split: str) -> COCO:
     """The pycocotools index of ``<root>/annotations/instances_<split>.json``; a missing or malformed file raises a DataError."""
     path = annotation_file(root, split)
     source = _source(root, split)
-    if not path.is_file():
-        raise DataError(f"COCO annotation file {path} not found; {source}")
+    _check_split(root, split)
     try:
         content = json.loads(path.read_bytes())
     except (OSError, ValueError) as err:
@@ -116,9 +134,8 @@ class CocoDetection(Dataset):
 
     def __init__(self, root: Path, split: str, *, train: bool, min_size: float = 1.0):
         self.source = _source(root, split)
-        require_root(root, f"annotations/instances_{split}.json and {split}/", self.source)
         self.annotation_file = annotation_file(root, split)
-        self.image_dir = root / split
+        self.image_dir = image_dir(root, split)
         self.min_size = min_size
         self.coco = read_coco(root, split)
         self.category_ids: list[int] = sorted(self.coco.cats)
@@ -169,8 +186,6 @@ class CocoDetection(Dataset):
 
     def _require_images(self) -> None:
         """Raise a DataError naming the missing files when an image of the split is not on disk."""
-        if not self.image_dir.is_dir():
-            raise DataError(f"image folder {self.image_dir} not found (listed by {self.annotation_file}); {self.source}")
         present = set(os.listdir(self.image_dir))
         names = [self.coco.imgs[i]["file_name"] for i in self.ids]
         missing = [n for n in names if n not in present and not (self.image_dir / n).is_file()]

@@ -17,10 +17,11 @@ from typing import Any, Literal
 import torch
 import yaml
 from pycocotools.coco import COCO
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torchvision import models
 
 from bench.errors import ConfigError
+from bench.schema import ConfigModel
 from bench.transfer.sizes import Sizes
 from bench.transfer.source import read_pretrained
 
@@ -169,10 +170,8 @@ def _fpn_model() -> dict[str, Any]:
     }
 
 
-class Detectron2Config(BaseModel):
+class Detectron2Config(ConfigModel):
     """The detectron2 backend's protocol and what a run may change of it (schedule length, sizes, cost knobs)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     protocol: Protocol = Field("coco_r50_fpn_1x", description="MoCo's / MVEB's protocol: R50-C4 or R50-FPN on COCO, R50-C4 on VOC")
     ims_per_batch: int = Field(16, ge=1, description="images per iteration; lr, iterations, steps and warm-up scale from 16")

@@ -13,8 +13,9 @@ import hashlib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from bench.schema import ConfigModel
 from bench.transfer.coco import CocoConfig
 from bench.transfer.detectron2 import Detectron2Config
 from bench.transfer.torchvision_det import DetectionConfig
@@ -22,10 +23,8 @@ from bench.transfer.torchvision_det import DetectionConfig
 PREFIX = "detection."
 
 
-class SyntheticSet(BaseModel):
+class SyntheticSet(ConfigModel):
     """The generated COCO-format shapes set (bench/transfer/synthetic.py), written once under the cache."""
-
-    model_config = ConfigDict(extra="forbid")
 
     n_train: int = Field(200, ge=1)
     n_val: int = Field(50, ge=1)
@@ -34,10 +33,8 @@ class SyntheticSet(BaseModel):
     seed: int = 0
 
 
-class DetectionStage(BaseModel):
+class DetectionStage(ConfigModel):
     """Detection transfer of every pre-training cell: the data, the backend and its protocol."""
-
-    model_config = ConfigDict(extra="forbid")
 
     backend: Literal["torchvision", "detectron2"] = Field("torchvision", description="detectron2 needs the docker image")
     coco: CocoConfig | None = Field(None, description="a COCO-format dataset on disk (COCO 2017 layout)")

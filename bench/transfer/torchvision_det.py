@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
@@ -29,6 +29,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from bench.data.loader import epoch_permutation
 from bench.errors import ConfigError
 from bench.runner import write_json
+from bench.schema import ConfigModel
 from bench.train.checkpoint import CHECKPOINT, atomic_save, load_checkpoint, rng_state, set_rng_state
 from bench.train.engine import Preempted, pick_device
 from bench.transfer.coco import CocoConfig, CocoDetection, CocoSplits, load_coco
@@ -47,10 +48,8 @@ RESULTS = "detection.json"
 PROTOCOL_SIZES = Sizes(tuple(range(640, 801, 32)), 1333, 800)  # MoCo's COCO protocol (§C.2)
 
 
-class DetectionConfig(BaseModel):
+class DetectionConfig(ConfigModel):
     """One detection fine-tuning protocol; the defaults are MoCo's Mask R-CNN R50-FPN 1x on COCO (SyncBN -> BN)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     detector: Literal["faster_rcnn", "mask_rcnn"] = "mask_rcnn"
     neck: Literal["fpn", "c4"] = "fpn"
