@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench.errors import ConfigError, DivergedError, UserError
+from bench.errors import ConfigError, Diverged, UserError
 
 EXIT_DIVERGED = 3
 EXIT_PREEMPTED = 4
@@ -172,7 +172,7 @@ def cmd_transfer(args: argparse.Namespace, console: Console) -> int:
     source = None if args.source == "none" else Path(args.source)
     if source is not None and source.is_dir():
         source = source / MODEL
-    metrics = run_stage(stage, source, args.out, TrainConfig().cache_dir)
+    metrics = run_stage(stage, source, args.out, TrainConfig().cache_dir)["metrics"]
     table = Table("metric", "value", title=f"detection transfer from {args.source}")
     for key, value in metrics.items():
         table.add_row(key, f"{value:.4f}")
@@ -329,8 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         err.print(f"error: {e}", style="bold red", markup=False, highlight=False)
         return e.exit_code
-    except DivergedError as e:
-        err.print(f"{e}: the loss became NaN or infinite; lower optimizer.lr or set train.grad_clip. "
+    except Diverged as e:
+        err.print(f"{e}: the loss became NaN or infinite; {e.fix}. "
                   "The last good checkpoint is kept.", style="bold red", markup=False, highlight=False)
         return EXIT_DIVERGED
     except Preempted as e:

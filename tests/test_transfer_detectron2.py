@@ -316,8 +316,13 @@ def test_transfer_command_fine_tunes_and_logs_finite_ap_to_mlflow(protocol, pret
     [run] = client.search_runs([client.get_experiment_by_name("transfer").experiment_id])
     metrics = run.data.metrics
     assert run.info.status == "FINISHED" and run.data.params["detectron2.protocol"] == protocol
-    assert set(metrics) == {f"detection.{t}.{m}" for t in ("bbox", "segm") for m in ("AP", "AP50", "AP75", "APs")}
-    assert all(0.0 <= v <= 1.0 for v in metrics.values()), metrics  # finite: APm/APl are undefined on 64 px shapes
+    ap = {k: v for k, v in metrics.items() if not k.startswith("detection.cost.")}
+    assert set(ap) == {f"detection.{t}.{m}" for t in ("bbox", "segm") for m in ("AP", "AP50", "AP75", "APs")}
+    assert all(0.0 <= v <= 1.0 for v in ap.values()), ap  # finite: APm/APl are undefined on 64 px shapes
+    # the cost of the stage, as a pre-training cell's (bench.core.cost): its stages add up to the total
+    stages = sum(v for k, v in metrics.items() if k.startswith("detection.cost.wall.") and not k.endswith(".total"))
+    assert metrics["detection.cost.wall.train"] > 0 and metrics["detection.cost.wall.eval"] > 0
+    assert stages == pytest.approx(metrics["detection.cost.wall.total"])
     trained = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
     assert trained["INPUT"]["MASK_FORMAT"] == "bitmask" and trained["MODEL"]["DEVICE"] == "cpu"
     assert trained["INPUT"]["MIN_SIZE_TRAIN"] == [64] and trained["INPUT"]["MIN_SIZE_TEST"] == 64  # the images' own size

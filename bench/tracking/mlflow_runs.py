@@ -214,9 +214,9 @@ class SuiteTracker:
         retry_locked(self.client.log_batch, run_id, metrics=metrics)
 
     def finish_cell(self, run_id: str, *, status: Status, metrics: dict[str, float] | None = None,
-                    report: dict[str, Any] | None = None, reason: str | None = None) -> None:
-        """Log final metrics, the report's selection (params ``selection.<name>``), ``report.json`` and the status tags,
-        then end the run FINISHED / FAILED / KILLED."""
+                    report: dict[str, Any] | None = None, reason: str | None = None, artifact: str = "report.json") -> None:
+        """Log final metrics, the report's selection (params ``selection.<name>``), the report (as ``artifact``) and the
+        status tags, then end the run FINISHED / FAILED / KILLED."""
         tags = [RunTag(STATUS, status)]
         if reason:
             tags.append(RunTag(FAIL_REASON, reason[:MAX_TAG_VAL_LENGTH]))
@@ -225,7 +225,7 @@ class SuiteTracker:
         chosen = flatten_params((report or {}).get("selection", {}), "selection.")
         retry_locked(self.client.log_batch, run_id, metrics=final, params=[Param(k, v) for k, v in chosen.items()], tags=tags)
         if report is not None:
-            retry_locked(self.client.log_dict, run_id, report, "report.json")
+            retry_locked(self.client.log_dict, run_id, report, artifact)
         retry_locked(self.client.set_terminated, run_id, RUN_STATUS[status])
 
     def log_provenance(self, run_id: str, run_dir: Path) -> None:

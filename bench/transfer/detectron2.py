@@ -188,6 +188,7 @@ class Detectron2Config(ConfigModel):
     checkpoint_every: int = Field(5000, ge=1, description="write a detectron2 checkpoint every N iterations")
     num_workers: int = Field(4, ge=0, description="data-loading processes")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = Field(0, ge=0, description="seed of the heads' initialisation and the data order (detectron2's SEED)")
 
 
 def protocol_sizes(protocol: Protocol) -> Sizes:
@@ -273,6 +274,7 @@ def detection_config(options: Detectron2Config, weights: Path, *, output_dir: Pa
         "TEST": {"EVAL_PERIOD": options.eval_period, "DETECTIONS_PER_IMAGE": options.detections,
                  "PRECISE_BN": {"ENABLED": options.precise_bn_iterations > 0, "NUM_ITER": max(options.precise_bn_iterations, 1)}},
         "OUTPUT_DIR": str(output_dir),
+        "SEED": options.seed,
     }
 
 

@@ -24,7 +24,9 @@ from typing import Any
 
 from rich.console import Console
 
-from bench.errors import ConfigError, DataError
+from bench.core.cost import stage
+from bench.core.torch_state import torch_scope
+from bench.errors import ConfigError, DataError, DetectionDiverged
 from bench.train.engine import Preempted, pick_device
 from bench.transfer.coco import CocoConfig, load_coco
 from bench.transfer.detectron2 import (DATASET_PREFIX, EXTRA_NORM_HEAD, VOC_SETS, Detectron2Config, convert_checkpoint,
@@ -176,14 +178,19 @@ def _train_worker(config_file: Path, sources: list[CocoSource | VocSource], metr
         else:
             register_coco_instances(source.name, {}, str(source.json_file), str(source.image_root))
     _register_extra_norm_head()
-    with SigtermStop() as stop, _quiet_preemption():
+    # detectron2 draws the heads' initialisation and its sampler's seed from the global generators: seeded here
+    with torch_scope(seed=cfg.SEED if cfg.SEED >= 0 else None), SigtermStop() as stop, _quiet_preemption():
         trainer = _trainer_class(stop)(cfg)
         stop.watch_backward(trainer.model)
         trainer.resume_or_load(resume=True)
         try:
-            trainer.train()
+            with stage("train"):
+                trainer.train()
         except Preempted:
             raise Preempted(_save_preempted(trainer)) from None
+        except FloatingPointError:  # detectron2's check of the iteration's losses, before its optimizer step
+            raise DetectionDiverged(trainer.iter + 1, "NaN or infinite", "lower the learning rate (it scales with "
+                                    "detectron2.ims_per_batch) or use a pre-trained backbone") from None
     if comm.is_main_process():  # DefaultTrainer's evaluation hook keeps the results of its final evaluation here
         metrics_file.write_text(json.dumps(detectron2_metrics(trainer._last_eval_results), indent=2))
 
@@ -237,7 +244,7 @@ def _trainer_class(stop: SigtermStop) -> type:
 
         @classmethod
         def test(cls, cfg, model, evaluators=None):
-            with stop.abortable():
+            with stop.abortable(), stage("eval", carve=True):
                 return super().test(cfg, model, evaluators)
 
     return Trainer

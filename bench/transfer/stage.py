@@ -10,17 +10,24 @@ source cell's MLflow run, so tables show them like any other metric (``--metric 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from bench.core.cost import cell_clock, cost_metrics
+from bench.core.cost import stage as stage_clock
+from bench.core.files import write_atomic
 from bench.schema import ConfigModel
+from bench.train.engine import pick_device
 from bench.transfer.coco import CocoConfig
 from bench.transfer.detectron2 import Detectron2Config
 from bench.transfer.torchvision_det import DetectionConfig
 
 PREFIX = "detection."
+#: the detection cell's report in its run directory; on the source's MLflow run it is the artifact ARTIFACT
+REPORT, ARTIFACT = "report.json", "detection/report.json"
 
 
 class SyntheticSet(ConfigModel):
@@ -64,18 +71,30 @@ def stage_dataset(stage: DetectionStage, cache_dir: Path) -> CocoConfig:
     return CocoConfig(root=root, train_split="train", val_split="val")
 
 
-def run_stage(stage: DetectionStage, source: Path | None, run_dir: Path, cache_dir: Path) -> dict[str, float]:
+def run_stage(stage: DetectionStage, source: Path | None, run_dir: Path, cache_dir: Path) -> dict[str, Any]:
     """Fine-tune and evaluate a detector from ``source`` (a pre-training ``model.pt``; None: random init).
 
-    The metrics come back prefixed ``detection.`` (``detection.bbox.AP50``, ...).
+    Returns the cell's report, also written to ``run_dir/report.json`` (REPORT): ``metrics`` prefixed ``detection.``
+    (``detection.bbox.AP50``, ..., and the cost of this attempt, ``detection.cost.wall.train``, ... as
+    bench.core.cost records a pre-training cell's: stages ``load``, ``train``, ``eval``, ``checkpoint``), ``cost``
+    (device, what the memory figures measure), ``source`` and ``stage`` (the stage's config).
     """
-    coco = stage_dataset(stage, cache_dir)
-    if stage.backend == "torchvision":
-        from bench.transfer.torchvision_det import detection_transfer
+    options = stage.detector if stage.backend == "torchvision" else stage.detectron2
+    device = pick_device(options.device)
+    with cell_clock(device) as clock:
+        with stage_clock("load"):
+            coco = stage_dataset(stage, cache_dir)
+        if stage.backend == "torchvision":
+            from bench.transfer.torchvision_det import detection_transfer
 
-        metrics = detection_transfer(stage.detector, source, coco, run_dir)
-    else:
-        from bench.transfer.detectron2_train import detectron2_transfer
+            metrics = detection_transfer(stage.detector, source, coco, run_dir)
+        else:
+            from bench.transfer.detectron2_train import detectron2_transfer
 
-        metrics = detectron2_transfer(stage.detectron2, source, coco, run_dir)
-    return {f"{PREFIX}{key}": value for key, value in metrics.items()}
+            metrics = detectron2_transfer(stage.detectron2, source, coco, run_dir)
+        metrics.update(cost_metrics(clock, gpus=1))
+    report = {"status": "complete", "metrics": {f"{PREFIX}{key}": value for key, value in metrics.items()},
+              "cost": {"device": device.type, "gpus": 1, "memory": clock.memory},
+              "source": None if source is None else str(source), "stage": stage.model_dump(mode="json")}
+    write_atomic(run_dir / REPORT, json.dumps(report, indent=2))
+    return report

@@ -27,7 +27,9 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 
 from bench.data.loader import epoch_permutation
-from bench.errors import ConfigError
+from bench.core.cost import stage
+from bench.core.torch_state import torch_scope
+from bench.errors import ConfigError, DetectionDiverged
 from bench.runner import write_json
 from bench.schema import ConfigModel
 from bench.train.checkpoint import CHECKPOINT, atomic_save, load_checkpoint, rng_state, set_rng_state
@@ -251,18 +253,19 @@ def detection_transfer(cfg: DetectionConfig, source: Path | None, coco: CocoConf
     pixels = largest_input(splits.train.coco, Sizes(tuple(cfg.min_sizes), cfg.max_size, cfg.test_size))
     require_fit(arch, cfg.batch_size, pixels, cfg.roi_batch_size, device,
                 "lower detector.batch_size or the training sizes (detector.min_sizes, detector.max_size)")
-    torch.manual_seed(cfg.seed)
-    model = build_detector(cfg, state, arch, len(splits.train.classes)).to(device)
     identity = {"config": cfg.model_dump(mode="json"), "source": None if source is None else str(source), "arch": arch}
     console = console or Console(stderr=True)
     console.print(f"fine-tuning {cfg.detector} {arch}-FPN from {source or 'random init'}: {cfg.total_iterations} iterations of "
                   f"{cfg.batch_size} images, shorter side {cfg.min_sizes} px (test {cfg.test_size}), longer side <= {cfg.max_size} "
                   f"-> {run_dir}", markup=False, highlight=False)
-    with SigtermStop() as stop:
+    # the heads' initialisation and the flips draw from torch's generator: seeded here, restored on return
+    with torch_scope(seed=cfg.seed), SigtermStop() as stop:
+        model = build_detector(cfg, state, arch, len(splits.train.classes)).to(device)
         stop.watch_backward(model)
-        seconds = _fine_tune(cfg, model, splits.train, identity, run_dir, stop, console)
+        with stage("train"):
+            seconds = _fine_tune(cfg, model, splits.train, identity, run_dir, stop, console)
         try:
-            with stop.abortable():
+            with stop.abortable(), stage("eval"):
                 metrics = evaluate_detector(model, splits.val, cfg, device)
         except Preempted:
             raise Preempted(f"SIGTERM while evaluating the fine-tuned detector; its checkpoint {run_dir / CHECKPOINT} is kept") from None
@@ -325,7 +328,7 @@ def _fine_tune(cfg: DetectionConfig, model: nn.Module, data: CocoDetection, iden
 
 def _gradients(model: nn.Module, optimizer: torch.optim.Optimizer, data: CocoDetection, indices: list[int], masks: bool,
                cfg: DetectionConfig, iteration: int, device: torch.device) -> float:
-    """Set the iteration's learning rate and the gradients of its batch; return its loss (ConfigError if not finite)."""
+    """Set the iteration's learning rate and the gradients of its batch; return its loss (DetectionDiverged if not finite)."""
     for group in optimizer.param_groups:
         group["lr"] = lr_at(cfg, iteration)
     images, targets = zip(*(_train_sample(data, i, masks, device) for i in indices))
@@ -334,8 +337,8 @@ def _gradients(model: nn.Module, optimizer: torch.optim.Optimizer, data: CocoDet
     loss = sum(losses.values())
     value = float(loss.detach())
     if not math.isfinite(value):
-        raise ConfigError(f"detection fine-tuning diverged at iteration {iteration + 1} (loss {value}); "
-                          f"lower lr (now {cfg.lr} at 16 images per batch) or raise warmup_iterations")
+        raise DetectionDiverged(iteration + 1, value, f"lower detector.lr (now {cfg.lr} at 16 images per batch) or raise "
+                                "detector.warmup_iterations")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     return value
