@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench.errors import ConfigError, DivergedError, UserError
+from bench.errors import ConfigError, Diverged, UserError
 
 EXIT_DIVERGED = 3
 EXIT_PREEMPTED = 4
@@ -160,6 +160,7 @@ def cmd_transfer(args: argparse.Namespace, console: Console) -> int:
 
     from bench.config import apply_overrides
     from bench.config.run import TrainConfig, format_validation_error
+    from bench.tracking.mlflow_runs import SuiteTracker, tracking_uri
     from bench.train.engine import MODEL
     from bench.transfer.stage import DetectionStage, run_stage
 
@@ -171,11 +172,15 @@ def cmd_transfer(args: argparse.Namespace, console: Console) -> int:
     source = None if args.source == "none" else Path(args.source)
     if source is not None and source.is_dir():
         source = source / MODEL
-    metrics = run_stage(stage, source, args.out, TrainConfig().cache_dir)
+    metrics = run_stage(stage, source, args.out, TrainConfig().cache_dir)["metrics"]
     table = Table("metric", "value", title=f"detection transfer from {args.source}")
     for key, value in metrics.items():
         table.add_row(key, f"{value:.4f}")
     console.print(table)
+    tracker = SuiteTracker(tracking_uri(args.tracking), args.experiment)
+    run_id = tracker.finished_run(f"{args.source}-{stage.backend}", role="transfer", metrics=metrics,
+                                  params={"source": args.source, **stage.model_dump(mode="json")})
+    console.print(f"MLflow run {run_id} (experiment {args.experiment!r}, {tracker.uri})")
     return 0
 
 
@@ -306,6 +311,9 @@ def _tool_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="e.g. coco.root=/data/coco detector.schedule=1x, or synthetic={} for the generated set")
     p.add_argument("--out", type=Path, default=Path("results/transfer"), help="run directory (checkpoints, detection.json)")
+    p.add_argument("--tracking", metavar="URI", help="MLflow tracking URI of the result (default: $MLFLOW_TRACKING_URI, "
+                   "else sqlite:///results/mlflow.db)")
+    p.add_argument("--experiment", default="transfer", help="MLflow experiment of the result's run (default: transfer)")
     p.set_defaults(func=cmd_transfer)
 
     p = sub.add_parser("worker", help="run waiting cells of a suite's study until none is left")
@@ -341,8 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         err.print(f"error: {e}", style="bold red", markup=False, highlight=False)
         return e.exit_code
-    except DivergedError as e:
-        err.print(f"{e}: the loss became NaN or infinite; lower optimizer.lr or set train.grad_clip. "
+    except Diverged as e:
+        err.print(f"{e}: the loss became NaN or infinite; {e.fix}. "
                   "The last good checkpoint is kept.", style="bold red", markup=False, highlight=False)
         return EXIT_DIVERGED
     except Preempted as e:

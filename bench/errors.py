@@ -18,10 +18,26 @@ class ConfigError(UserError):
     """A run config or suite is invalid; the message names the key path."""
 
 
-class DivergedError(Exception):
-    """Training produced a non-finite loss; the message says where."""
+class Diverged(Exception):
+    """A training loss became NaN or infinite: the message says where, ``fix`` what to change (failure ``diverged``)."""
+
+    def __init__(self, message: str, fix: str):
+        super().__init__(message)
+        self.fix = fix
+
+
+class DivergedError(Diverged):
+    """Pre-training produced a non-finite loss."""
 
     def __init__(self, epoch: int, step: int):
-        super().__init__(f"diverged at epoch {epoch} step {step}")
+        super().__init__(f"diverged at epoch {epoch} step {step}", "lower optimizer.lr or set train.grad_clip")
         self.epoch = epoch
         self.step = step
+
+
+class DetectionDiverged(Diverged):
+    """Detection fine-tuning produced a non-finite loss."""
+
+    def __init__(self, iteration: int, loss: float | str, fix: str):
+        super().__init__(f"detection fine-tuning diverged at iteration {iteration} (loss {loss})", fix)
+        self.iteration = iteration

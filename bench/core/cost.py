@@ -151,13 +151,14 @@ def timed(name: str, *, carve: bool = False) -> Callable[[F], F]:
     return wrap
 
 
-def cost_metrics(clock: StageClock, *, gpus: int, image_epochs: int) -> dict[str, float]:
+def cost_metrics(clock: StageClock, *, gpus: int, image_epochs: int | None = None) -> dict[str, float]:
     """The ``cost.*`` metrics of a cell from its clock (all attempts so far).
 
     ``cost.wall.<stage>`` and ``cost.wall.other`` add up to ``cost.wall.total`` (seconds);
     ``cost.gpu_seconds = cost.wall.total x gpus`` (the devices the cell held), ``cost.gpu_hours``;
     ``cost.peak_mem_gb.<stage>`` (1e9 bytes); ``cost.image_epochs`` = epochs x pre-training images, the work
-    ``cost.wall.train`` paid for (what ``run --dry-run`` scales by).
+    ``cost.wall.train`` paid for (what ``run --dry-run`` scales by; left out for a stage without pre-training, as
+    detection).
     """
     snap = clock.snapshot()
     total = snap["total"]
@@ -165,8 +166,9 @@ def cost_metrics(clock: StageClock, *, gpus: int, image_epochs: int) -> dict[str
     metrics["cost.wall.other"] = max(0.0, total - sum(snap["seconds"].values()))
     metrics["cost.wall.total"] = total
     metrics.update({f"cost.peak_mem_gb.{name}": peak / GB for name, peak in sorted(snap["peak_bytes"].items())})
-    metrics.update({"cost.gpus": float(gpus), "cost.gpu_seconds": total * gpus, "cost.gpu_hours": total * gpus / 3600,
-                    "cost.image_epochs": float(image_epochs)})
+    metrics.update({"cost.gpus": float(gpus), "cost.gpu_seconds": total * gpus, "cost.gpu_hours": total * gpus / 3600})
+    if image_epochs is not None:
+        metrics["cost.image_epochs"] = float(image_epochs)
     return metrics
 
 

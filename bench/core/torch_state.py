@@ -127,6 +127,14 @@ def torch_scope(*, threads: int | None = None, deterministic: bool = False, seed
 
 
 @contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Torch's CPU generator seeded with ``seed`` for the body (e.g. a model's initialisation), then as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+@contextlib.contextmanager
 def threads_scope(threads: int) -> Iterator[None]:
     """Only the intra-op thread count, e.g. a share of this process's threads for one of several ranks."""
     before = torch.get_num_threads()

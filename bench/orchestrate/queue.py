@@ -16,6 +16,7 @@ import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -41,12 +42,40 @@ OBJECTIVE_ATTR = "objective"
 #: trial user attributes
 CELL_ATTR, CONFIG_ATTR, AXES_ATTR = "cell_id", "config", "axes"
 RUN_ATTR, REASON_ATTR, EPOCH_ATTR, METRICS_ATTR = "mlflow_run_id", "fail_reason", "epoch", "metrics"
+KIND_ATTR = "fail_kind"  #: a FailureKind value, beside the reason's text
 DEPENDS_ATTR = "depends_on"  #: a detection cell: the pre-training cell it starts from
 
 ACTIVE = (TrialState.WAITING, TrialState.RUNNING)
 #: how ``status`` names each trial state
 STATE_NAMES = {TrialState.WAITING: "waiting", TrialState.RUNNING: "running", TrialState.COMPLETE: "complete",
                TrialState.FAIL: "failed", TrialState.PRUNED: "pruned"}
+
+
+class FailureKind(StrEnum):
+    """Why a cell failed: the typed part of its reason, recorded as ``fail_kind`` beside the text."""
+
+    DIVERGED = "diverged"  # a NaN or infinite training loss
+    OUT_OF_MEMORY = "out of memory"
+    MISSING_DATA = "missing data"
+    CONFIG = "config"  # any other mistake in the suite a user can fix
+    PREEMPTED = "preempted"  # SIGTERM; the cell resumes from its checkpoint
+    EXCEPTION = "exception"  # a bug or a crash, traceback in the run directory
+    SOURCE = "source cell"  # a detection cell whose pre-training cell failed or was pruned
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A failed cell's kind and what to know about it; its text (``fail_reason``) is ``"<kind>: <detail>"``."""
+
+    kind: FailureKind
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.detail}"
+
+    def record(self) -> dict[str, str]:
+        """The trial user attributes of this failure."""
+        return {REASON_ATTR: str(self), KIND_ATTR: self.kind.value}
 
 
 def default_storage_url(results: Path = Path("results")) -> str:
@@ -137,8 +166,8 @@ def enqueue_cells(study: optuna.Study, cells: list[Cell], *, retry_failed: bool 
     return added
 
 
-#: failure reasons that are worth another try (the others would fail the same way again)
-RETRIED = ("preempted", "exception")
+#: failures that are worth another try (the others would fail the same way again)
+RETRIED = frozenset({FailureKind.PREEMPTED, FailureKind.EXCEPTION})
 
 
 def fail_stale(study: optuna.Study) -> None:
@@ -178,16 +207,17 @@ def _will_retry(trial: FrozenTrial, retries: int) -> bool:
 
     Between a retried failure and its new WAITING trial the failed trial is the cell's latest; its dependents wait.
     """
-    reason = trial.user_attrs.get(REASON_ATTR)
-    retried = trial.state == TrialState.FAIL and (reason is None or reason.startswith(RETRIED))
+    attrs = trial.user_attrs
+    retried = trial.state == TrialState.FAIL and (REASON_ATTR not in attrs or attrs.get(KIND_ATTR) in RETRIED)
     return retried and len(RetryHeartbeatStaleTrialCallback.retry_history(trial)) < retries
 
 
 def _fail_dependent(storage: RDBStorage, trial: FrozenTrial, source: FrozenTrial) -> None:
     try:
         if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
-            reason = f"source cell {source.user_attrs[CELL_ATTR]} {STATE_NAMES[source.state]}; nothing to transfer"
-            storage.set_trial_user_attr(trial._trial_id, REASON_ATTR, reason)
+            failure = Failure(FailureKind.SOURCE, f"{source.user_attrs[CELL_ATTR]} {STATE_NAMES[source.state]}; nothing to transfer")
+            for key, value in failure.record().items():
+                storage.set_trial_user_attr(trial._trial_id, key, value)
             storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
     except optuna.exceptions.UpdateFinishedTrialError:
         return

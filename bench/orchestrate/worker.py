@@ -28,7 +28,7 @@ from rich.console import Console
 
 from bench.config.run import RunConfig, config_id, resolve_run_config
 from bench.config.suite import Suite, expand_suite, search_config, suite_from_yaml
-from bench.errors import DataError, DivergedError, UserError
+from bench.errors import DataError, Diverged, UserError
 from bench.orchestrate.queue import (
     AXES_ATTR,
     CELL_ATTR,
@@ -37,12 +37,13 @@ from bench.orchestrate.queue import (
     EPOCH_ATTR,
     METRICS_ATTR,
     OBJECTIVE_ATTR,
-    REASON_ATTR,
     RETRIED,
     RUN_ATTR,
     STATE_NAMES,
     SUITE_ATTR,
     TRACKING_ATTR,
+    Failure,
+    FailureKind,
     Heartbeat,
     claim_waiting,
     fail_stale,
@@ -63,6 +64,7 @@ from bench.orchestrate.search import (
 )
 from bench.runner import METRICS, run
 from bench.tracking.mlflow_runs import SuiteTracker
+from bench.transfer.stage import ARTIFACT as STAGE_REPORT
 from bench.transfer.stage import run_stage
 from bench.train.distributed import rank_zero_of
 from bench.core.device import pick_device
@@ -85,8 +87,13 @@ class WorkerSummary:
 class Outcome:
     state: TrialState
     metrics: dict[str, float] = field(default_factory=dict)
-    reason: str | None = None
+    failure: Failure | None = None
     report: dict | None = None
+
+    @property
+    def reason(self) -> str | None:
+        """The failure's text, as the trial, MLflow and the status show it."""
+        return None if self.failure is None else str(self.failure)
 
 
 class Context:
@@ -137,7 +144,7 @@ def work(storage_url: str, study_name: str, *, console: Console | None = None, m
         console.print(f"{time.strftime('%H:%M:%S')} {name}: trial {trial.number} (cell {cell}) {STATE_NAMES[outcome.state]} "
                       f"after {time.perf_counter() - started:.1f} s" + (f": {outcome.reason}" if outcome.reason else ""),
                       markup=False, highlight=False)
-        if outcome.reason and outcome.reason.startswith("preempted"):
+        if outcome.failure is not None and outcome.failure.kind == FailureKind.PREEMPTED:
             break
     return summary
 
@@ -159,15 +166,15 @@ def run_trial(ctx: Context, trial: FrozenTrial) -> tuple[str, Outcome]:
     with Heartbeat(ctx.storage, trial._trial_id):
         handler = _run_detection if DEPENDS_ATTR in trial.user_attrs else _run_pretraining
         cell_id, outcome = handler(ctx, live, trial)
-        if outcome.reason:
-            live.set_user_attr(REASON_ATTR, outcome.reason)
+        for key, value in (outcome.failure.record() if outcome.failure else {}).items():
+            live.set_user_attr(key, value)
         if outcome.metrics:
             live.set_user_attr(METRICS_ATTR, outcome.metrics)
     if outcome.state == TrialState.COMPLETE:
         ctx.study.tell(live, objective_value(outcome.metrics, ctx.suite.search))
     else:
         ctx.study.tell(live, state=outcome.state)
-        if outcome.state == TrialState.FAIL and outcome.reason.startswith(RETRIED):
+        if outcome.failure is not None and outcome.failure.kind in RETRIED:
             callback = ctx.storage.get_heartbeat_stale_trial_callback()
             if callback is not None:
                 callback(ctx.study, ctx.storage.get_trial(trial._trial_id))
@@ -229,12 +236,13 @@ def _run_detection(ctx: Context, live: optuna.Trial, trial: FrozenTrial) -> tupl
     live.set_user_attr(RUN_ATTR, run_id)
     run_dir = ctx.runs_dir / cell_id
 
-    def work() -> tuple[dict[str, float], None]:
-        return run_stage(ctx.suite.evaluations.detection, ctx.runs_dir / source / MODEL, run_dir, config.train.cache_dir), None
+    def work() -> tuple[dict[str, float], dict]:
+        report = run_stage(ctx.suite.evaluations.detection, ctx.runs_dir / source / MODEL, run_dir, config.train.cache_dir)
+        return report["metrics"], report
 
     outcome = _guarded(work, run_dir, config)
     if outcome.state == TrialState.COMPLETE:
-        ctx.tracker.finish_cell(run_id, status="complete", metrics=outcome.metrics)
+        ctx.tracker.finish_cell(run_id, status="complete", metrics=outcome.metrics, report=outcome.report, artifact=STAGE_REPORT)
     return cell_id, outcome
 
 
@@ -244,22 +252,26 @@ def _guarded(work: Callable[[], tuple[dict[str, float], dict | None]], run_dir: 
         with cell_lock(run_dir):
             metrics, report = work()
     except optuna.TrialPruned:
-        return Outcome(TrialState.PRUNED, reason=None)
-    except DivergedError as err:
-        return Outcome(TrialState.FAIL, reason=f"diverged: {err} (lower the learning rate or set train.grad_clip)")
+        return Outcome(TrialState.PRUNED)
+    except Diverged as err:
+        return _failed(FailureKind.DIVERGED, f"{err} ({err.fix})")
     except torch.OutOfMemoryError:
-        return Outcome(TrialState.FAIL, reason=f"out of memory at batch_size={config.batch_size} (lower batch_size)")
+        return _failed(FailureKind.OUT_OF_MEMORY, f"batch_size={config.batch_size} (lower batch_size)")
     except DataError as err:
-        return Outcome(TrialState.FAIL, reason=f"missing data: {err}")
+        return _failed(FailureKind.MISSING_DATA, str(err))
     except UserError as err:
-        return Outcome(TrialState.FAIL, reason=f"config: {err}")
+        return _failed(FailureKind.CONFIG, str(err))
     except Preempted as err:
-        return Outcome(TrialState.FAIL, reason=f"preempted: {err}")
+        return _failed(FailureKind.PREEMPTED, str(err))
     except Exception as err:  # noqa: BLE001 - any other failure is recorded on the cell, the worker goes on
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "error.txt").write_text(traceback.format_exc())
-        return Outcome(TrialState.FAIL, reason=f"exception: {type(err).__name__}: {err} (traceback in {run_dir / 'error.txt'})")
+        return _failed(FailureKind.EXCEPTION, f"{type(err).__name__}: {err} (traceback in {run_dir / 'error.txt'})")
     return Outcome(TrialState.COMPLETE, metrics=metrics, report=report)
+
+
+def _failed(kind: FailureKind, detail: str) -> Outcome:
+    return Outcome(TrialState.FAIL, failure=Failure(kind, detail))
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@ Nothing here touches MLflow's global "active run", so several cells may log from
 
 Names written to MLflow:
 
-- tags: ``ssl_bench.role`` (``parent`` | ``cell``), ``ssl_bench.suite``, ``ssl_bench.status``
+- tags: ``ssl_bench.role`` (``parent`` | ``cell`` | ``transfer``, a run of ``ssl-bench transfer``), ``ssl_bench.suite``, ``ssl_bench.status``
   (``running`` | ``complete`` | ``failed`` | ``pruned``), ``ssl_bench.fail_reason``; on cells also
   ``ssl_bench.cell_id``, ``ssl_bench.method``, ``ssl_bench.dataset``, ``ssl_bench.seed``, ``ssl_bench.host``,
   ``ssl_bench.device``, ``mlflow.source.git.commit``, ``mlflow.parentRunId`` and ``optuna.study``,
@@ -214,9 +214,9 @@ class SuiteTracker:
         retry_locked(self.client.log_batch, run_id, metrics=metrics)
 
     def finish_cell(self, run_id: str, *, status: Status, metrics: dict[str, float] | None = None,
-                    report: dict[str, Any] | None = None, reason: str | None = None) -> None:
-        """Log final metrics, the report's selection (params ``selection.<name>``), ``report.json`` and the status tags,
-        then end the run FINISHED / FAILED / KILLED."""
+                    report: dict[str, Any] | None = None, reason: str | None = None, artifact: str = "report.json") -> None:
+        """Log final metrics, the report's selection (params ``selection.<name>``), the report (as ``artifact``) and the
+        status tags, then end the run FINISHED / FAILED / KILLED."""
         tags = [RunTag(STATUS, status)]
         if reason:
             tags.append(RunTag(FAIL_REASON, reason[:MAX_TAG_VAL_LENGTH]))
@@ -225,7 +225,7 @@ class SuiteTracker:
         chosen = flatten_params((report or {}).get("selection", {}), "selection.")
         retry_locked(self.client.log_batch, run_id, metrics=final, params=[Param(k, v) for k, v in chosen.items()], tags=tags)
         if report is not None:
-            retry_locked(self.client.log_dict, run_id, report, "report.json")
+            retry_locked(self.client.log_dict, run_id, report, artifact)
         retry_locked(self.client.set_terminated, run_id, RUN_STATUS[status])
 
     def log_provenance(self, run_id: str, run_dir: Path) -> None:
@@ -245,6 +245,16 @@ class SuiteTracker:
         """Tag the suite's status and end its parent run FINISHED / FAILED."""
         retry_locked(self.client.set_tag, parent_id, STATUS, status)
         retry_locked(self.client.set_terminated, parent_id, RUN_STATUS[status])
+
+    def finished_run(self, name: str, *, role: str, params: dict[str, Any], metrics: dict[str, float]) -> str:
+        """One run outside any suite (``ssl-bench transfer``): params flattened, final metrics at step 0, FINISHED."""
+        tags = {ROLE: role, STATUS: "complete", "ssl_bench.host": socket.gethostname(), "mlflow.source.git.commit": git_commit()}
+        run_id = retry_locked(self.client.create_run, self.experiment_id, tags=tags, run_name=name).info.run_id
+        now = _now_ms()
+        retry_locked(self.client.log_batch, run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                     params=[Param(k, v) for k, v in flatten_params(params).items()])
+        retry_locked(self.client.set_terminated, run_id, RUN_STATUS["complete"])
+        return run_id
 
     def cell_runs(self) -> pd.DataFrame:
         """The experiment's cell runs, one row each, in ``mlflow.search_runs``' columns (``metrics.*`` etc.)."""

@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bench.config.run import RunConfig, config_id, resolve_run_config
 from bench.core.device import pick_device
 from bench.core.cost import active_clock, stage, timed
-from bench.core.torch_state import torch_scope
+from bench.core.torch_state import seeded, torch_scope
 from bench.data.loader import epoch_permutation, iter_batches
 from bench.data.registry import DatasetSplits, Split, load_dataset
 from bench.data.views import ViewMaker, build_recipe
@@ -70,8 +70,7 @@ def cell_scope(cfg: RunConfig):
 def build_method(cfg: RunConfig, splits: DatasetSplits) -> Method:
     """The method at its initialisation for ``cfg.seed``; the global generator is left as it was."""
     channels, size = splits.pretrain.channels, splits.pretrain.image_size
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
+    with seeded(cfg.seed):
         backbone = build_backbone(cfg.backbone, channels)
         second = cfg.method.second_backbone(cfg.backbone)  # built after the first: its own initial weights
         extra = {} if second is None else {"backbone_b": build_backbone(second, channels)}

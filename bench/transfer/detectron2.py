@@ -1,16 +1,13 @@
-"""detectron2 backend of detection transfer, following MoCo's protocol (specs/anchors-others.md §C).
+"""detectron2 backend of detection transfer, following MoCo's protocol (specs/anchors-others.md §C): weights and config.
 
-Three steps: convert a pre-trained ResNet-50 backbone (``model.pt``) to a detectron2 weight pickle,
-write the detectron2 config of one protocol (R50-C4 or R50-FPN on COCO, R50-C4 on VOC07+12), and train
-and evaluate it with detectron2's DefaultTrainer. Only the last step needs detectron2, which has no wheel:
-the GPU worker image (docker/) builds it; everything else runs without it.
+Three steps: convert a pre-trained ResNet-50 backbone (``model.pt``) to a detectron2 weight pickle (here),
+write the detectron2 config of one protocol (R50-C4 or R50-FPN on COCO, R50-C4 on VOC07+12; here), and train
+and evaluate it with detectron2's DefaultTrainer (bench/transfer/detectron2_train.py). Only the last step needs
+detectron2, which has no wheel: the GPU worker image (docker/) and CI build it; everything else runs without it.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +15,14 @@ from typing import Any, Literal
 
 import torch
 import yaml
+from pycocotools.coco import COCO
+from pydantic import Field
 from torchvision import models
 
-from bench.errors import ConfigError, DataError
+from bench.core.files import atomic_path
+from bench.errors import ConfigError
+from bench.schema import ConfigModel
+from bench.transfer.sizes import Sizes
 from bench.transfer.source import read_pretrained
 
 Protocol = Literal["coco_r50_c4_1x", "coco_r50_c4_2x", "coco_r50_fpn_1x", "coco_r50_fpn_2x", "voc_r50_c4_24k"]
@@ -36,8 +38,6 @@ VOC_SETS = {
     "ssl_bench_voc_2012_trainval": ("VOC2012", "trainval", 2012),
     "ssl_bench_voc_2007_test": ("VOC2007", "test", 2007),
 }
-#: the summary metrics detectron2's COCO and Pascal VOC evaluators report per task (per-class APs are left out)
-SUMMARY_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 _BLOCK_LAYERS = {"bn1": "conv1.norm", "bn2": "conv2.norm", "bn3": "conv3.norm",
                  "downsample.0": "shortcut", "downsample.1": "shortcut.norm"}
@@ -101,11 +101,8 @@ def convert_checkpoint(src: Path, dst: Path) -> dict[str, Any]:
         "__author__": "ssl-bench",
         "matching_heuristics": True,
     }
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(dst) as tmp, open(tmp, "wb") as f:
         pickle.dump(payload, f)
-    os.replace(tmp, dst)
     return payload
 
 
@@ -170,37 +167,94 @@ def _fpn_model() -> dict[str, Any]:
     }
 
 
-def detection_config(protocol: Protocol, weights: Path, *, output_dir: Path, train_split: str = "train2017",
-                     val_split: str = "val2017", num_classes: int = 80, ims_per_batch: int = 16,
-                     eval_period: int = 0) -> dict[str, Any]:
+class Detectron2Config(ConfigModel):
+    """The detectron2 backend's protocol and what a run may change of it (schedule length, sizes, cost knobs)."""
+
+    protocol: Protocol = Field("coco_r50_fpn_1x", description="MoCo's / MVEB's protocol: R50-C4 or R50-FPN on COCO, R50-C4 on VOC")
+    ims_per_batch: int = Field(16, ge=1, description="images per iteration; lr, iterations, steps and warm-up scale from 16")
+    iterations: int | None = Field(None, ge=1, description="explicit number of iterations (steps follow in proportion)")
+    min_sizes: list[int] | None = Field(None, min_length=1, description="shorter-side training sizes; None: the protocol's, "
+                                        "or the images' own when far smaller (bench/transfer/sizes.py)")
+    max_size: int | None = Field(None, ge=1, description="longer-side cap; None: 1333 or the images'")
+    test_size: int | None = Field(None, ge=1, description="shorter-side test size; None: 800 or the images'")
+    roi_batch_size: int = Field(512, ge=1, description="proposals sampled per image for the ROI heads' loss")
+    proposals: int | None = Field(None, ge=1, description="RPN proposals kept per image at test time; None: the protocol's 1000")
+    detections: int = Field(100, ge=1, description="detections kept per image at test time (COCO's AP counts up to 100)")
+    precise_bn_iterations: int = Field(200, ge=0, description="batches of precise BN statistics after training (0: none)")
+    eval_period: int = Field(0, ge=0, description="evaluate every N iterations too (0: once, at the end)")
+    checkpoint_every: int = Field(5000, ge=1, description="write a detectron2 checkpoint every N iterations")
+    num_workers: int = Field(4, ge=0, description="data-loading processes")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = Field(0, ge=0, description="seed of the heads' initialisation and the data order (detectron2's SEED)")
+
+
+def protocol_sizes(protocol: Protocol) -> Sizes:
+    """The training sizes, longer-side cap and test size of ``protocol`` (test 800, cap 1333 for all, §C.2)."""
+    return Sizes(_PROTOCOLS[protocol].min_size_train, 1333, 800)
+
+
+def protocol_arch(protocol: Protocol) -> Literal["c4", "fpn"]:
+    """The head architecture of ``protocol``."""
+    return _PROTOCOLS[protocol].arch
+
+
+def mask_format(coco: COCO) -> Literal["bitmask", "polygon"]:
+    """detectron2's INPUT.MASK_FORMAT for a COCO-format set: ``bitmask`` when a non-crowd instance mask is RLE (as in
+    the synthetic set), else ``polygon`` (COCO 2017, whose RLE masks are crowd regions, which training skips)."""
+    rle = any(isinstance(a.get("segmentation"), dict) for a in coco.dataset["annotations"] if not a["iscrowd"])
+    return "bitmask" if rle else "polygon"
+
+
+def _solver(sched: _Schedule, options: Detectron2Config) -> dict[str, Any]:
+    """SOLVER: the protocol's schedule scaled to ``ims_per_batch`` (linear scaling rule), or cut to ``iterations``."""
+    scale = options.ims_per_batch / _BASE_BATCH
+    max_iter = round(sched.max_iter / scale)
+    steps = [round(s / scale) for s in sched.steps]
+    warmup = round(sched.warmup_iters / scale)
+    if options.iterations is not None:
+        # a step at or after the last iteration changes nothing (and detectron2's scheduler refuses it)
+        steps = [round(s * options.iterations / max_iter) for s in steps if round(s * options.iterations / max_iter) < options.iterations]
+        max_iter, warmup = options.iterations, min(warmup, options.iterations)
+    return {"IMS_PER_BATCH": options.ims_per_batch, "BASE_LR": _BASE_LR * scale, "STEPS": steps, "MAX_ITER": max_iter,
+            "WARMUP_ITERS": warmup, "WARMUP_FACTOR": 0.001, "WARMUP_METHOD": "linear",
+            "CHECKPOINT_PERIOD": options.checkpoint_every}
+
+
+def detection_config(options: Detectron2Config, weights: Path, *, output_dir: Path, train_split: str = "train2017",
+                     val_split: str = "val2017", num_classes: int = 80, masks: Literal["bitmask", "polygon"] = "polygon",
+                     sizes: Sizes | None = None, device: Literal["cpu", "cuda"] = "cuda") -> dict[str, Any]:
     """The full detectron2 config of one transfer protocol, as a nested dict (YAML-ready, no ``_BASE_``).
 
     ``weights`` is the pickle ``convert_checkpoint`` wrote. The coco_* protocols read a COCO-format set
     (``<dataset_root>/annotations/instances_<split>.json`` and ``<dataset_root>/<split>/``, the root given to
-    ``train_detectron2``) with ``num_classes`` categories; voc_r50_c4_24k reads VOC2007+2012 trainval and tests
-    on VOC2007 test, so its splits and classes are fixed. Off 16 images per batch, the schedule follows the
-    linear scaling rule (as detectron2's DefaultTrainer.auto_scale_workers): lr x k, iterations, steps and
-    warm-up / k with k = ims_per_batch / 16. ``eval_period`` is in iterations; 0 evaluates once, at the end.
+    ``train_detectron2``) with ``num_classes`` categories whose masks are in format ``masks`` (``mask_format``);
+    voc_r50_c4_24k reads VOC2007+2012 trainval and tests on VOC2007 test, so its splits and classes are fixed.
+    Off 16 images per batch, the schedule follows the linear scaling rule (as detectron2's
+    DefaultTrainer.auto_scale_workers): lr x k, iterations, steps and warm-up / k with k = ims_per_batch / 16.
+    ``sizes`` (default: the protocol's) are the training and test sizes; the options' sizes, when set, win.
     """
-    sched = _PROTOCOLS[protocol]
+    sched = _PROTOCOLS[options.protocol]
     if sched.data == "voc" and (train_split, val_split, num_classes) != ("train2017", "val2017", 80):
-        raise ConfigError(f"protocol {protocol} trains on VOC2007+2012 trainval and tests on VOC2007 test (20 classes); "
+        raise ConfigError(f"protocol {options.protocol} trains on VOC2007+2012 trainval and tests on VOC2007 test (20 classes); "
                           "train_split, val_split and num_classes apply to the coco_* protocols only: leave them unset")
-    if ims_per_batch < 1 or num_classes < 1 or eval_period < 0:
-        raise ConfigError(f"detectron2 transfer: ims_per_batch ({ims_per_batch}) and num_classes ({num_classes}) must be "
-                          f">= 1 and eval_period ({eval_period}) >= 0")
-    scale = ims_per_batch / _BASE_BATCH
+    if num_classes < 1:
+        raise ConfigError(f"detectron2 transfer: num_classes ({num_classes}) must be >= 1")
+    base = sizes or protocol_sizes(options.protocol)
+    sizes = Sizes(tuple(options.min_sizes or base.min_sizes), options.max_size or base.max_size, options.test_size or base.test_size)
     model = _c4_model() if sched.arch == "c4" else _fpn_model()
     if sched.data == "voc":
         train, test = list(VOC_SETS)[:2], list(VOC_SETS)[2:]
     else:
         train, test = [f"{DATASET_PREFIX}coco_{train_split}"], [f"{DATASET_PREFIX}coco_{val_split}"]
     model["RESNETS"].update({"DEPTH": 50, "STRIDE_IN_1X1": False})  # torchvision puts the stride in the 3x3 (§C.2 *_moco.yaml)
-    model["ROI_HEADS"]["NUM_CLASSES"] = 20 if sched.data == "voc" else num_classes
+    model["ROI_HEADS"].update({"NUM_CLASSES": 20 if sched.data == "voc" else num_classes, "BATCH_SIZE_PER_IMAGE": options.roi_batch_size})
+    if options.proposals is not None:
+        model["RPN"]["POST_NMS_TOPK_TEST"] = options.proposals
     return {
         "VERSION": 2,
         "MODEL": {
             "META_ARCHITECTURE": "GeneralizedRCNN",
+            "DEVICE": device,
             "WEIGHTS": str(weights),
             "MASK_ON": sched.data == "coco",  # Mask R-CNN on COCO, Faster R-CNN on VOC (§C.2)
             # torchvision RGB statistics on the 0-255 scale (§C.2 coco_R_50_C4_2x_moco.yaml)
@@ -208,20 +262,16 @@ def detection_config(protocol: Protocol, weights: Path, *, output_dir: Path, tra
             "PIXEL_STD": [58.395, 57.120, 57.375],
             **model,
         },
-        "INPUT": {"FORMAT": "RGB", "MIN_SIZE_TRAIN": list(sched.min_size_train), "MIN_SIZE_TEST": 800,
-                  "MAX_SIZE_TRAIN": 1333, "MAX_SIZE_TEST": 1333},
+        "INPUT": {"FORMAT": "RGB", "MASK_FORMAT": masks, "MIN_SIZE_TRAIN": list(sizes.min_sizes), "MIN_SIZE_TEST": sizes.test_size,
+                  "MAX_SIZE_TRAIN": sizes.max_size, "MAX_SIZE_TEST": sizes.max_size},
         "DATASETS": {"TRAIN": train, "TEST": test},
-        "SOLVER": {
-            "IMS_PER_BATCH": ims_per_batch,
-            "BASE_LR": _BASE_LR * scale,
-            "STEPS": [round(s / scale) for s in sched.steps],
-            "MAX_ITER": round(sched.max_iter / scale),
-            "WARMUP_ITERS": round(sched.warmup_iters / scale),
-            "WARMUP_FACTOR": 0.001,
-            "WARMUP_METHOD": "linear",
-        },
-        "TEST": {"EVAL_PERIOD": eval_period, "PRECISE_BN": {"ENABLED": True}},  # §C.2 Base-RCNN-C4-BN.yaml
+        "DATALOADER": {"NUM_WORKERS": options.num_workers},
+        "SOLVER": _solver(sched, options),
+        # §C.2 Base-RCNN-C4-BN.yaml: precise BN
+        "TEST": {"EVAL_PERIOD": options.eval_period, "DETECTIONS_PER_IMAGE": options.detections,
+                 "PRECISE_BN": {"ENABLED": options.precise_bn_iterations > 0, "NUM_ITER": max(options.precise_bn_iterations, 1)}},
         "OUTPUT_DIR": str(output_dir),
+        "SEED": options.seed,
     }
 
 
@@ -232,135 +282,3 @@ def write_config(cfg: dict[str, Any], path: Path) -> Path:
     return path
 
 
-# ------------------------------------------------------------------------------------------- train
-
-
-@dataclass(frozen=True)
-class CocoSource:
-    """A COCO-format set registered with detectron2's register_coco_instances."""
-
-    name: str
-    json_file: Path
-    image_root: Path
-
-
-@dataclass(frozen=True)
-class VocSource:
-    """A Pascal VOC set (VOCdevkit layout) registered with detectron2's register_pascal_voc."""
-
-    name: str
-    dirname: Path
-    split: str
-    year: int
-
-
-def dataset_sources(cfg: dict[str, Any], dataset_root: Path) -> list[CocoSource | VocSource]:
-    """Where the datasets named in ``cfg["DATASETS"]`` live under ``dataset_root``; DataError when files are missing.
-
-    Names not made by ``detection_config`` are left to detectron2's own catalog.
-    """
-    sources: list[CocoSource | VocSource] = []
-    for name in dict.fromkeys([*cfg["DATASETS"]["TRAIN"], *cfg["DATASETS"]["TEST"]]):
-        source: CocoSource | VocSource
-        if name in VOC_SETS:
-            folder, split, year = VOC_SETS[name]
-            source = VocSource(name, dataset_root / folder, split, year)
-            needed = [source.dirname / "ImageSets" / "Main" / f"{split}.txt", source.dirname / "JPEGImages"]
-            fix = (f"put the VOCdevkit folders VOC2007 (trainval and test) and VOC2012 (trainval) from "
-                   f"http://host.robots.ox.ac.uk/pascal/VOC/ under {dataset_root}")
-        elif name.startswith(f"{DATASET_PREFIX}coco_"):
-            split = name.removeprefix(f"{DATASET_PREFIX}coco_")
-            source = CocoSource(name, dataset_root / "annotations" / f"instances_{split}.json", dataset_root / split)
-            needed = [source.json_file, source.image_root]
-            fix = (f"expected the COCO layout annotations/instances_{split}.json + {split}/ under {dataset_root} "
-                   "(COCO 2017 from https://cocodataset.org/#download, or the synthetic set of bench.transfer.synthetic)")
-        else:
-            continue
-        for path in needed:
-            if not path.exists():
-                raise DataError(f"{path} is missing: {fix}")
-        sources.append(source)
-    return sources
-
-
-def detectron2_metrics(results: dict[str, dict[str, float]]) -> dict[str, float]:
-    """detectron2's evaluator output ``{"bbox": {"AP": 40.1, ...}, "segm": ...}`` (percent) as
-    ``{"bbox.AP": 0.401, ...}``: fractions like bench.transfer.evaluate, summary metrics only."""
-    return {f"{task}.{k}": float(v) / 100 for task, values in results.items() for k, v in values.items() if k in SUMMARY_METRICS}
-
-
-def train_detectron2(cfg: dict[str, Any], *, dataset_root: Path, num_gpus: int = 1) -> dict[str, float]:
-    """Fine-tune and evaluate with detectron2's DefaultTrainer; return ``bbox.AP``, ``bbox.AP50``, ... (and ``segm.*``).
-
-    Registers the datasets of ``cfg`` found under ``dataset_root``, writes ``cfg`` to
-    ``OUTPUT_DIR/config.yaml`` (the exact config trained), trains on ``num_gpus`` GPUs of this machine
-    (resuming from OUTPUT_DIR's last detectron2 checkpoint when there is one) and evaluates with
-    COCOEvaluator (Pascal VOC's evaluator for the VOC protocol, as MoCo). Raises ConfigError when
-    detectron2 is not installed and DataError when a dataset file is missing.
-    """
-    if importlib.util.find_spec("detectron2") is None:
-        raise ConfigError("detectron2 is not installed: use the GPU worker image (docker/), which builds it from source, "
-                          "or run detection transfer with backend: torchvision")
-    if num_gpus < 1 or cfg["SOLVER"]["IMS_PER_BATCH"] % num_gpus:
-        raise ConfigError(f"SOLVER.IMS_PER_BATCH={cfg['SOLVER']['IMS_PER_BATCH']} must split evenly over num_gpus={num_gpus}")
-    sources = dataset_sources(cfg, dataset_root)
-    output_dir = Path(cfg["OUTPUT_DIR"])
-    config_file = write_config(cfg, output_dir / "config.yaml")
-    metrics_file = output_dir / "metrics.json"
-    metrics_file.unlink(missing_ok=True)
-    from detectron2.engine import launch
-
-    launch(_train_worker, num_gpus, dist_url="auto", args=(config_file, sources, metrics_file))
-    return json.loads(metrics_file.read_text())
-
-
-def _train_worker(config_file: Path, sources: list[CocoSource | VocSource], metrics_file: Path) -> None:
-    """One training process (``launch`` runs one per GPU); the main one writes the metrics to ``metrics_file``."""
-    from detectron2.config import get_cfg
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-    from detectron2.data.datasets import register_coco_instances, register_pascal_voc
-    from detectron2.engine import DefaultTrainer
-    from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
-    from detectron2.utils import comm
-
-    cfg = get_cfg()
-    cfg.merge_from_file(str(config_file))
-    cfg.freeze()
-    for source in sources:
-        if source.name in DatasetCatalog.list():  # an earlier call in this process may have used another root
-            DatasetCatalog.remove(source.name)
-            MetadataCatalog.remove(source.name)
-        if isinstance(source, VocSource):
-            register_pascal_voc(source.name, str(source.dirname), source.split, source.year)
-        else:
-            register_coco_instances(source.name, {}, str(source.json_file), str(source.image_root))
-    _register_extra_norm_head()
-
-    class Trainer(DefaultTrainer):
-        @classmethod
-        def build_evaluator(cls, cfg, dataset_name):
-            if MetadataCatalog.get(dataset_name).evaluator_type == "pascal_voc":
-                return PascalVOCDetectionEvaluator(dataset_name)
-            return COCOEvaluator(dataset_name, output_dir=os.path.join(cfg.OUTPUT_DIR, "inference"))
-
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=True)
-    trainer.train()
-    if comm.is_main_process():  # DefaultTrainer's evaluation hook keeps the results of its final evaluation here
-        metrics_file.write_text(json.dumps(detectron2_metrics(trainer._last_eval_results), indent=2))
-
-
-def _register_extra_norm_head() -> None:
-    """Register MoCo's C4 ROI head (§C.2): detectron2's Res5ROIHeads with a norm layer after res5."""
-    from detectron2.layers import get_norm
-    from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
-
-    if EXTRA_NORM_HEAD in ROI_HEADS_REGISTRY:
-        return
-
-    class Res5ROIHeadsExtraNorm(Res5ROIHeads):
-        def __init__(self, cfg, input_shape):
-            super().__init__(cfg, input_shape)
-            self.res5.add_module("norm", get_norm(cfg.MODEL.RESNETS.NORM, self.res5[-1].out_channels))
-
-    ROI_HEADS_REGISTRY.register(Res5ROIHeadsExtraNorm)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import math
+import warnings
 from typing import Literal, Mapping, Sequence
 
 import numpy as np
@@ -20,13 +20,22 @@ IouType = Literal["bbox", "segm"]
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # the first six entries of COCOeval.stats
 
 
+class NoPredictionsWarning(UserWarning):
+    """A detector predicted nothing on the evaluation set; its APs are recorded as 0."""
+
+
 def coco_evaluate(coco_gt: COCO, predictions: list[dict], iou_types: Sequence[IouType] = ("bbox", "segm")) -> dict[str, float]:
     """``<iou_type>.<metric>`` for every metric of METRICS, as fractions in [0, 1], over every image of ``coco_gt``.
 
     ``predictions`` are COCO result dicts (image_id, category_id, score, bbox [x, y, w, h] and, for ``segm``, an
     RLE ``segmentation``). Box AP reads only the boxes and mask AP only the masks (so object sizes are mask areas).
-    No predictions give AP 0; a metric whose area range holds no ground-truth object is NaN (COCOeval's -1).
+    No predictions give AP 0 and a NoPredictionsWarning. A metric whose area range holds no ground-truth object
+    (COCOeval's -1, e.g. APl on small images) is left out: it is undefined for the data, and a NaN would show as a
+    missing value in MLflow and the tables.
     """
+    if not predictions:
+        warnings.warn(NoPredictionsWarning("the detector made no prediction on the evaluation images: every AP is 0 "
+                                           "(train longer, or check that the training set has annotations)"), stacklevel=2)
     scores = {}
     for iou_type in iou_types:
         unused = "segmentation" if iou_type == "bbox" else "bbox"
@@ -41,8 +50,7 @@ def coco_evaluate(coco_gt: COCO, predictions: list[dict], iou_types: Sequence[Io
             evaluator.evaluate()
             evaluator.accumulate()
             evaluator.summarize()
-        for name, value in zip(METRICS, evaluator.stats):
-            scores[f"{iou_type}.{name}"] = float(value) if value >= 0 else math.nan
+        scores.update({f"{iou_type}.{name}": float(value) for name, value in zip(METRICS, evaluator.stats) if value >= 0})
     return scores
 
 

@@ -3,24 +3,31 @@
 ``evaluations: {detection: {...}}`` does not change what a pre-training cell learns (it is left out of the
 cell's id). Each pre-training cell gets a detection cell whose id hashes the source id and the stage; a worker
 claims it only once its source is complete, fine-tunes a detector from the source's ``model.pt`` (torchvision
-backend, or detectron2 when it is importable) and adds the COCO metrics, prefixed ``detection.``, to the
+backend, or detectron2 where it is installed) and adds the COCO metrics, prefixed ``detection.``, to the
 source cell's MLflow run, so tables show them like any other metric (``--metric detection.bbox.AP50``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from bench.errors import ConfigError
+from bench.core.cost import cell_clock, cost_metrics
+from bench.core.cost import stage as stage_clock
+from bench.core.files import write_atomic
 from bench.schema import ConfigModel
-from bench.transfer.coco import CocoConfig, load_coco
+from bench.core.device import pick_device
+from bench.transfer.coco import CocoConfig
+from bench.transfer.detectron2 import Detectron2Config
 from bench.transfer.torchvision_det import DetectionConfig
 
 PREFIX = "detection."
+#: the detection cell's report in its run directory; on the source's MLflow run it is the artifact ARTIFACT
+REPORT, ARTIFACT = "report.json", "detection/report.json"
 
 
 class SyntheticSet(ConfigModel):
@@ -40,9 +47,7 @@ class DetectionStage(ConfigModel):
     coco: CocoConfig | None = Field(None, description="a COCO-format dataset on disk (COCO 2017 layout)")
     synthetic: SyntheticSet | None = Field(None, description="the generated shapes set instead of a dataset on disk")
     detector: DetectionConfig = Field(default_factory=DetectionConfig, description="torchvision backend protocol")
-    protocol: Literal["coco_r50_c4_1x", "coco_r50_c4_2x", "coco_r50_fpn_1x", "coco_r50_fpn_2x", "voc_r50_c4_24k"] = Field(
-        "coco_r50_fpn_1x", description="detectron2 backend protocol")
-    ims_per_batch: int = Field(16, ge=1, description="detectron2 backend: images per iteration (schedule scaled from 16)")
+    detectron2: Detectron2Config = Field(default_factory=Detectron2Config, description="detectron2 backend protocol")
 
     @model_validator(mode="after")
     def _one_dataset(self) -> DetectionStage:
@@ -66,26 +71,30 @@ def stage_dataset(stage: DetectionStage, cache_dir: Path) -> CocoConfig:
     return CocoConfig(root=root, train_split="train", val_split="val")
 
 
-def run_stage(stage: DetectionStage, source: Path | None, run_dir: Path, cache_dir: Path) -> dict[str, float]:
+def run_stage(stage: DetectionStage, source: Path | None, run_dir: Path, cache_dir: Path) -> dict[str, Any]:
     """Fine-tune and evaluate a detector from ``source`` (a pre-training ``model.pt``; None: random init).
 
-    The metrics come back prefixed ``detection.`` (``detection.bbox.AP50``, ...).
+    Returns the cell's report, also written to ``run_dir/report.json`` (REPORT): ``metrics`` prefixed ``detection.``
+    (``detection.bbox.AP50``, ..., and the cost of this attempt, ``detection.cost.wall.train``, ... as
+    bench.core.cost records a pre-training cell's: stages ``load``, ``train``, ``eval``, ``checkpoint``), ``cost``
+    (device, what the memory figures measure), ``source`` and ``stage`` (the stage's config).
     """
-    coco = stage_dataset(stage, cache_dir)
-    if stage.backend == "torchvision":
-        from bench.transfer.torchvision_det import detection_transfer
+    options = stage.detector if stage.backend == "torchvision" else stage.detectron2
+    device = pick_device(options.device)
+    with cell_clock(device) as clock:
+        with stage_clock("load"):
+            coco = stage_dataset(stage, cache_dir)
+        if stage.backend == "torchvision":
+            from bench.transfer.torchvision_det import detection_transfer
 
-        metrics = detection_transfer(stage.detector, source, coco, run_dir)
-    else:
-        from bench.transfer.detectron2 import convert_checkpoint, detection_config, train_detectron2
+            metrics = detection_transfer(stage.detector, source, coco, run_dir)
+        else:
+            from bench.transfer.detectron2_train import detectron2_transfer
 
-        if source is None:
-            raise ConfigError("the detectron2 backend starts from a pre-trained checkpoint; give one, or use backend: torchvision")
-        weights = run_dir / "backbone.pkl"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        convert_checkpoint(source, weights)
-        classes = len(load_coco(coco).train.classes)
-        cfg = detection_config(stage.protocol, weights, output_dir=run_dir, train_split=coco.train_split,
-                               val_split=coco.val_split, num_classes=classes, ims_per_batch=stage.ims_per_batch)
-        metrics = train_detectron2(cfg, dataset_root=coco.root)
-    return {f"{PREFIX}{key}": value for key, value in metrics.items()}
+            metrics = detectron2_transfer(stage.detectron2, source, coco, run_dir)
+        metrics.update(cost_metrics(clock, gpus=1))
+    report = {"status": "complete", "metrics": {f"{PREFIX}{key}": value for key, value in metrics.items()},
+              "cost": {"device": device.type, "gpus": 1, "memory": clock.memory},
+              "source": None if source is None else str(source), "stage": stage.model_dump(mode="json")}
+    write_atomic(run_dir / REPORT, json.dumps(report, indent=2))
+    return report

@@ -27,14 +27,19 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 
 from bench.data.loader import epoch_permutation
-from bench.errors import ConfigError
+from bench.core.cost import stage
+from bench.core.device import pick_device
 from bench.core.files import write_json
+from bench.core.torch_state import torch_scope
+from bench.errors import ConfigError, DetectionDiverged
 from bench.schema import ConfigModel
 from bench.train.checkpoint import CHECKPOINT, atomic_save, load_checkpoint, rng_state, set_rng_state
-from bench.core.device import pick_device
-from bench.train.engine import Preempted, SigtermFlag
-from bench.transfer.coco import CocoConfig, CocoDetection, load_coco
+from bench.train.engine import Preempted
+from bench.transfer.coco import CocoConfig, CocoDetection, CocoSplits, load_coco
 from bench.transfer.evaluate import coco_evaluate, to_coco_results
+from bench.transfer.interrupt import SigtermStop
+from bench.transfer.memory import require_fit
+from bench.transfer.sizes import Sizes, largest_input, resolve_sizes
 from bench.transfer.source import read_pretrained
 
 Arch = Literal["resnet18", "resnet34", "resnet50"]
@@ -43,6 +48,7 @@ REFERENCE_BATCH = 16
 REFERENCE_LR = 0.02
 SCHEDULE_ITERATIONS = {"1x": 90_000, "2x": 180_000}  # at REFERENCE_BATCH images per iteration
 RESULTS = "detection.json"
+PROTOCOL_SIZES = Sizes(tuple(range(640, 801, 32)), 1333, 800)  # MoCo's COCO protocol (§C.2)
 
 
 class DetectionConfig(ConfigModel):
@@ -58,10 +64,10 @@ class DetectionConfig(ConfigModel):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0)
     warmup_iterations: int = Field(1000, ge=0, description="linear warmup from lr/1000 (cut to the schedule's length)")
-    min_sizes: list[int] = Field(default_factory=lambda: list(range(640, 801, 32)), min_length=1,
-                                 description="shorter-side training sizes, one picked per batch")
-    max_size: int = Field(1333, ge=1, description="longer-side cap of the resized images")
-    test_size: int = Field(800, ge=1, description="shorter-side size at evaluation")
+    min_sizes: list[int] | None = Field(None, min_length=1, description="shorter-side training sizes, one picked per "
+                                        "batch; None: 640..800 step 32, or the images' own when far smaller (sizes.py)")
+    max_size: int | None = Field(None, ge=1, description="longer-side cap of the resized images; None: 1333 or the images'")
+    test_size: int | None = Field(None, ge=1, description="shorter-side size at evaluation; None: 800 or the images'")
     anchor_sizes: list[int] = Field(default_factory=lambda: [32, 64, 128, 256, 512], min_length=5, max_length=5,
                                     description="RPN anchor size of each FPN level (P2..P6)")
     fpn_channels: int = Field(256, ge=1, description="channels of the FPN levels (and so of the RPN and ROI heads' input)")
@@ -157,7 +163,8 @@ def build_detector(cfg: DetectionConfig, backbone_state: dict[str, torch.Tensor]
     anchors = AnchorGenerator(sizes=tuple((s,) for s in cfg.anchor_sizes), aspect_ratios=((0.5, 1.0, 2.0),) * 5)
     detector = MaskRCNN if cfg.detector == "mask_rcnn" else FasterRCNN
     return detector(
-        fpn, num_classes=num_classes + 1, min_size=tuple(cfg.min_sizes), max_size=cfg.max_size,
+        fpn, num_classes=num_classes + 1, min_size=tuple(cfg.min_sizes or PROTOCOL_SIZES.min_sizes),
+        max_size=cfg.max_size or PROTOCOL_SIZES.max_size,
         rpn_anchor_generator=anchors, rpn_batch_size_per_image=cfg.rpn_batch_size,
         box_batch_size_per_image=cfg.roi_batch_size, rpn_post_nms_top_n_test=cfg.proposals,
     )
@@ -204,7 +211,7 @@ def evaluate_detector(model: nn.Module, data: CocoDetection, cfg: DetectionConfi
     """COCO box (and, for Mask R-CNN, mask) metrics of ``model`` on every image of ``data`` at ``test_size``."""
     model.eval()
     train_sizes = model.transform.min_size
-    model.transform.min_size = (cfg.test_size,)
+    model.transform.min_size = (cfg.test_size or PROTOCOL_SIZES.test_size,)
     predictions = []
     try:
         for start in range(0, len(data), cfg.batch_size):
@@ -220,25 +227,60 @@ def evaluate_detector(model: nn.Module, data: CocoDetection, cfg: DetectionConfi
     return coco_evaluate(data.coco, predictions, iou_types)
 
 
+def with_sizes(cfg: DetectionConfig, splits: CocoSplits) -> DetectionConfig:
+    """``cfg`` with every size it leaves unset resolved: the protocol's, or the images' own (bench/transfer/sizes.py)."""
+    sizes = resolve_sizes(PROTOCOL_SIZES, splits.train.coco, splits.val.coco, min_sizes=cfg.min_sizes,
+                          max_size=cfg.max_size, test_size=cfg.test_size)
+    return cfg.model_copy(update={"min_sizes": list(sizes.min_sizes), "max_size": sizes.max_size, "test_size": sizes.test_size})
+
+
 def detection_transfer(cfg: DetectionConfig, source: Path | None, coco: CocoConfig, run_dir: Path,
                        console: Console | None = None) -> dict[str, float]:
     """Fine-tune a detector from the backbone of ``source`` (a ``model.pt``; None: random init) and evaluate it.
 
-    Trains on ``coco.train_split``, writes ``run_dir/checkpoint.pt`` atomically every ``checkpoint_every``
-    iterations and at the end, and resumes from it when present (a checkpoint of another config or source raises
-    a ConfigError). On SIGTERM it writes a checkpoint and raises Preempted. Returns every COCO metric of
-    :func:`bench.transfer.evaluate.coco_evaluate` on ``coco.val_split`` (``bbox.AP``, ``bbox.AP50``, ...,
-    ``segm.AP``, ... for Mask R-CNN) plus ``train.iterations`` and ``train.seconds``, also written to
-    ``run_dir/detection.json``.
+    Trains on ``coco.train_split`` at the sizes of ``with_sizes``, after checking that an iteration fits the
+    device's memory (bench/transfer/memory.py; ConfigError with the numbers otherwise). Writes
+    ``run_dir/checkpoint.pt`` atomically every ``checkpoint_every`` iterations and at the end, and resumes from it
+    when present (a checkpoint of another config or source raises a ConfigError). SIGTERM stops it within
+    seconds, also inside an iteration (bench/transfer/interrupt.py): it writes a checkpoint of the iterations done
+    and raises Preempted. Returns every COCO metric of :func:`bench.transfer.evaluate.coco_evaluate` on
+    ``coco.val_split`` (``bbox.AP``, ``bbox.AP50``, ..., ``segm.AP``, ... for Mask R-CNN) plus ``train.iterations``
+    and ``train.seconds``, also written to ``run_dir/detection.json``.
     """
     device = pick_device(cfg.device)
     state, arch = read_pretrained(source, ARCHS, "the detector's FPN and heads") if source is not None else (None, cfg.arch)
     splits = load_coco(coco)
-    torch.manual_seed(cfg.seed)
-    model = build_detector(cfg, state, arch, len(splits.train.classes)).to(device)
+    cfg = with_sizes(cfg, splits)
+    pixels = largest_input(splits.train.coco, Sizes(tuple(cfg.min_sizes), cfg.max_size, cfg.test_size))
+    require_fit(arch, cfg.batch_size, pixels, cfg.roi_batch_size, device,
+                "lower detector.batch_size or the training sizes (detector.min_sizes, detector.max_size)")
+    identity = {"config": cfg.model_dump(mode="json"), "source": None if source is None else str(source), "arch": arch}
+    console = console or Console(stderr=True)
+    console.print(f"fine-tuning {cfg.detector} {arch}-FPN from {source or 'random init'}: {cfg.total_iterations} iterations of "
+                  f"{cfg.batch_size} images, shorter side {cfg.min_sizes} px (test {cfg.test_size}), longer side <= {cfg.max_size} "
+                  f"-> {run_dir}", markup=False, highlight=False)
+    # the heads' initialisation and the flips draw from torch's generator: seeded here, restored on return
+    with torch_scope(seed=cfg.seed), SigtermStop() as stop:
+        model = build_detector(cfg, state, arch, len(splits.train.classes)).to(device)
+        stop.watch_backward(model)
+        with stage("train"):
+            seconds = _fine_tune(cfg, model, splits.train, identity, run_dir, stop, console)
+        try:
+            with stop.abortable(), stage("eval"):
+                metrics = evaluate_detector(model, splits.val, cfg, device)
+        except Preempted:
+            raise Preempted(f"SIGTERM while evaluating the fine-tuned detector; its checkpoint {run_dir / CHECKPOINT} is kept") from None
+    metrics.update({"train.iterations": float(cfg.total_iterations), "train.seconds": seconds})
+    write_json(metrics, run_dir / RESULTS)
+    return metrics
+
+
+def _fine_tune(cfg: DetectionConfig, model: nn.Module, data: CocoDetection, identity: dict, run_dir: Path,
+               stop: SigtermStop, console: Console) -> float:
+    """Train ``model`` to ``cfg.total_iterations``, resuming from ``run_dir``'s checkpoint; return the training seconds."""
+    device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    identity = {"config": cfg.model_dump(mode="json"), "source": None if source is None else str(source), "arch": arch}
     start, seconds, history = 0, 0.0, []
     ckpt = load_checkpoint(run_dir)
     if ckpt is not None:
@@ -250,43 +292,54 @@ def detection_transfer(cfg: DetectionConfig, source: Path | None, coco: CocoConf
         set_rng_state(ckpt["rng"])
         start, seconds, history = ckpt["iteration"], ckpt["seconds"], list(ckpt["history"])
 
-    def save(iteration: int) -> None:
-        atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(),
+    def save(iteration: int, rng: dict) -> None:
+        atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng,
                      "iteration": iteration, "seconds": seconds, "history": history, "identity": identity},
                     run_dir / CHECKPOINT)
 
-    console = console or Console(stderr=True)
     total = cfg.total_iterations
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not (cfg.progress and console.is_terminal))
     masks = cfg.detector == "mask_rcnn"
     model.train()
-    with progress, SigtermFlag() as sigterm:
-        task = progress.add_task(f"{cfg.detector} {arch}", total=total, completed=start, info="")
+    with progress:
+        task = progress.add_task(f"{cfg.detector} {identity['arch']}", total=total, completed=start, info="")
         t0 = time.perf_counter()
-        for iteration, indices in _batches(splits.train, cfg, start):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(cfg, iteration)
-            images, targets = zip(*(_train_sample(splits.train, i, masks, device) for i in indices))
-            with _autocast(cfg, device):
-                losses = model(list(images), list(targets))
-            loss = sum(losses.values())
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise ConfigError(f"detection fine-tuning diverged at iteration {iteration + 1} (loss {value}); "
-                                  f"lower lr (now {cfg.lr} at 16 images per batch) or raise warmup_iterations")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+        for iteration, indices in _batches(data, cfg, start):
+            rng = rng_state()  # what a resumed run needs to redo this iteration exactly
+            try:
+                with stop.abortable(model):  # SIGTERM drops this iteration's data, forward and backward
+                    value = _gradients(model, optimizer, data, indices, masks, cfg, iteration, device)
+            except Preempted:
+                seconds += time.perf_counter() - t0
+                save(iteration, rng)
+                raise Preempted(f"SIGTERM in detection iteration {iteration + 1}; checkpoint of the {iteration} iterations "
+                                f"done written to {run_dir / CHECKPOINT}") from None
             optimizer.step()
             history.append({"iteration": iteration + 1, "loss": value})
             progress.update(task, completed=iteration + 1, info=f"loss {value:.3f}")
             done = iteration + 1
-            if done == total or done % cfg.checkpoint_every == 0 or sigterm.raised:
+            if done == total or done % cfg.checkpoint_every == 0 or stop.raised:
                 seconds, t0 = seconds + time.perf_counter() - t0, time.perf_counter()
-                save(done)
-            if sigterm.raised and done < total:
+                save(done, rng_state())
+            if stop.raised and done < total:
                 raise Preempted(f"SIGTERM at detection iteration {done}; checkpoint written to {run_dir / CHECKPOINT}")
-    metrics = evaluate_detector(model, splits.val, cfg, device)
-    metrics.update({"train.iterations": float(total), "train.seconds": seconds})
-    write_json(metrics, run_dir / RESULTS)
-    return metrics
+    return seconds
+
+
+def _gradients(model: nn.Module, optimizer: torch.optim.Optimizer, data: CocoDetection, indices: list[int], masks: bool,
+               cfg: DetectionConfig, iteration: int, device: torch.device) -> float:
+    """Set the iteration's learning rate and the gradients of its batch; return its loss (DetectionDiverged if not finite)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(cfg, iteration)
+    images, targets = zip(*(_train_sample(data, i, masks, device) for i in indices))
+    with _autocast(cfg, device):
+        losses = model(list(images), list(targets))
+    loss = sum(losses.values())
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise DetectionDiverged(iteration + 1, value, f"lower detector.lr (now {cfg.lr} at 16 images per batch) or raise "
+                                "detector.warmup_iterations")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    return value
