@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)  # wide tables in logs and pipes
     err = Console(stderr=True, soft_wrap=True)
-    from bench.train.engine import Preempted
+    from bench.core.signals import Preempted
 
     try:
         return args.func(args, console)

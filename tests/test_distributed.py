@@ -35,7 +35,8 @@ from bench.runner import METRICS
 from bench.train.checkpoint import CHECKPOINT
 from bench.core.collectives import all_reduce, is_distributed, rank, world_size
 from bench.train.distributed import average_gradients, convert_sync_batch_norm, free_port, process_group
-from bench.train.engine import MODEL, Preempted, train
+from bench.core.signals import Preempted
+from bench.train.engine import MODEL, train
 
 WORLD = 2
 BATCH = 8  # global batch of the method checks

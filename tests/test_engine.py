@@ -16,7 +16,8 @@ from bench.config import resolve_run_config
 from bench.errors import DivergedError
 from bench.runner import METRICS
 from bench.train.checkpoint import CHECKPOINT
-from bench.train.engine import MODEL, MONITOR, Preempted, train
+from bench.core.signals import Preempted
+from bench.train.engine import MODEL, MONITOR, train
 
 TINY = [
     "method=simclr", "method.projector=32-16", "dataset=shapes", "dataset.n_train=1024", "dataset.n_test=64",

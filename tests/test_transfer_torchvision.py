@@ -19,7 +19,8 @@ from bench.config.overrides import apply_overrides
 from bench.errors import ConfigError
 from bench.models.backbones import BackboneConfig, build_backbone
 from bench.train.checkpoint import CHECKPOINT, atomic_save
-from bench.train.engine import MODEL, Preempted, train
+from bench.core.signals import Preempted
+from bench.train.engine import MODEL, train
 from bench.transfer.coco import CocoConfig
 from bench.transfer.synthetic import generate_coco_shapes
 from bench.transfer.torchvision_det import RESULTS, DetectionConfig, build_detector, detection_transfer, lr_at

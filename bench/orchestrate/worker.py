@@ -69,7 +69,8 @@ from bench.transfer.stage import run_stage
 from bench.train.distributed import rank_zero_of
 from bench.core.device import pick_device
 from bench.core.files import file_lock
-from bench.train.engine import MODEL, Preempted, train
+from bench.core.signals import Preempted
+from bench.train.engine import MODEL, train
 
 POLL_S = 2.0
 

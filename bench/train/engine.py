@@ -9,8 +9,6 @@ checkpoint: the data order and the augmentation randomness of an epoch are pure 
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bench.config.run import RunConfig, config_id, resolve_run_config
 from bench.core.device import pick_device
 from bench.core.cost import active_clock, stage, timed
+from bench.core.signals import Preempted, SigtermFlag
 from bench.core.torch_state import seeded, torch_scope
 from bench.data.loader import epoch_permutation, iter_batches
 from bench.data.registry import DatasetSplits, Split, load_dataset
@@ -46,10 +45,6 @@ MONITOR = "val/knn20.top1"
 RANKME_MONITOR = "val/rankme"
 #: the final metric of the last epoch's RankMe monitor: a label-free search objective
 RANKME_METRIC = "val.rankme"
-
-
-class Preempted(Exception):
-    """SIGTERM arrived; a checkpoint of the current step was written and the run can resume."""
 
 
 @dataclass
@@ -83,26 +78,6 @@ def autocast(cfg: RunConfig, device: torch.device):
     if not bf16:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-class SigtermFlag:
-    """Turns SIGTERM into a flag the loop checks after every step (main thread only)."""
-
-    def __init__(self) -> None:
-        self.raised = False
-        self._previous = None
-
-    def __enter__(self) -> "SigtermFlag":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.raised = True
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None, console: Console | None = None,

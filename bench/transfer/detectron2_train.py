@@ -28,7 +28,7 @@ from bench.core.cost import stage
 from bench.core.torch_state import torch_scope
 from bench.errors import ConfigError, DataError, DetectionDiverged
 from bench.core.device import pick_device
-from bench.train.engine import Preempted
+from bench.core.signals import Preempted
 from bench.transfer.coco import CocoConfig, load_coco
 from bench.transfer.detectron2 import (DATASET_PREFIX, EXTRA_NORM_HEAD, VOC_SETS, Detectron2Config, convert_checkpoint,
                                        detection_config, mask_format, protocol_arch, protocol_sizes,

@@ -1,7 +1,7 @@
 """SIGTERM during detection fine-tuning, honoured within seconds even inside an iteration that takes minutes.
 
 A detection iteration at the COCO protocol's sizes takes minutes on a CPU, so checking a flag between
-iterations (bench.train.engine.SigtermFlag) is not enough. Inside ``abortable()`` the handler raises Preempted
+iterations (bench.core.signals.SigtermFlag) is not enough. Inside ``abortable()`` the handler raises Preempted
 at once instead: Python runs a signal handler between two bytecodes of the main thread, that is between two
 torch operations of a forward pass, and ``watch_backward`` registers a no-op gradient hook on every trained
 parameter so that a backward pass, which runs in C++, returns to Python once per parameter. Outside the
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from bench.train.engine import Preempted, SigtermFlag
+from bench.core.signals import Preempted, SigtermFlag
 
 
 def _no_op(grad: torch.Tensor) -> None:

@@ -34,7 +34,7 @@ from bench.core.torch_state import torch_scope
 from bench.errors import ConfigError, DetectionDiverged
 from bench.schema import ConfigModel
 from bench.train.checkpoint import CHECKPOINT, atomic_save, load_checkpoint, rng_state, set_rng_state
-from bench.train.engine import Preempted
+from bench.core.signals import Preempted
 from bench.transfer.coco import CocoConfig, CocoDetection, CocoSplits, load_coco
 from bench.transfer.evaluate import coco_evaluate, to_coco_results
 from bench.transfer.interrupt import SigtermStop
