@@ -20,12 +20,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench.config.run import RunConfig, config_id, resolve_run_config
 from bench.core.device import pick_device
-from bench.core.cost import active_clock, stage, timed
+from bench.core.cost import StageClock, active_clock, stage, timed
 from bench.core.signals import Preempted, SigtermFlag
 from bench.core.torch_state import seeded, torch_scope
 from bench.data.loader import epoch_permutation, iter_batches
 from bench.data.registry import DatasetSplits, Split, load_dataset
-from bench.data.views import ViewMaker, build_recipe
+from bench.data.views import ViewMaker, Views, build_recipe
 from bench.errors import ConfigError, DivergedError
 from bench.eval.diagnostics import effective_rank
 from bench.eval.features import extract_features
@@ -102,19 +102,66 @@ def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None,
 
 def _train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None, console: Console | None,
            on_epoch: Callable[[dict], None] | None) -> TrainResult:
+    splits = splits or load_dataset(cfg.dataset)
     device = pick_device(cfg.train.device)
+    if cfg.epochs == 0:  # the method at its initialisation for the seed: no optimizer, no step, no checkpoint
+        method = build_method(cfg, splits).to(device)
+        _save_model(method, cfg, [], run_dir)
+        return TrainResult(method, splits, device)
+    loop = setup(cfg, run_dir, splits, device)
+    start_epoch, start_batch, gen_state = resume(loop)
+    progress = _progress(cfg, console)
+    loop.method.train()
+    with progress, SigtermFlag() as sigterm, stage("train"):
+        done = start_epoch * loop.steps_per_epoch + start_batch
+        task = progress.add_task(f"{cfg.method.name}", total=loop.total_steps, completed=done, info="")
+        for epoch in range(start_epoch, cfg.epochs):
+            record, generator = run_epoch(loop, epoch, start_batch, gen_state, sigterm, lambda step, info: progress.update(
+                task, completed=step + 1, info=f"epoch {epoch + 1}/{cfg.epochs} {info}"))
+            start_batch, gen_state = 0, None
+            last = epoch + 1 == cfg.epochs
+            stop = any_rank(sigterm.raised, device)
+            if last or stop or (cfg.train.checkpoint_every and (epoch + 1) % cfg.train.checkpoint_every == 0):
+                save(loop, epoch + 1, 0, generator)
+            if stop and not last:
+                raise Preempted(f"SIGTERM at the end of epoch {epoch + 1}; checkpoint written to {run_dir}")
+            if on_epoch is not None:
+                on_epoch(record)
+    return finish(loop)
+
+
+@dataclass
+class Loop:
+    """What one run's training loop holds: the method on its device, its optimizer and view maker, the pre-training
+    split on the device, the step counts, the result it fills, and the cell's cost clock (None outside a cell)."""
+
+    cfg: RunConfig
+    run_dir: Path
+    splits: DatasetSplits
+    device: torch.device
+    method: Method
+    optimizer: torch.optim.Optimizer
+    maker: ViewMaker
+    pretrain: Split
+    steps_per_epoch: int
+    result: TrainResult
+    clock: StageClock | None
+    world: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.cfg.epochs
+
+
+def setup(cfg: RunConfig, run_dir: Path, splits: DatasetSplits, device: torch.device) -> Loop:
+    """The method built for the seed (SyncBN across ranks, channels-last, compiled as asked), ``method.prepare`` run
+    on the pre-training split, the optimizer with its parameter groups, and the view maker of ``cfg.augment``."""
     world = world_size()
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size={cfg.batch_size} does not split evenly over the {world} processes of the cell "
                           f"(launcher.gpus_per_cell); use a multiple of {world}")
-    splits = splits or load_dataset(cfg.dataset)
     method = build_method(cfg, splits)
-    if cfg.epochs == 0:  # the method at its initialisation for the seed: no optimizer, no step, no checkpoint
-        method = method.to(device)
-        _save_model(method, cfg, [], run_dir)
-        return TrainResult(method, splits, device)
-    synced = world > 1 and cfg.train.sync_bn
-    if synced:
+    if world > 1 and cfg.train.sync_bn:
         method = convert_sync_batch_norm(method)
     method = method.to(device)
     if device.type == "cuda" and cfg.train.channels_last:
@@ -125,149 +172,162 @@ def _train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None, conso
     steps_per_epoch = len(pretrain) // cfg.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f"batch_size={cfg.batch_size} is larger than the {len(pretrain)} pre-training images; lower batch_size")
-    total_steps = steps_per_epoch * cfg.epochs
-
     method.prepare(pretrain, cfg.train.cache_dir)
     optimizer = build_optimizer(method, cfg.optimizer, cfg.batch_size)
     maker = ViewMaker(build_recipe(cfg.augment), pretrain.mean, pretrain.std, pretrain.image_size, clean=method.needs_clean_view)
-    channels_last = device.type == "cuda" and cfg.train.channels_last
+    return Loop(cfg, run_dir, splits, device, method, optimizer, maker, pretrain, steps_per_epoch,
+                TrainResult(method, splits, device), active_clock(), world)
 
-    result = TrainResult(method, splits, device)
-    clock = active_clock()
-    start_epoch, start_batch, gen_state = 0, 0, None
+
+def resume(loop: Loop) -> tuple[int, int, torch.Tensor | None]:
+    """Restore the run's checkpoint, if any, into ``loop``: (epoch, batch) to start from and, mid-epoch, this rank's
+    view-generator state; (0, 0, None) for a fresh run."""
+    cfg, run_dir = loop.cfg, loop.run_dir
     ckpt = load_checkpoint(run_dir)
-    if ckpt is not None:
-        if config_id(resolve_run_config(ckpt["config"])) != config_id(cfg):
-            raise ConfigError(f"{run_dir} holds a checkpoint of a different config; choose another run directory "
-                              "or pass --fresh to start over")
-        method.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        set_rng_state(ckpt["rng"])
-        start_epoch, start_batch = ckpt["epoch"], ckpt["batch"]
-        result.resumed_from = start_epoch + start_batch / steps_per_epoch
-        if start_batch > 0:  # mid-epoch: continue that epoch's stream on every rank
-            states = [ckpt["generator"], *ckpt.get("peer_generators", [])]
-            if len(states) != world:
-                raise ConfigError(f"{run_dir} holds a mid-epoch checkpoint of {len(states)} process(es); resume it with "
-                                  f"launcher.gpus_per_cell={len(states)}")
-            gen_state = states[rank()]
-        result.history = list(ckpt["history"])
-        result.seconds = ckpt["seconds"]
-        if clock is not None and ckpt.get("cost"):
-            clock.resume(ckpt["cost"])  # the earlier attempts' stage seconds (bench.core.cost)
+    if ckpt is None:
+        return 0, 0, None
+    if config_id(resolve_run_config(ckpt["config"])) != config_id(cfg):
+        raise ConfigError(f"{run_dir} holds a checkpoint of a different config; choose another run directory "
+                          "or pass --fresh to start over")
+    loop.method.load_state_dict(ckpt["model"])
+    loop.optimizer.load_state_dict(ckpt["optimizer"])
+    set_rng_state(ckpt["rng"])
+    start_epoch, start_batch, gen_state = ckpt["epoch"], ckpt["batch"], None
+    loop.result.resumed_from = start_epoch + start_batch / loop.steps_per_epoch
+    if start_batch > 0:  # mid-epoch: continue that epoch's stream on every rank
+        states = [ckpt["generator"], *ckpt.get("peer_generators", [])]
+        if len(states) != loop.world:
+            raise ConfigError(f"{run_dir} holds a mid-epoch checkpoint of {len(states)} process(es); resume it with "
+                              f"launcher.gpus_per_cell={len(states)}")
+        gen_state = states[rank()]
+    loop.result.history = list(ckpt["history"])
+    loop.result.seconds = ckpt["seconds"]
+    if loop.clock is not None and ckpt.get("cost"):
+        loop.clock.resume(ckpt["cost"])  # the earlier attempts' stage seconds (bench.core.cost)
+    return start_epoch, start_batch, gen_state
 
-    def save(epoch: int, batch: int, generator: torch.Generator) -> None:
-        gathered = gather_with_grad(generator.get_state().to(device)[None]).cpu()  # every rank's view stream
-        states = [state.clone() for state in gathered]  # own storage: set_state crashes on a view with an offset
-        if not is_main():
-            return
-        atomic_save(
-            {
-                "model": method.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": rng_state(),
-                "generator": states[0],
-                "peer_generators": states[1:],
-                "epoch": epoch,
-                "batch": batch,
-                "history": result.history,
-                "seconds": result.seconds,
-                "cost": clock.snapshot() if clock is not None else None,
-                "config": cfg.model_dump(mode="json"),
-            },
-            run_dir / CHECKPOINT,
-        )
 
+def save(loop: Loop, epoch: int, batch: int, generator: torch.Generator) -> None:
+    """The checkpoint at (``epoch``, ``batch``): weights, optimizer, generators of every rank, history, cost (rank 0)."""
+    gathered = gather_with_grad(generator.get_state().to(loop.device)[None]).cpu()  # every rank's view stream
+    states = [state.clone() for state in gathered]  # own storage: set_state crashes on a view with an offset
+    if not is_main():
+        return
+    state = {"model": loop.method.state_dict(), "optimizer": loop.optimizer.state_dict(), "rng": rng_state(),
+             "generator": states[0], "peer_generators": states[1:], "epoch": epoch, "batch": batch,
+             "history": loop.result.history, "seconds": loop.result.seconds,
+             "cost": loop.clock.snapshot() if loop.clock is not None else None, "config": loop.cfg.model_dump(mode="json")}
+    atomic_save(state, loop.run_dir / CHECKPOINT)
+
+
+def run_epoch(loop: Loop, epoch: int, start_batch: int, gen_state: torch.Tensor | None, sigterm: SigtermFlag,
+              show: Callable[[int, str], None]) -> tuple[dict, torch.Generator]:
+    """Train one epoch from ``start_batch``; its history record (appended to the result) and its view generator.
+
+    Losses and logs are summed on the device and read at the log interval only, where non-finite losses raise
+    DivergedError and ``show(step, info)`` reports progress; SIGTERM mid-epoch saves and raises Preempted."""
+    cfg, device, world = loop.cfg, loop.device, loop.world
+    generator = torch.Generator(device=device).manual_seed((cfg.seed * 7919 + epoch) * world + rank())
+    if gen_state is not None:
+        generator.set_state(gen_state)
+    order = epoch_permutation(len(loop.pretrain), cfg.seed, epoch)
+    if world > 1:
+        order = rank_share(order, cfg.batch_size)
+    sums = _Sums.zeros(device)
+    t0, seen = time.perf_counter(), 0
+    batches = iter_batches(loop.pretrain, cfg.batch_size // world, device, order=order, drop_last=True, start=start_batch,
+                           workers=cfg.train.workers, views=loop.maker.plan(cfg.seed, epoch))
+    for b, (images, labels, index) in enumerate(batches, start=start_batch):
+        step = epoch * loop.steps_per_epoch + b
+        sums.add(train_step(loop, loop.maker(images, labels, index, generator), step), step)
+        seen += labels.shape[0] * world
+        check = (b + 1) % cfg.train.log_every == 0 or b + 1 == loop.steps_per_epoch
+        if check:
+            sums.first_bad = all_reduce(sums.first_bad, "max")
+            _check_finite(sums.first_bad, loop.steps_per_epoch)
+            show(step, f"loss {sums.last_loss.item():.4f}")
+        stop = (check or world == 1) and any_rank(sigterm.raised, device)  # ranks agree at the checks only
+        if stop and b + 1 < loop.steps_per_epoch:
+            loop.result.seconds += time.perf_counter() - t0
+            save(loop, epoch, b + 1, generator)
+            raise Preempted(f"SIGTERM at epoch {epoch + 1} step {step + 1}; checkpoint written to {loop.run_dir}")
+    _check_finite(sums.first_bad, loop.steps_per_epoch)
+    elapsed = time.perf_counter() - t0
+    loop.result.seconds += elapsed
+    means = sums.means(loop.steps_per_epoch - start_batch)
+    record = {"epoch": epoch + 1, "loss": means.pop("loss"), "lr": loop.optimizer.param_groups[0]["lr"],
+              "images_per_s": seen / elapsed, **means}
+    if is_main() and cfg.train.knn_every and (epoch + 1) % cfg.train.knn_every == 0:
+        record.update(online_knn(loop.method, loop.splits, device, cfg))
+        loop.method.train()
+    loop.result.history.append(record)
+    return record, generator
+
+
+def train_step(loop: Loop, views: Views, step: int) -> dict[str, torch.Tensor]:
+    """One optimisation step on ``views``: schedule, forward (autocast), backward, gradient averaging across ranks,
+    clipping, optimizer step and the method's per-step update. Its outputs stay on the device."""
+    cfg, method = loop.cfg, loop.method
+    schedule_groups(loop.optimizer, cfg.optimizer, cfg.schedule, step, loop.total_steps, loop.steps_per_epoch)
+    if loop.device.type == "cuda" and cfg.train.channels_last:
+        views.crops = [v.contiguous(memory_format=torch.channels_last) for v in views.crops]
+    with autocast(cfg, loop.device):
+        out = method(views, step, loop.total_steps)
+    loop.optimizer.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    if loop.world > 1:
+        average_gradients(method)
+    if cfg.train.grad_clip:
+        clip_gradients(method.parameters(), cfg.train.grad_clip, cfg.train.grad_clip_mode)
+    loop.optimizer.step()
+    method.on_step_end(step, loop.total_steps)
+    return out
+
+
+@dataclass
+class _Sums:
+    """An epoch's running sums on the device: the loss, each logged output, and the first step with a non-finite
+    loss (-1: none); nothing is read on the host until the log interval."""
+
+    loss: torch.Tensor
+    first_bad: torch.Tensor
+    last_loss: torch.Tensor
+    logs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> _Sums:
+        return cls(torch.zeros((), device=device), torch.full((), -1, dtype=torch.long, device=device),
+                   torch.zeros((), device=device))
+
+    def add(self, out: dict[str, torch.Tensor], step: int) -> None:
+        loss = out["loss"].detach().float()
+        self.first_bad = torch.where(~torch.isfinite(loss) & (self.first_bad < 0), step, self.first_bad)
+        self.loss += loss
+        self.last_loss = loss
+        for k, v in out.items():
+            if k != "loss":
+                self.logs[k] = self.logs.get(k, 0) + v.detach().float()
+
+    def means(self, n_batches: int) -> dict[str, float]:
+        """The epoch's mean loss and logs over its ``n_batches``, averaged over the ranks (read on the host once)."""
+        sums = {"loss": all_reduce(self.loss, "mean"), **{k: all_reduce(v, "mean") for k, v in self.logs.items()}}
+        return {k: float(v) / n_batches for k, v in sums.items()}
+
+
+def finish(loop: Loop) -> TrainResult:
+    """Write the model file; hand back (after SyncBN) a method with plain batch norm and the trained state."""
+    _save_model(loop.method, loop.cfg, loop.result.history, loop.run_dir)
+    if loop.world > 1 and loop.cfg.train.sync_bn:  # rank 0 evaluates alone
+        loop.result.method = build_method(loop.cfg, loop.splits).to(loop.device)
+        loop.result.method.load_state_dict(loop.method.state_dict())
+    return loop.result
+
+
+def _progress(cfg: RunConfig, console: Console | None) -> Progress:
     console = console or Console(stderr=True)
     show = cfg.train.progress and console.is_terminal and is_main()
-    progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not show, transient=False,
-    )
-    method.train()
-    with progress, SigtermFlag() as sigterm, stage("train"):
-        task = progress.add_task(f"{cfg.method.name}", total=total_steps, completed=start_epoch * steps_per_epoch + start_batch, info="")
-        for epoch in range(start_epoch, cfg.epochs):
-            generator = torch.Generator(device=device).manual_seed((cfg.seed * 7919 + epoch) * world + rank())
-            if gen_state is not None:
-                generator.set_state(gen_state)
-                gen_state = None
-            order = epoch_permutation(len(pretrain), cfg.seed, epoch)
-            if world > 1:
-                order = rank_share(order, cfg.batch_size)
-            loss_sum = torch.zeros((), device=device)
-            logs_sum: dict[str, torch.Tensor] = {}
-            first_bad = torch.full((), -1, dtype=torch.long, device=device)
-            t0, seen = time.perf_counter(), 0
-            stop = False  # SIGTERM, agreed by all ranks
-            batches = iter_batches(pretrain, cfg.batch_size // world, device, order=order, drop_last=True, start=start_batch,
-                                   workers=cfg.train.workers, views=maker.plan(cfg.seed, epoch))
-            for b, (images, labels, index) in enumerate(batches, start=start_batch):
-                step = epoch * steps_per_epoch + b
-                schedule_groups(optimizer, cfg.optimizer, cfg.schedule, step, total_steps, steps_per_epoch)
-                views = maker(images, labels, index, generator)
-                if channels_last:
-                    views.crops = [v.contiguous(memory_format=torch.channels_last) for v in views.crops]
-                with autocast(cfg, device):
-                    out = method(views, step, total_steps)
-                loss = out["loss"]
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if world > 1:
-                    average_gradients(method)
-                if cfg.train.grad_clip:
-                    clip_gradients(method.parameters(), cfg.train.grad_clip, cfg.train.grad_clip_mode)
-                optimizer.step()
-                method.on_step_end(step, total_steps)
-
-                loss = loss.detach().float()
-                first_bad = torch.where(~torch.isfinite(loss) & (first_bad < 0), step, first_bad)
-                loss_sum += loss
-                for k, v in out.items():
-                    if k != "loss":
-                        logs_sum[k] = logs_sum.get(k, 0) + v.detach().float()
-                seen += labels.shape[0] * world
-                check = (b + 1) % cfg.train.log_every == 0 or b + 1 == steps_per_epoch
-                if check:
-                    first_bad = all_reduce(first_bad, "max")
-                    _check_finite(first_bad, steps_per_epoch)
-                    progress.update(task, completed=step + 1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {loss.item():.4f}")
-                if check or world == 1:  # ranks agree at the checks only, the host waits there anyway
-                    stop = any_rank(sigterm.raised, device)
-                if stop and b + 1 < steps_per_epoch:
-                    result.seconds += time.perf_counter() - t0
-                    save(epoch, b + 1, generator)
-                    raise Preempted(f"SIGTERM at epoch {epoch + 1} step {step + 1}; checkpoint written to {run_dir}")
-            _check_finite(first_bad, steps_per_epoch)
-            loss_sum, logs_sum = all_reduce(loss_sum, "mean"), {k: all_reduce(v, "mean") for k, v in logs_sum.items()}
-            elapsed = time.perf_counter() - t0
-            result.seconds += elapsed
-            n_batches = steps_per_epoch - start_batch
-            record = {
-                "epoch": epoch + 1,
-                "loss": float(loss_sum) / n_batches,
-                "lr": optimizer.param_groups[0]["lr"],
-                "images_per_s": seen / elapsed,
-                **{k: float(v) / n_batches for k, v in logs_sum.items()},
-            }
-            if is_main() and cfg.train.knn_every and (epoch + 1) % cfg.train.knn_every == 0:
-                record.update(online_knn(method, splits, device, cfg))
-                method.train()
-            result.history.append(record)
-            start_batch = 0
-            last = epoch + 1 == cfg.epochs
-            stop = any_rank(sigterm.raised, device)
-            if last or stop or (cfg.train.checkpoint_every and (epoch + 1) % cfg.train.checkpoint_every == 0):
-                save(epoch + 1, 0, generator)
-            if stop and not last:
-                raise Preempted(f"SIGTERM at the end of epoch {epoch + 1}; checkpoint written to {run_dir}")
-            if on_epoch is not None:
-                on_epoch(record)
-    _save_model(method, cfg, result.history, run_dir)
-    if synced:  # rank 0 evaluates alone: hand back plain batch norm with the trained state
-        result.method = build_method(cfg, splits).to(device)
-        result.method.load_state_dict(method.state_dict())
-    return result
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not show, transient=False)
 
 
 def _save_model(method: Method, cfg: RunConfig, history: list[dict], run_dir: Path) -> None:
