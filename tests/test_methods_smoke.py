@@ -7,7 +7,7 @@ import pytest
 
 from bench.config.suite import expand_suite, load_suite
 from bench.data.registry import DatasetConfig, load_dataset
-from bench.methods import all_methods
+from bench.methods import all_methods, baseline_methods
 from bench.runner import run
 from bench.train.engine import MONITOR
 
@@ -20,7 +20,7 @@ def cells():
 
 
 def test_smoke_suite_has_one_cell_per_registered_method(cells):
-    assert sorted(cells) == sorted(all_methods())
+    assert sorted(cells) == sorted([*all_methods(), *baseline_methods()])  # and the suite's two baselines
 
 
 @pytest.fixture(scope="module")
