@@ -17,120 +17,25 @@ import re
 from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any
 
-from pydantic import (
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
-from bench.config.overrides import (
-    NAMED_SECTIONS,
-    apply_overrides,
-    merge_sections,
-    normalize_sections,
-    parse_assignment,
-)
-from bench.config.run import (
-    EvalConfig,
-    RunConfig,
-    config_id,
-    format_validation_error,
-    resolve_run_config,
-)
+from bench.config.overrides import NAMED_SECTIONS, apply_overrides, merge_sections, normalize_sections, parse_assignment
+from bench.config.run import EvalConfig, RunConfig, config_id, format_validation_error, resolve_run_config
 from bench.config.baselines import baseline_cells
+from bench.config.cells import DOTTED_KEY, Cell, Problems, Setting, axis_paths, axis_problems, check_unique, drop_axes, excluded, raise_if, run_key
+from bench.config.infra import LauncherConfig, StorageConfig, TrackingConfig
 from bench.config.search import SearchConfig
 from bench.config.yamlfile import dump_yaml, parse_yaml, read_yaml
 from bench.errors import ConfigError
 from bench.methods import method_class
 from bench.methods.baselines import Baseline
-from bench.schema import FROM_YAML, ConfigModel, PathField
+from bench.schema import FROM_YAML, ConfigModel
 from bench.transfer.stage import DetectionStage, stage_cell_id
 
-#: database backends an Optuna storage URL may name
-STORAGE_BACKENDS = frozenset({"sqlite", "postgresql", "mysql"})
-#: URI schemes MLflow tracking accepts here (anything without a scheme is a path)
-TRACKING_SCHEMES = frozenset({"file", "sqlite", "postgresql", "mysql", "http", "https", "databricks"})
-#: names joined by dots, e.g. ``optimizer.lr``
-DOTTED_KEY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 Axis = Annotated[list[Any], Field(min_length=1)]
-
-
-class TrackingConfig(ConfigModel):
-    """Where MLflow records the suite's runs."""
-
-    mlflow_uri: str | None = Field(None, description="null: $MLFLOW_TRACKING_URI, else an SQLite file under results/")
-    experiment: str | None = Field(None, description="MLflow experiment (null: the suite name)")
-
-    @field_validator("mlflow_uri")
-    @classmethod
-    def _known_scheme(cls, v: str | None) -> str | None:
-        scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]+):", v or "")
-        if scheme and scheme[1].split("+")[0].lower() not in TRACKING_SCHEMES:
-            raise ValueError(f"unsupported URI scheme '{scheme[1]}'; give a path such as results/mlruns or a URI with "
-                             f"scheme {', '.join(sorted(TRACKING_SCHEMES))}")
-        return v
-
-
-class StorageConfig(ConfigModel):
-    """The Optuna storage that is the suite's work queue, and the worker's liveness settings."""
-
-    url: str | None = Field(None, description="SQLAlchemy URL (null: an SQLite file under results/)")
-    runs_dir: PathField = Field(Path("results/cells"), description="one directory per cell: checkpoints, curves, reports")
-    heartbeat_interval: int = Field(60, ge=1, description="seconds between a running cell's heartbeats")
-    grace_period: int = Field(180, ge=1, description="seconds without a heartbeat after which a cell counts as dead")
-    retries: int = Field(2, ge=0, description="times a dead or failed cell is queued again")
-
-    @field_validator("url")
-    @classmethod
-    def _known_backend(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        try:
-            backend = make_url(v).get_backend_name()
-        except (ArgumentError, ValueError):
-            backend = None
-        if backend not in STORAGE_BACKENDS:
-            raise ValueError("not a database URL of sqlite, postgresql or mysql; e.g. sqlite:///results/optuna.db "
-                             "or postgresql+psycopg2://user:password@host:5432/db")
-        return v
-
-    @model_validator(mode="after")
-    def _grace_after_heartbeat(self) -> StorageConfig:
-        if self.grace_period <= self.heartbeat_interval:
-            raise ValueError(f"grace_period ({self.grace_period} s) must exceed heartbeat_interval "
-                             f"({self.heartbeat_interval} s), or live cells count as dead")
-        return self
-
-
-class SlurmConfig(ConfigModel):
-    """One Slurm job array of workers (submitted with submitit)."""
-
-    partition: str | None = Field(None, description="Slurm partition (null: the cluster's default)")
-    gres: str | None = Field(None, description="generic resources per job, e.g. gpu:1")
-    time_min: int = Field(240, ge=1, description="time limit of each job in minutes")
-    cpus_per_task: int = Field(8, ge=1, description="CPU cores per job")
-    mem_gb: int = Field(64, ge=1, description="memory per job in GB")
-    account: str | None = Field(None, description="Slurm account to charge")
-    qos: str | None = Field(None, description="Slurm quality of service")
-    array_parallelism: int = Field(64, ge=1, description="jobs of the array running at once")
-    folder: PathField = Field(Path("results/slurm"), description="submitit's logs and pickles")
-
-
-class LauncherConfig(ConfigModel):
-    """How workers are started."""
-
-    name: Literal["local", "slurm", "print"] = Field("local", description="local processes, a Slurm array, or print the command")
-    workers: int | None = Field(None, ge=1, description="number of workers (null: one per gpus_per_cell visible GPUs, else one)")
-    gpus_per_cell: int = Field(1, ge=1, description="processes (GPUs on CUDA) that train one cell together with "
-                               "torch.distributed; batch_size stays the global batch")
-    slurm: SlurmConfig = Field(default_factory=SlurmConfig, description="settings of the slurm launcher")
 
 
 class SuiteEvaluations(EvalConfig):
@@ -192,20 +97,6 @@ SUITE_KEYS = frozenset(Suite.model_fields) - CELL_KEYS
 
 
 @dataclass(frozen=True)
-class Cell:
-    """One run of a suite: its identity, resolved config, and the suite's axis values that made it.
-
-    A detection cell (``depends_on`` set) fine-tunes a detector from the pre-training cell ``depends_on``;
-    its ``config`` is that source's.
-    """
-
-    id: str
-    config: RunConfig
-    axes: dict[str, Any]
-    depends_on: str | None = None
-
-
-@dataclass(frozen=True)
 class Checks:
     """Checks of a suite beyond its schema, which need the implementation rooms (bench/orchestrate/preflight.py
     supplies them: it builds the models and looks for the data files). Each returns problem lines, each led by
@@ -222,23 +113,6 @@ def stage_cells(suite: Suite, cells: list[Cell]) -> list[Cell]:
         return []
     return [Cell(stage_cell_id(c.id, stage), c.config, {**c.axes, "stage": "detection"}, depends_on=c.id) for c in cells
             if not method_class(c.config.method.name).baseline]
-
-
-class _Setting(NamedTuple):
-    """One axis value of a cell: where the suite writes it, its axis key, and the run-config key it sets."""
-
-    path: str
-    key: str
-    run_key: str
-    value: Any
-
-
-class _Problems(Exception):
-    """Problems found while validating a suite, one line each, each starting with its key path."""
-
-    def __init__(self, lines: Sequence[str]):
-        super().__init__()
-        self.lines = list(dict.fromkeys(lines))
 
 
 def load_suite(path: Path, sets: Sequence[str] = (), checks: Checks | None = None) -> Suite:
@@ -265,7 +139,7 @@ def _validated(data: Any, sets: Sequence[str], source: str, checks: Checks | Non
         cells = _expand(suite, checks)
         if suite.search is not None:
             _check_search(suite.search, cells, checks)
-    except _Problems as err:
+    except Problems as err:
         raise _invalid(source, err.lines) from None
     return suite
 
@@ -274,13 +148,13 @@ def expand_suite(suite: Suite) -> list[Cell]:
     """Every cell of the suite: matrix (and zip) order, then ablations, then seeds; excluded cells left out."""
     try:
         return _expand(suite)
-    except _Problems as err:
+    except Problems as err:
         raise _invalid(f"suite {suite.name}", err.lines) from None
 
 
 def search_config(base: RunConfig, params: dict[str, Any]) -> RunConfig:
     """The base cell's config with each sampled value set by its ``search.space`` key, resolved."""
-    settings = [_Setting(f"search.space.{key}", key, _run_key(key), value) for key, value in params.items()]
+    settings = [Setting(f"search.space.{key}", key, run_key(key), value) for key, value in params.items()]
     return resolve_run_config(_apply(base.model_dump(mode="json"), settings))
 
 
@@ -288,16 +162,11 @@ def _invalid(source: str, lines: list[str]) -> ConfigError:
     return ConfigError(f"{source}: invalid suite ({len(lines)} problem{'s' * (len(lines) > 1)}):\n  " + "\n  ".join(lines))
 
 
-def _raise_if(lines: Sequence[str]) -> None:
-    if lines:
-        raise _Problems(lines)
-
-
 def _parse(data: dict[str, Any]) -> Suite:
     try:
         return Suite.model_validate(data)
     except ValidationError as err:
-        raise _Problems(_lines(format_validation_error(err))) from None
+        raise Problems(_lines(format_validation_error(err))) from None
 
 
 def _lines(message: str) -> list[str]:
@@ -306,9 +175,6 @@ def _lines(message: str) -> list[str]:
     return [line.strip() for line in lines[1:]] if lines[0] == "invalid config:" else [message]
 
 
-def _run_key(key: str) -> str:
-    """The run-config key an axis key sets: a bare method hyper-parameter name ``x`` means ``method.x``."""
-    return key if key.split(".")[0] in RunConfig.model_fields else f"method.{key}"
 
 
 def _apply_sets(suite: Suite, sets: Sequence[str]) -> dict[str, Any]:
@@ -328,85 +194,13 @@ def _apply_sets(suite: Suite, sets: Sequence[str]) -> dict[str, Any]:
             if path[0] in SUITE_KEYS:
                 data = apply_overrides(data, [text])
                 continue
-            key = _run_key(".".join(path))
+            key = run_key(".".join(path))
             data["defaults"] = apply_overrides(data.get("defaults", {}), [f"{key}={text.partition('=')[2]}"])
-            _drop_axes(data, key, value)
+            drop_axes(data, key, value)
         except ConfigError as err:
             problems.append(f"--set {text}: {err}")
-    _raise_if(problems)
+    raise_if(problems)
     return data
-
-
-def _drop_axes(data: dict[str, Any], key: str, value: Any) -> None:
-    """Remove the axes that a run-config override of ``key`` fixes (see ``_apply_sets``)."""
-    method = value if key in ("method", "method.name") and isinstance(value, str) else None
-
-    def fixed(axis_key: str) -> bool:
-        run_key = _run_key(axis_key)
-        return run_key == key or run_key.startswith(key + ".")
-
-    def fixed_ablation(ablation_key: str) -> bool:
-        owner, _, param = ablation_key.partition(".")
-        return fixed(param) or (method is not None and owner != method)
-
-    zipped = [k for entry in data.get("zip", []) for k in entry]
-    removed = {k for k in [*data.get("matrix", {}), *zipped] if fixed(k)}
-    removed |= {k for k in data.get("ablations", {}) if fixed_ablation(k)}
-    if key == "seed":
-        data.pop("seeds", None)
-        removed.add("seed")
-    data["matrix"] = {k: v for k, v in data.get("matrix", {}).items() if k not in removed}
-    data["zip"] = [kept for entry in data.get("zip", []) if (kept := {k: v for k, v in entry.items() if k not in removed})]
-    data["ablations"] = {k: v for k, v in data.get("ablations", {}).items() if k not in removed}
-    data["exclude"] = [rule for rule in data.get("exclude", []) if removed.isdisjoint(rule)]
-
-
-def _axis_paths(suite: Suite) -> dict[str, str]:
-    """Each axis key (as a cell's ``axes`` names it) -> its YAML key path."""
-    paths = {key: f"matrix.{key}" for key in suite.matrix}
-    paths |= {key: f"zip.{i}.{key}" for i, entry in enumerate(suite.zip) for key in entry}
-    paths |= {key: f"ablations.{key}" for key in suite.ablations}
-    return paths | {"seed": "seeds"}
-
-
-def _axis_problems(suite: Suite) -> list[str]:
-    """Problems of the axes themselves: key syntax, owners of ablations, zip shapes, repeats, exclude keys."""
-    lines = []
-    keys = [(f"matrix.{key}", key) for key in suite.matrix]
-    for i, entry in enumerate(suite.zip):
-        if len({len(values) for values in entry.values()}) > 1:
-            sizes = ", ".join(f"{key}: {len(values)}" for key, values in entry.items())
-            lines.append(f"zip.{i}: its axes differ in length ({sizes}); a zip entry pairs values row by row")
-        for key in entry:
-            keys.append((f"zip.{i}.{key}", key))
-            earlier = ["matrix"] * (key in suite.matrix) + [f"zip.{j}" for j in range(i) if key in suite.zip[j]]
-            if earlier:
-                lines.append(f"zip.{i}.{key}: also an axis in {earlier[0]}; give each axis in one place")
-        rows = list(zip(*entry.values(), strict=False))
-        lines += [f"zip.{i}: the row {list(row)} appears twice; each cell must differ" for row in _repeated(rows)]
-    for key in suite.ablations:
-        method, _, param = key.partition(".")
-        if not param:
-            lines.append(f"ablations.{key}: expected <method>.<key>, e.g. vicreg.epochs or simclr.temperature")
-            continue
-        try:
-            method_class(method)
-        except ConfigError as err:
-            lines.append(f"ablations.{key}: {err}")
-        keys.append((f"ablations.{key}", param))
-    lines += [f"{path}: not a dotted key; write names joined by dots, e.g. optimizer.lr" for path, key in keys
-              if not DOTTED_KEY.fullmatch(key)]
-    for path, values in [*((f"matrix.{k}", v) for k, v in suite.matrix.items()),
-                         *((f"ablations.{k}", v) for k, v in suite.ablations.items()), ("seeds", suite.seeds or [])]:
-        lines += [f"{path}: the value {value!r} appears twice; each cell must differ" for value in _repeated(values)]
-    paths = _axis_paths(suite)
-    for i, rule in enumerate(suite.exclude):
-        lines += [f"exclude.{i}.{key}: not an axis of the suite (its axes: {', '.join(paths)})" for key in rule if key not in paths]
-    return lines
-
-
-def _repeated(values: Sequence[Any]) -> list[Any]:
-    return [value for i, value in enumerate(values) if value in values[:i]]
 
 
 def _defaults(suite: Suite) -> dict[str, Any]:
@@ -418,29 +212,29 @@ def _defaults(suite: Suite) -> dict[str, Any]:
     return defaults
 
 
-def _axis(path: str, key: str, run_key: str, values: list[Any]) -> list[list[_Setting]]:
+def _axis(path: str, key: str, run_key: str, values: list[Any]) -> list[list[Setting]]:
     """An axis of one key: one row (a list of settings) per value."""
-    return [[_Setting(path, key, run_key, value)] for value in values]
+    return [[Setting(path, key, run_key, value)] for value in values]
 
 
-def _base_axes(suite: Suite) -> list[list[list[_Setting]]]:
+def _base_axes(suite: Suite) -> list[list[list[Setting]]]:
     """The axes of the product: each matrix key, and each zip entry (its rows set several keys at once)."""
-    axes = [_axis(f"matrix.{key}", key, _run_key(key), values) for key, values in suite.matrix.items()]
+    axes = [_axis(f"matrix.{key}", key, run_key(key), values) for key, values in suite.matrix.items()]
     for i, entry in enumerate(suite.zip):
-        axes.append([[_Setting(f"zip.{i}.{key}", key, _run_key(key), value) for key, value in zip(entry, row, strict=True)]
+        axes.append([[Setting(f"zip.{i}.{key}", key, run_key(key), value) for key, value in zip(entry, row, strict=True)]
                      for row in zip(*entry.values(), strict=True)])
     return axes
 
 
-def _method_axes(suite: Suite, method: str) -> list[list[list[_Setting]]]:
+def _method_axes(suite: Suite, method: str) -> list[list[list[Setting]]]:
     """The ablation axes of ``method``, then the seeds."""
-    axes = [_axis(f"ablations.{key}", key, _run_key(key.partition(".")[2]), values)
+    axes = [_axis(f"ablations.{key}", key, run_key(key.partition(".")[2]), values)
             for key, values in suite.ablations.items() if key.partition(".")[0] == method]
     return axes + [_axis("seeds", "seed", "seed", suite.seeds) if suite.seeds else [[]]]
 
 
 def _expand(suite: Suite, checks: Checks | None = None) -> list[Cell]:
-    _raise_if(_axis_problems(suite))
+    raise_if(axis_problems(suite))
     defaults = _defaults(suite)
     problems: list[str] = []
     bases = []
@@ -453,9 +247,9 @@ def _expand(suite: Suite, checks: Checks | None = None) -> list[Cell]:
             problems += base_problems
         elif method is not None:  # an invalid base that its method's ablations may make valid: its cells tell
             bases.append((settings, method))
-    _raise_if(problems)
+    raise_if(problems)
     methods = sorted({method for _, method in bases})
-    _raise_if([f"ablations.{key}: applies to no method of the suite (its methods: {', '.join(methods)}); "
+    raise_if([f"ablations.{key}: applies to no method of the suite (its methods: {', '.join(methods)}); "
                "add the method to the matrix or drop the ablation"
                for key in suite.ablations if key.partition(".")[0] not in methods])
     cells, made_by = [], {}
@@ -468,11 +262,11 @@ def _expand(suite: Suite, checks: Checks | None = None) -> list[Cell]:
                 axes.setdefault("seed", config.seed)
                 cells.append(Cell(config_id(config), config, axes))
                 made_by[cells[-1].id] = settings
-    _raise_if(problems)
-    cells = _excluded(suite.exclude, cells)
-    _check_unique(cells, _axis_paths(suite))
+    raise_if(problems)
+    cells = excluded(suite.exclude, cells)
+    check_unique(cells, axis_paths(suite))
     if checks is not None:
-        _raise_if(_checked(suite, [(cell, made_by[cell.id]) for cell in cells], checks))
+        raise_if(_checked(suite, [(cell, made_by[cell.id]) for cell in cells], checks))
     return cells + _baseline_cells(suite, cells, checks)
 
 
@@ -482,11 +276,11 @@ def _baseline_cells(suite: Suite, cells: list[Cell], checks: Checks | None) -> l
     made = [Cell(config_id(config), config, axes) for config, axes in baseline_cells([(c.config, c.axes) for c in cells], suite.baselines)]
     made = [cell for cell in made if cell.id not in ids]
     if checks is not None:
-        _raise_if([f"baselines: {line}" for cell in made for line in checks.cell(cell.config)])
+        raise_if([f"baselines: {line}" for cell in made for line in checks.cell(cell.config)])
     return made
 
 
-def _checked(suite: Suite, cells: list[tuple[Cell, list[_Setting]]], checks: Checks) -> list[str]:
+def _checked(suite: Suite, cells: list[tuple[Cell, list[Setting]]], checks: Checks) -> list[str]:
     """What ``checks`` find in the cells (each made by its settings) and in the detection stage, by suite key path."""
     evaluated = suite.evaluations.model_fields_set if suite.evaluations else set()
     lines = [_attribute(line, settings, evaluated) for cell, settings in cells for line in checks.cell(cell.config)]
@@ -496,7 +290,7 @@ def _checked(suite: Suite, cells: list[tuple[Cell, list[_Setting]]], checks: Che
     return lines
 
 
-def _named_method(defaults: dict[str, Any], settings: Sequence[_Setting]) -> str | None:
+def _named_method(defaults: dict[str, Any], settings: Sequence[Setting]) -> str | None:
     """The method a base cell names, without resolving it (None when it names none)."""
     try:
         method = _apply(defaults, settings).get("method")
@@ -505,7 +299,7 @@ def _named_method(defaults: dict[str, Any], settings: Sequence[_Setting]) -> str
     return method.get("name") if isinstance(method, dict) else None
 
 
-def _apply(data: dict[str, Any], settings: Sequence[_Setting]) -> dict[str, Any]:
+def _apply(data: dict[str, Any], settings: Sequence[Setting]) -> dict[str, Any]:
     """``data`` with each setting applied, whole sections before the keys inside them.
 
     An axis that names a method, dataset or backbone keeps the other keys of that section in ``data``
@@ -525,7 +319,7 @@ def _apply(data: dict[str, Any], settings: Sequence[_Setting]) -> dict[str, Any]
     return data
 
 
-def _resolve(defaults: dict[str, Any], settings: Sequence[_Setting], problems: list[str]) -> RunConfig | None:
+def _resolve(defaults: dict[str, Any], settings: Sequence[Setting], problems: list[str]) -> RunConfig | None:
     """The resolved config of one cell, or None with its problems appended, each naming the suite key."""
     try:
         return resolve_run_config(_apply(defaults, settings))
@@ -534,7 +328,7 @@ def _resolve(defaults: dict[str, Any], settings: Sequence[_Setting], problems: l
         return None
 
 
-def _attribute(line: str, settings: Sequence[_Setting], evaluated: Set[str] = frozenset()) -> str:
+def _attribute(line: str, settings: Sequence[Setting], evaluated: Set[str] = frozenset()) -> str:
     """Rewrite a run-config problem line to start with the suite key that caused it.
 
     The deepest setting whose run-config key starts the line owns it. A line about a key above a setting
@@ -559,38 +353,10 @@ def _attribute(line: str, settings: Sequence[_Setting], evaluated: Set[str] = fr
     return f"defaults.{line}" if keyed else f"defaults: {line}"
 
 
-def _matches(rule: dict[str, Any], axes: dict[str, Any]) -> bool:
-    return all(key in axes and axes[key] == value for key, value in rule.items())
-
-
-def _excluded(rules: list[dict[str, Any]], cells: list[Cell]) -> list[Cell]:
-    """The cells that no exclude rule matches; a rule matching nothing, or leaving nothing, is a problem."""
-    lines = [f"exclude.{i}: matches no cell (check its values)" for i, rule in enumerate(rules)
-             if not any(_matches(rule, cell.axes) for cell in cells)]
-    kept = [cell for cell in cells if not any(_matches(rule, cell.axes) for rule in rules)]
-    if cells and not kept:
-        lines.append("exclude: removes every cell of the suite; narrow its rules")
-    _raise_if(lines)
-    return kept
-
-
-def _check_unique(cells: list[Cell], paths: dict[str, str]) -> None:
-    """Two cells with one id are the same run: the axis values that tell them apart change nothing."""
-    first: dict[str, Cell] = {}
-    lines = []
-    for cell in cells:
-        other = first.setdefault(cell.id, cell)
-        if other is not cell:
-            differ = [paths[key] for key in paths if other.axes.get(key) != cell.axes.get(key)]
-            lines.append(f"{', '.join(differ)}: the cells {other.axes} and {cell.axes} are the same run ({cell.id}); "
-                         "drop the value that changes nothing")
-    _raise_if(lines)
-
-
 def _check_search(search: SearchConfig, cells: list[Cell], checks: Checks | None) -> None:
     """A search suite has one base cell, a search space of valid run-config keys, and kNN for its pruner."""
     if len(cells) != 1:
-        raise _Problems([f"search: a search suite expands to one base cell, this one to {len(cells)}; move the axes into search.space"])
+        raise Problems([f"search: a search suite expands to one base cell, this one to {len(cells)}; move the axes into search.space"])
     base = cells[0].config
     data = base.model_dump(mode="json")
     problems = []
@@ -599,11 +365,11 @@ def _check_search(search: SearchConfig, cells: list[Cell], checks: Checks | None
             problems.append(f"search.space.{key}: not a dotted key; write names joined by dots, e.g. optimizer.lr")
             continue
         for value in param.choices or [param.low, param.high]:
-            setting = _Setting(f"search.space.{key}", key, _run_key(key), value)
+            setting = Setting(f"search.space.{key}", key, run_key(key), value)
             config = _resolve(data, [setting], problems)
             if config is not None and checks is not None:
                 problems += [_attribute(line, [setting]) for line in checks.cell(config)]
     if search.pruner != "none" and base.train.knn_every == 0:
         problems.append(f"search.pruner: the {search.pruner} pruner acts on the online kNN, which is off; "
                         "set defaults.train.knn_every (e.g. 1) or search.pruner: none")
-    _raise_if(problems)
+    raise_if(problems)

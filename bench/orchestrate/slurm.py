@@ -11,7 +11,7 @@ from dataclasses import asdict
 
 import submitit
 
-from bench.config.suite import SlurmConfig
+from bench.config.infra import SlurmConfig
 
 
 class WorkerJob(submitit.helpers.Checkpointable):
