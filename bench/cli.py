@@ -62,7 +62,7 @@ def _suite(args: argparse.Namespace, *, preflight: bool = False):
 
     With ``preflight`` the suite's models are built and its data files looked for too (bench/orchestrate/preflight.py).
     """
-    from bench.config.suite import expand_suite, load_suite, stage_cells
+    from bench.suite.suite import expand_suite, load_suite, stage_cells
     from bench.orchestrate.preflight import suite_checks
 
     suite = load_suite(args.suite, args.set, suite_checks() if preflight else None)
@@ -113,8 +113,8 @@ def cmd_worker(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_status(args: argparse.Namespace, console: Console) -> int:
-    from bench.config.as_run import shown_suite
-    from bench.config.suite import expand_suite, stage_cells
+    from bench.suite.as_run import shown_suite
+    from bench.suite.suite import expand_suite, stage_cells
     from bench.orchestrate.launch import current_states, load_study, storage_url
     from bench.orchestrate.queue import cell_states, study_history
     from bench.orchestrate.view import failure_lines, states_table

@@ -32,7 +32,7 @@ from postgres_server import PostgresUnavailable, postgres_url
 from suite_fixtures import DEFAULTS
 
 from bench.cli import main
-from bench.config.suite import expand_suite, load_suite
+from bench.suite.suite import expand_suite, load_suite
 from bench.orchestrate.launch import worker_command
 from bench.orchestrate.queue import CELL_ATTR, CONFIG_ATTR, EPOCH_ATTR, METRICS_ATTR, RUN_ATTR
 from bench.runner import METRICS

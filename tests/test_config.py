@@ -9,8 +9,10 @@ from bench.config import apply_overrides, resolve_run_config
 from bench.config.run import config_id
 from bench.errors import ConfigError
 from bench.methods import method_class
-from bench.train.optim import LARS, OptimizerConfig, build_optimizer, param_groups
-from bench.train.schedule import ScheduleConfig, lr_factor
+from bench.train.optim import LARS, build_optimizer, param_groups
+from bench.config.optim import OptimizerConfig
+from bench.train.schedule import lr_factor
+from bench.config.optim import ScheduleConfig
 
 
 def test_method_defaults_fill_optimizer_and_recipe():

@@ -25,7 +25,7 @@ import yaml
 
 from bench.cli import main
 from bench.config import resolve_run_config
-from bench.config.suite import expand_suite, load_suite
+from bench.suite.suite import expand_suite, load_suite
 from bench.data.views import Views
 from bench.methods import method_class
 from bench.models.backbones import BackboneConfig, build_backbone

@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 
 from bench.cli import build_parser, cmd_worker
 from bench.config.run import TrainConfig
-from bench.config.infra import StorageConfig
+from bench.suite.infra import StorageConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"

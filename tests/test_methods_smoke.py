@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.config.suite import expand_suite, load_suite
+from bench.suite.suite import expand_suite, load_suite
 from bench.data.registry import DatasetConfig, load_dataset
 from bench.methods import all_methods, baseline_methods
 from bench.runner import run

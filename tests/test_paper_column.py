@@ -19,7 +19,7 @@ import pytest
 
 from bench.cli import main
 from bench.config.run import resolve_run_config
-from bench.config.suite import expand_suite, load_suite
+from bench.suite.suite import expand_suite, load_suite
 from bench.errors import ConfigError
 from bench.methods.baselines import Baseline
 from bench.report.leaderboard import leaderboard_rows, paper_span

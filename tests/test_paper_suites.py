@@ -21,8 +21,9 @@ import torchvision
 from optuna.trial import TrialState
 
 from bench.cli import main
-from bench.config.run import EvalConfig, resolve_run_config
-from bench.config.suite import Cell, expand_suite, load_suite, stage_cells
+from bench.config.run import resolve_run_config
+from bench.eval.config import EvalConfig
+from bench.suite.suite import Cell, expand_suite, load_suite, stage_cells
 from bench.data.registry import DatasetConfig, load_dataset
 from bench.errors import ConfigError, DataError
 from bench.eval.features import extract_features

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bench.config.run import EvalConfig
+from bench.eval.config import EvalConfig
 from bench.data.base import ImageSet
 from bench.data.registry import DatasetSplits
 from bench.eval.features import Features

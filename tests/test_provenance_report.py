@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 from bench.cli import main
-from bench.config.suite import expand_suite, load_suite
+from bench.suite.suite import expand_suite, load_suite
 from bench.orchestrate.estimate import (
     NO_ESTIMATE,
     CompletedCell,

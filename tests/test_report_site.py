@@ -21,7 +21,7 @@ from rich.console import Console
 from scipy import stats
 from suite_fixtures import DEFAULTS
 
-from bench.config.suite import expand_suite, load_suite, suite_from_yaml
+from bench.suite.suite import expand_suite, load_suite, suite_from_yaml
 from bench.errors import ConfigError
 from bench.report.labels import EMPTY
 from bench.report.leaderboard import build_leaderboard, cmd_leaderboard

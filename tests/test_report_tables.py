@@ -23,8 +23,8 @@ from suite_fixtures import DEFAULTS
 
 from bench.cli import build_parser, main
 from bench.config.run import resolve_run_config
-from bench.config.as_run import shown_suite
-from bench.config.suite import expand_suite, load_suite, suite_from_yaml
+from bench.suite.as_run import shown_suite
+from bench.suite.suite import expand_suite, load_suite, suite_from_yaml
 from bench.orchestrate.queue import create_study, open_storage, study_history
 from bench.errors import ConfigError
 from bench.report.compare import cmd_compare, compare

@@ -11,7 +11,7 @@ import pytest
 from bench.cli import main
 from bench.config import resolve_run_config
 from bench.config.run import config_id
-from bench.config.suite import expand_suite, load_suite, search_config, suite_from_yaml
+from bench.suite.suite import expand_suite, load_suite, search_config, suite_from_yaml
 from bench.data.cifar import CIFAR10_FILES
 from bench.data.mnist import FILES as MNIST_FILES
 from bench.data.registry import image_shape

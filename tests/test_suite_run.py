@@ -22,7 +22,7 @@ from suite_fixtures import DEFAULTS
 
 from bench.cli import EXIT_CELLS_FAILED, main
 from bench.core.torch_state import TorchSettings
-from bench.config.suite import expand_suite, load_suite
+from bench.suite.suite import expand_suite, load_suite
 from bench.data.cifar import CIFAR10_FILES
 from bench.orchestrate.launch import prepare
 from bench.orchestrate.queue import (

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from bench.config import apply_overrides, resolve_run_config
-from bench.config.run import EvalConfig
+from bench.eval.config import EvalConfig
 from bench.config.search import SearchConfig
-from bench.config.suite import suite_from_yaml
+from bench.suite.suite import suite_from_yaml
 from bench.data.balanced import hold_out
 from bench.data.base import ImageSet
 from bench.data.folder import FolderSet

@@ -23,8 +23,9 @@ from bench.models.backbones import BackboneConfig, build_backbone
 from bench.models.vit import sincos_2d
 from bench.runner import run
 from bench.train.engine import build_method
-from bench.train.optim import OptimizerConfig, build_optimizer, clip_gradients, schedule_groups
-from bench.train.schedule import ScheduleConfig
+from bench.train.optim import build_optimizer, clip_gradients, schedule_groups
+from bench.config.optim import OptimizerConfig
+from bench.config.optim import ScheduleConfig
 from method_checks import forward_backward
 
 #: a ViT of 2 blocks of 16-d tokens, patch 8 on 32 px images (16 patches + the class token)

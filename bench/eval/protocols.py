@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from bench.config.run import EvalConfig
+from bench.eval.config import EvalConfig
 from bench.data.base import ImageSet
 from bench.data.registry import DatasetConfig, DatasetSplits, load_dataset
 from bench.errors import ConfigError

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from mlflow import MlflowClient
 from rich.table import Table
 
-from bench.config.suite import Cell, Suite
+from bench.suite.suite import Cell, Suite
 from bench.errors import ConfigError
 from bench.stores import sqlite_file
 from bench.tracking.fingerprint import TAG_PREFIX, device_model

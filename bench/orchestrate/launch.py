@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.live import Live
 
 from bench.config.run import resolve_run_config
-from bench.config.suite import Cell, Suite
+from bench.suite.suite import Cell, Suite
 from bench.errors import ConfigError
 from bench.orchestrate.queue import (
     ACTIVE,

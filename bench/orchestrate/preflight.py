@@ -15,7 +15,7 @@ import torch
 from pydantic import BaseModel
 
 from bench.config.run import RunConfig
-from bench.config.suite import Checks
+from bench.suite.suite import Checks
 from bench.data.registry import DatasetConfig, check_dataset, image_shape
 from bench.errors import UserError
 from bench.methods import MethodParams, method_class

@@ -26,9 +26,9 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from bench.core.files import file_lock
-from bench.config.as_run import RECORD_PREFIX, RunHistory, SuiteRun, by_first_run, next_record, suite_key
+from bench.suite.as_run import RECORD_PREFIX, RunHistory, SuiteRun, by_first_run, next_record, suite_key
 from bench.config.search import DEFAULT_SEARCH_METRIC, metric_split
-from bench.config.suite import Cell, Suite
+from bench.suite.suite import Cell, Suite
 from bench.stores import sqlite_file
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -11,7 +11,7 @@ from dataclasses import asdict
 
 import submitit
 
-from bench.config.infra import SlurmConfig
+from bench.suite.infra import SlurmConfig
 
 
 class WorkerJob(submitit.helpers.Checkpointable):

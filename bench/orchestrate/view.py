@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.table import Table
 
-from bench.config.suite import Cell
+from bench.suite.suite import Cell
 from bench.methods.baselines import Baseline
 from bench.orchestrate.queue import CellState
 

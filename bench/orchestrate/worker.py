@@ -27,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
 from bench.config.run import RunConfig, config_id, resolve_run_config
-from bench.config.suite import Suite, expand_suite, search_config, suite_from_yaml
+from bench.suite.suite import Suite, expand_suite, search_config, suite_from_yaml
 from bench.errors import DataError, Diverged, UserError
 from bench.orchestrate.queue import (
     AXES_ATTR,

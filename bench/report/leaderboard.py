@@ -32,7 +32,7 @@ from rich.console import Console
 import bench
 from bench.config.baselines import KEPT
 from bench.config.search import SearchConfig
-from bench.config.suite import Suite
+from bench.suite.suite import Suite
 from bench.errors import ConfigError
 from bench.methods.baselines import Baseline
 from bench.report.labels import EMPTY, format_value, is_baseline, label_text, method_label

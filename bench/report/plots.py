@@ -23,7 +23,7 @@ from matplotlib.ticker import MaxNLocator, NullLocator
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from bench.config.suite import Suite, expand_suite
+from bench.suite.suite import Suite, expand_suite
 from bench.errors import ConfigError
 from bench.orchestrate.launch import load_study, storage_url
 from bench.report.labels import EMPTY, label_text, method_label

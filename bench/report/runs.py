@@ -12,7 +12,7 @@ A search suite has no fixed cells: its rows are the child runs found, with their
 ``config.yaml``. Lists and mappings become text (``[scattering, hog]``), so every column can be grouped.
 A cell whose run is tagged with a baseline's method (``labels.Baseline``: ``random_init``, ``raw_pixels``) has
 that method. Runs are read with an explicit ``MlflowClient``, never through MLflow's global state.
-``shown_report_suite`` picks the variant of a suite that a report shows (``bench.config.as_run``) from the
+``shown_report_suite`` picks the variant of a suite that a report shows (``bench.suite.as_run``) from the
 records of its MLflow parent run.
 """
 
@@ -31,9 +31,9 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
-from bench.config.as_run import RunHistory, Shown, shown_suite
+from bench.suite.as_run import RunHistory, Shown, shown_suite
 from bench.config.overrides import flatten
-from bench.config.suite import Suite, expand_suite
+from bench.suite.suite import Suite, expand_suite
 from bench.errors import ConfigError
 from bench.methods import all_methods
 from bench.report.labels import is_baseline

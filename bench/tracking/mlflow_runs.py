@@ -28,7 +28,7 @@ Names written to MLflow:
   ``cost.image_epochs``.
 - artifacts: ``suite.yaml`` (parent), ``config.yaml``, ``report.json``, ``fingerprint.json`` and ``diff.patch``
   (when the code was dirty) (cells).
-- the variants of the suite that ``run`` queued (``bench.config.as_run``): on the parent, one tag
+- the variants of the suite that ``run`` queued (``bench.suite.as_run``): on the parent, one tag
   ``ssl_bench.suite_run.<key>`` per variant (its ``SuiteRun`` record as JSON) and the artifact
   ``suite_runs/<key>.yaml`` (the resolved suite).
 
@@ -60,7 +60,7 @@ from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
-from bench.config.as_run import RECORD_PREFIX, RunHistory, SuiteRun, by_first_run, next_record, suite_key
+from bench.suite.as_run import RECORD_PREFIX, RunHistory, SuiteRun, by_first_run, next_record, suite_key
 from bench.config.overrides import flatten
 from bench.config.run import RunConfig
 from bench.config.search import metric_split

@@ -7,18 +7,8 @@ restores its step restores its learning rate.
 from __future__ import annotations
 
 import math
-from typing import Literal
 
-from pydantic import Field
-
-from bench.schema import ConfigModel
-
-
-class ScheduleConfig(ConfigModel):
-    name: Literal["cosine", "constant"] = "cosine"
-    warmup_epochs: float = Field(10.0, ge=0, description="linear warm-up length (clipped to the run's length)")
-    warmup_start: float = Field(0.0, ge=0, le=1, description="lr at step 0, as a fraction of the peak lr")
-    final_lr: float = Field(0.0, ge=0, le=1, description="lr at the last step, as a fraction of the peak lr")
+from bench.config.optim import ScheduleConfig
 
 
 def lr_factor(cfg: ScheduleConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from bench.config.suite import Suite, load_suite, suite_from_yaml
+from bench.suite.suite import Suite, load_suite, suite_from_yaml
 from bench.errors import ConfigError
 
 #: the key under which a store holds one variant's record: ``<prefix><suite key>`` (a study user attribute, a

@@ -22,10 +22,11 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
 from bench.config.overrides import NAMED_SECTIONS, apply_overrides, merge_sections, normalize_sections, parse_assignment
-from bench.config.run import EvalConfig, RunConfig, config_id, format_validation_error, resolve_run_config
+from bench.config.run import RunConfig, config_id, format_validation_error, resolve_run_config
+from bench.eval.config import EvalConfig
 from bench.config.baselines import baseline_cells
-from bench.config.cells import DOTTED_KEY, Cell, Problems, Setting, axis_paths, axis_problems, check_unique, drop_axes, excluded, raise_if, run_key
-from bench.config.infra import LauncherConfig, StorageConfig, TrackingConfig
+from bench.suite.cells import DOTTED_KEY, Cell, Problems, Setting, axis_paths, axis_problems, check_unique, drop_axes, excluded, raise_if, run_key
+from bench.suite.infra import LauncherConfig, StorageConfig, TrackingConfig
 from bench.config.search import SearchConfig
 from bench.config.yamlfile import dump_yaml, parse_yaml, read_yaml
 from bench.errors import ConfigError

@@ -1,5 +1,5 @@
 """A suite's cells and axes: what a cell is, the axis settings that make it, and the checks of the axes themselves
-(key syntax, zip shapes, repeats, exclude rules, unique cells) that ``bench.config.suite`` reports by key path."""
+(key syntax, zip shapes, repeats, exclude rules, unique cells) that ``bench.suite.suite`` reports by key path."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from bench.errors import ConfigError
 from bench.methods import method_class
 
 if TYPE_CHECKING:
-    from bench.config.suite import Suite
+    from bench.suite.suite import Suite
 
 
 def run_key(key: str) -> str:
