@@ -182,3 +182,28 @@ def test_folder_decode_section_times_ours_and_the_pil_dataloader(tmp_path):
     files = sorted((tmp_path / "folder-decode").iterdir())
     with Image.open(files[0]) as first, Image.open(files[1]) as second:
         assert (first.size, second.size, first.format) == ((500, 375), (375, 500), "JPEG")
+
+
+def test_the_classic_reference_trains_through_the_engines_setup_and_step(tmp_path, monkeypatch):
+    """perf measures what a cell runs: the classic reference's method is prepared (MV-MR caches its representation)
+    and every step follows the run's lr schedule (warm-up from the first step), through the engine's pieces."""
+    from bench.config import apply_overrides, resolve_run_config
+    from bench.perf.references import classic_images_per_s
+    from bench.train import engine
+
+    cfg = resolve_run_config(apply_overrides({}, [
+        "method=mvmr", "method.representations=[hog]", "method.projector=16-16", "dataset={name: shapes, n_train: 64, n_test: 20}",
+        "backbone={name: small_cnn, width: 4}", "batch_size=32", "epochs=2", "schedule.warmup_epochs=1",
+        f"train.cache_dir={tmp_path / 'cache'}", "train.progress=false", "train.device=cpu"]))
+    lrs: list[float] = []
+
+    def scheduled(optimizer, *args):
+        engine_schedule(optimizer, *args)
+        lrs.append(optimizer.param_groups[0]["lr"])
+
+    engine_schedule = engine.schedule_groups
+    monkeypatch.setattr(engine, "schedule_groups", scheduled)
+    rate, workers = classic_images_per_s(cfg, load_dataset(cfg.dataset), tmp_path / "classic")
+    assert rate > 0 and workers >= 1
+    assert list((tmp_path / "cache").rglob("*hog*.npy"))  # method.prepare ran: the HOG features are cached
+    assert len(lrs) == 4 and lrs[0] < lrs[1] < lrs[2] > lrs[3]  # 2 warm-up steps up, then cosine decay (to 0 at the end)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import functional as TF
 
 from bench.config.run import RunConfig
 from bench.data.base import ImageSet
@@ -30,25 +31,29 @@ from bench.data.views import Views, build_recipe, torchvision_pipeline
 from bench.perf.scenarios import Scenario
 from bench.train.checkpoint import CHECKPOINT
 from bench.core.device import pick_device
-from bench.train.engine import TrainResult, autocast, build_method, cell_scope, train
-from bench.train.optim import build_optimizer
+from bench.train.engine import Loop, TrainResult, cell_scope, setup, train, train_step
 
 GIB = 2**30
 
 
 class PilViews(Dataset):
-    """RGB images as PIL, each item the views of one image made by torchvision's transforms, its label and index."""
+    """RGB images as PIL, each item the views of one image made by torchvision's transforms, its label and index;
+    with ``clean``, the normalised image itself after the views (for methods that read it, e.g. MV-MR)."""
 
-    def __init__(self, split: ImageSet, transforms: list):
+    def __init__(self, split: ImageSet, transforms: list, clean: bool = False):
         self.images = [Image.fromarray(a) for a in split.images.permute(0, 2, 3, 1).numpy()]
         self.labels = split.labels.tolist()
         self.transforms = transforms
+        self.normalize = (split.mean, split.std) if clean else None
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[list[torch.Tensor], int, int]:
-        return [t(self.images[i]) for t in self.transforms], self.labels[i], i
+        views = [t(self.images[i]) for t in self.transforms]
+        if self.normalize is not None:
+            views.append(TF.normalize(TF.to_tensor(self.images[i]), *self.normalize))
+        return views, self.labels[i], i
 
 
 def train_fresh(cfg: RunConfig, run_dir: Path, splits: DatasetSplits | None = None) -> TrainResult:
@@ -63,52 +68,41 @@ def engine_images_per_s(cfg: RunConfig, splits: DatasetSplits, run_dir: Path) ->
     return statistics.median(record["images_per_s"] for record in history[1:])
 
 
-def classic_images_per_s(cfg: RunConfig, splits: DatasetSplits) -> tuple[float, int]:
-    """Median images/s of the engine's step fed by the classic pipeline, and its number of workers.
+def classic_images_per_s(cfg: RunConfig, splits: DatasetSplits, run_dir: Path) -> tuple[float, int]:
+    """Median images/s of the engine's training step fed by the classic pipeline, and its number of workers.
 
-    The model is set up as ``train`` does it (channels_last on CUDA, optional compile); the step is the
-    engine's: autocast forward, backward, optimizer step, the method's step hook, the loss summed on the device.
+    The loop is the engine's (``bench.train.engine``): ``setup`` builds the method as a cell does (SyncBN,
+    channels_last, compile, ``method.prepare``, the optimizer's parameter groups) and ``train_step`` is a cell's step
+    (lr schedule, autocast forward, backward, clipping, optimizer step, the method's step hook); only the views come
+    from the DataLoader instead of the device.
     """
     with cell_scope(cfg):
-        return _classic_images_per_s(cfg, splits, pick_device(cfg.train.device))
+        device = pick_device(cfg.train.device)
+        loop = setup(cfg, run_dir, splits, device)
+        pretrain = splits.pretrain
+        transforms = [torchvision_pipeline(s, pretrain.mean, pretrain.std, pretrain.image_size) for s in build_recipe(cfg.augment)]
+        workers = os.cpu_count() or 1
+        loader = DataLoader(PilViews(pretrain, transforms, clean=loop.method.needs_clean_view), batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                            num_workers=workers, persistent_workers=True, pin_memory=device.type == "cuda")
+        return _classic_rates(loop, loader), workers
 
 
-def _classic_images_per_s(cfg: RunConfig, splits: DatasetSplits, device: torch.device) -> tuple[float, int]:
-    pretrain = splits.pretrain
-    method = build_method(cfg, splits).to(device)
-    channels_last = device.type == "cuda" and cfg.train.channels_last
-    if channels_last:
-        method = method.to(memory_format=torch.channels_last)
-    if cfg.train.compile:
-        method.backbone.compile()
-    optimizer = build_optimizer(method, cfg.optimizer, cfg.batch_size)
-    transforms = [torchvision_pipeline(s, pretrain.mean, pretrain.std, pretrain.image_size) for s in build_recipe(cfg.augment)]
-    workers = os.cpu_count() or 1
-    loader = DataLoader(PilViews(pretrain, transforms), batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                        num_workers=workers, persistent_workers=True, pin_memory=device.type == "cuda")
-    total = len(loader) * cfg.epochs
+def _classic_rates(loop: Loop, loader: DataLoader) -> float:
+    """The median images/s of the epochs after the first (the warm-up)."""
     rates = []
-    method.train()
-    for epoch in range(cfg.epochs):
-        loss_sum = torch.zeros((), device=device)
+    loop.method.train()
+    for epoch in range(loop.cfg.epochs):
+        loss_sum = torch.zeros((), device=loop.device)
         t0, seen = time.perf_counter(), 0
         for b, (crops, labels, index) in enumerate(loader):
-            crops = [c.to(device, non_blocking=True) for c in crops]
-            if channels_last:
-                crops = [c.contiguous(memory_format=torch.channels_last) for c in crops]
-            views = Views(crops, None, labels.to(device, non_blocking=True), index.to(device, non_blocking=True))
-            step = epoch * len(loader) + b
-            with autocast(cfg, device):
-                loss = method(views, step, total)["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            method.on_step_end(step, total)
-            loss_sum += loss.detach().float()
+            crops = [c.to(loop.device, non_blocking=True) for c in crops]
+            clean = crops.pop() if loop.method.needs_clean_view else None
+            views = Views(crops, clean, labels.to(loop.device, non_blocking=True), index.to(loop.device, non_blocking=True))
+            loss_sum += train_step(loop, views, epoch * len(loader) + b)["loss"].detach().float()
             seen += labels.shape[0]
         float(loss_sum)  # waits for the device
         rates.append(seen / (time.perf_counter() - t0))
-    return statistics.median(rates[1:]), workers
+    return statistics.median(rates[1:])
 
 
 def measure_scenario(scenario: Scenario, device: torch.device, scratch: Path) -> dict[str, float]:
@@ -126,7 +120,7 @@ def measure_scenario(scenario: Scenario, device: torch.device, scratch: Path) ->
     figures["compute_bound_images_per_s"] = engine_images_per_s(
         scenario.run_config(device, compute_bound=True), splits, scratch / f"{scenario.name}-compute")
     release(device)
-    figures["classic_images_per_s"], figures["classic_workers"] = classic_images_per_s(cfg, splits)
+    figures["classic_images_per_s"], figures["classic_workers"] = classic_images_per_s(cfg, splits, scratch / f"{scenario.name}-classic")
     release(device)
     figures["ours_vs_classic"] = ours / figures["classic_images_per_s"]
     figures["ours_vs_compute_bound"] = ours / figures["compute_bound_images_per_s"]
