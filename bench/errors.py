@@ -29,8 +29,9 @@ class Diverged(Exception):
 class DivergedError(Diverged):
     """Pre-training produced a non-finite loss."""
 
-    def __init__(self, epoch: int, step: int):
-        super().__init__(f"diverged at epoch {epoch} step {step}", "lower optimizer.lr or set train.grad_clip")
+    def __init__(self, epoch: int, step: int, hint: str = ""):
+        fix = "lower optimizer.lr or set train.grad_clip" + (f"; {hint}" if hint else "")
+        super().__init__(f"diverged at epoch {epoch} step {step}", fix)
         self.epoch = epoch
         self.step = step
 

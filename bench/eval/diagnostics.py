@@ -43,6 +43,11 @@ def alignment(z1: torch.Tensor, z2: torch.Tensor, alpha: float = 2) -> float:
 
 
 def uniformity(z: torch.Tensor, t: float = 2, chunk: int = 4096) -> float:
+    """``uniformity_tensor`` read on the host."""
+    return float(uniformity_tensor(z, t, chunk))
+
+
+def uniformity_tensor(z: torch.Tensor, t: float = 2, chunk: int = 4096) -> torch.Tensor:
     """log E exp(-t ||f(x) - f(y)||^2) over all pairs of distinct rows, on L2-normalised rows.
 
     Lower is more uniform (about -4 for t=2 and well-spread embeddings in many dimensions); 0 under
@@ -60,7 +65,7 @@ def uniformity(z: torch.Tensor, t: float = 2, chunk: int = 4096) -> float:
         own = torch.arange(rows.shape[0], device=x.device)
         logits[own, own + start] = -math.inf
         parts.append(logits.logsumexp(dim=1))
-    return float(torch.cat(parts).logsumexp(dim=0) - math.log(n * (n - 1)))
+    return torch.cat(parts).logsumexp(dim=0) - math.log(n * (n - 1))
 
 
 def normalized_std(z: torch.Tensor) -> float:

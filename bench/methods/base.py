@@ -121,6 +121,8 @@ class Method(nn.Module):
     shared_weights_reason: ClassVar[str] = (
         "VICReg (Analysis 'Weight sharing', Table 5): only SimCLR, Barlow Twins and VICReg handle branches with "
         "separate weights or architectures")
+    #: what else than the learning rate can make this method's loss non-finite, and its fix (added to DivergedError)
+    divergence_hint: ClassVar[str] = ""
     #: a reference row that learns nothing (bench/methods/baselines.py): trained for 0 epochs, listed apart
     baseline: ClassVar[bool] = False
 

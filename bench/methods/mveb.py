@@ -51,7 +51,7 @@ from pydantic import Field
 from torch import nn
 
 from bench.data.views import Views
-from bench.eval.diagnostics import uniformity
+from bench.eval.diagnostics import uniformity_tensor
 from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.branches import MOMENTUM_TARGET
@@ -159,7 +159,7 @@ class MVEB(Method):
         p = self.params
         online, t1, t2 = gather_with_grad(online, dim=1), gather_with_grad(t1), gather_with_grad(t2)  # the global batch
         loss, align = mveb_loss(online, t1, t2, p.beta, p.eta, p.min_bandwidth)
-        metrics["uniformity"] = torch.tensor(uniformity(online[0].detach()), device=online.device)
+        metrics["uniformity"] = uniformity_tensor(online[0].detach())  # stays on the device (no host sync)
         return {"loss": loss, "align": align, **metrics}
 
     @torch.no_grad()

@@ -49,16 +49,17 @@ class WMSEParams(MethodParams):
 
 @fp32_loss
 def cholesky_whiten(v: torch.Tensor, eps: float) -> torch.Tensor:
-    """Whiten the rows of each (..., M, K) slice: z = L^{-1} (v - mu), L L^T = (1 - eps) Sigma + eps I."""
+    """Whiten the rows of each (..., M, K) slice: z = L^{-1} (v - mu), L L^T = (1 - eps) Sigma + eps I; NaN rows for a
+    slice whose covariance is singular."""
     m, k = v.shape[-2:]
     vc = v - v.mean(dim=-2, keepdim=True)  # v - mu_V
     sigma = vc.mT @ vc / (m - 1)  # Sigma_V = 1/(M-1) sum_k (v_k - mu_V)(v_k - mu_V)^T
     eye = torch.eye(k, dtype=v.dtype, device=v.device)
     chol, info = torch.linalg.cholesky_ex((1 - eps) * sigma + eps * eye)  # Sigma_V = L L^T (shrunk by eps)
-    if bool((info > 0).any()):
-        raise ConfigError("wmse: the covariance of a whitening slice is singular (the embeddings lost rank); "
-                          "shrink it with method.w_eps (e.g. 0.01) or raise method.w_size")
-    return torch.linalg.solve_triangular(chol, vc.mT, upper=False).mT  # z = W_V (v - mu_V), W_V = L^{-1}
+    z = torch.linalg.solve_triangular(chol, vc.mT, upper=False).mT  # z = W_V (v - mu_V), W_V = L^{-1}
+    # a singular slice (the embeddings lost rank) whitens to NaN: the engine stops at its next log interval with
+    # WMSE.divergence_hint, and no step reads ``info`` on the host
+    return torch.where((info > 0)[..., None, None], torch.nan, z)
 
 
 @fp32_loss
@@ -80,6 +81,8 @@ class WMSE(Method):
     name: ClassVar[str] = "wmse"
     Params: ClassVar[type[MethodParams]] = WMSEParams
     recipe: ClassVar[str] = "cifar"
+    divergence_hint: ClassVar[str] = ("or the covariance of a whitening slice is singular (the embeddings lost rank): "
+                                      "shrink it with method.w_eps (e.g. 0.01) or raise method.w_size")
     optimizer: ClassVar[dict[str, Any]] = {
         "name": "adam",
         "lr": 1e-3,

@@ -244,14 +244,14 @@ def run_epoch(loop: Loop, epoch: int, start_batch: int, gen_state: torch.Tensor 
         check = (b + 1) % cfg.train.log_every == 0 or b + 1 == loop.steps_per_epoch
         if check:
             sums.first_bad = all_reduce(sums.first_bad, "max")
-            _check_finite(sums.first_bad, loop.steps_per_epoch)
+            _check_finite(sums.first_bad, loop)
             show(step, f"loss {sums.last_loss.item():.4f}")
         stop = (check or world == 1) and any_rank(sigterm.raised, device)  # ranks agree at the checks only
         if stop and b + 1 < loop.steps_per_epoch:
             loop.result.seconds += time.perf_counter() - t0
             save(loop, epoch, b + 1, generator)
             raise Preempted(f"SIGTERM at epoch {epoch + 1} step {step + 1}; checkpoint written to {loop.run_dir}")
-    _check_finite(sums.first_bad, loop.steps_per_epoch)
+    _check_finite(sums.first_bad, loop)
     elapsed = time.perf_counter() - t0
     loop.result.seconds += elapsed
     means = sums.means(loop.steps_per_epoch - start_batch)
@@ -337,10 +337,10 @@ def _save_model(method: Method, cfg: RunConfig, history: list[dict], run_dir: Pa
                      "config": cfg.model_dump(mode="json"), "history": history}, run_dir / MODEL)
 
 
-def _check_finite(first_bad: torch.Tensor, steps_per_epoch: int) -> None:
+def _check_finite(first_bad: torch.Tensor, loop: Loop) -> None:
     bad = int(first_bad)
     if bad >= 0:
-        raise DivergedError(epoch=bad // steps_per_epoch + 1, step=bad + 1)
+        raise DivergedError(epoch=bad // loop.steps_per_epoch + 1, step=bad + 1, hint=loop.method.divergence_hint)
 
 
 def monitor_bank(train: Split, size: int) -> Split:
