@@ -15,6 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from bench.core.states import CellStatus
 from bench.errors import ConfigError, Diverged, UserError
 
 EXIT_DIVERGED = 3
@@ -101,7 +102,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     console.print(states_table(states, f"suite {suite.name}"))
     for line in failure_lines(states):
         console.print(line, style="red", markup=False, highlight=False)
-    return EXIT_CELLS_FAILED if any(s.state == "failed" for s in states) else 0
+    return EXIT_CELLS_FAILED if any(s.state == CellStatus.FAILED for s in states) else 0
 
 
 def cmd_worker(args: argparse.Namespace, console: Console) -> int:

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from bench.config.run import RunConfig, config_id
 from bench.core.cost import cell_clock, cost_metrics, stage
+from bench.core.states import CellStatus
 from bench.core.files import write_json
 from bench.data.registry import DatasetSplits, load_dataset
 from bench.eval.protocols import evaluate_backbone, evaluate_pixels, load_eval_datasets
@@ -61,7 +62,7 @@ def run(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None, c
         if RANKME_MONITOR in last:  # the monitor read the final backbone: a label-free objective (search.metric)
             metrics[RANKME_METRIC] = last[RANKME_MONITOR]
     metrics.update(cost)
-    report = {"status": "complete", "config_id": config_id(cfg), "metrics": metrics, "selection": evaluation.selection,
+    report = {"status": CellStatus.COMPLETE, "config_id": config_id(cfg), "metrics": metrics, "selection": evaluation.selection,
               "test_reads": evaluation.test_reads, "splits": split_sizes(splits), "history": history,
               "resumed_from_epoch": result.resumed_from if result is not None else 0.0, "torch": settings.as_record(),
               "fingerprint": record, "cost": {"device": record["hardware"]["device"], "gpus": world_size(), "memory": clock.memory},

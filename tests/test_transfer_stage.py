@@ -14,7 +14,8 @@ from suite_fixtures import DEFAULTS
 
 from bench.cli import main
 from bench.suite.suite import expand_suite, load_suite, stage_cells
-from bench.orchestrate.queue import (CELL_ATTR, DEPENDS_ATTR, KIND_ATTR, Failure, FailureKind, claim_waiting, default_storage_url,
+from bench.core.states import FailureKind
+from bench.orchestrate.queue import (CELL_ATTR, DEPENDS_ATTR, KIND_ATTR, Failure, claim_waiting, default_storage_url,
                                     open_storage)
 
 DETECTION = {

@@ -22,6 +22,7 @@ import torch
 from rich.console import Console
 from rich.live import Live
 
+from bench.core.states import PENDING, CellStatus
 from bench.config.run import resolve_run_config
 from bench.suite.suite import Cell, Suite
 from bench.errors import ConfigError
@@ -176,8 +177,8 @@ def run_suite(suite: Suite, cells: list[Cell], url: str, *, launcher: str, worke
         return None
     launch_local(prepared, suite, cells, workers or suite.launcher.workers, console, Path("results/logs") / suite.name)
     states = current_states(prepared.study, cells, suite)
-    if all(s.state not in ("waiting", "running", "retrying") for s in states):
+    if all(s.state not in PENDING for s in states):
         attrs = prepared.study.user_attrs[TRACKING_ATTR]
-        failed = any(s.state == "failed" for s in states)
-        SuiteTracker(attrs["uri"], attrs["experiment"]).finish_parent(attrs["parent_run_id"], "failed" if failed else "complete")
+        failed = any(s.state == CellStatus.FAILED for s in states)
+        SuiteTracker(attrs["uri"], attrs["experiment"]).finish_parent(attrs["parent_run_id"], CellStatus.FAILED if failed else CellStatus.COMPLETE)
     return states

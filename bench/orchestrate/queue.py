@@ -16,7 +16,6 @@ import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from bench.core.files import file_lock
+from bench.core.states import CellStatus, FailureKind
 from bench.suite.as_run import RECORD_PREFIX, RunHistory, SuiteRun, by_first_run, next_record, suite_key
 from bench.config.search import DEFAULT_SEARCH_METRIC, metric_split
 from bench.suite.suite import Cell, Suite
@@ -47,20 +47,8 @@ DEPENDS_ATTR = "depends_on"  #: a detection cell: the pre-training cell it start
 
 ACTIVE = (TrialState.WAITING, TrialState.RUNNING)
 #: how ``status`` names each trial state
-STATE_NAMES = {TrialState.WAITING: "waiting", TrialState.RUNNING: "running", TrialState.COMPLETE: "complete",
-               TrialState.FAIL: "failed", TrialState.PRUNED: "pruned"}
-
-
-class FailureKind(StrEnum):
-    """Why a cell failed: the typed part of its reason, recorded as ``fail_kind`` beside the text."""
-
-    DIVERGED = "diverged"  # a NaN or infinite training loss
-    OUT_OF_MEMORY = "out of memory"
-    MISSING_DATA = "missing data"
-    CONFIG = "config"  # any other mistake in the suite a user can fix
-    PREEMPTED = "preempted"  # SIGTERM; the cell resumes from its checkpoint
-    EXCEPTION = "exception"  # a bug or a crash, traceback in the run directory
-    SOURCE = "source cell"  # a detection cell whose pre-training cell failed or was pruned
+STATE_NAMES = {TrialState.WAITING: CellStatus.WAITING, TrialState.RUNNING: CellStatus.RUNNING,
+               TrialState.COMPLETE: CellStatus.COMPLETE, TrialState.FAIL: CellStatus.FAILED, TrialState.PRUNED: CellStatus.PRUNED}
 
 
 @dataclass(frozen=True)
@@ -254,7 +242,7 @@ class CellState:
 
     cell_id: str
     axes: dict[str, Any]
-    state: str
+    state: CellStatus
     trial: int | None
     run_id: str | None
     reason: str | None
@@ -273,9 +261,9 @@ def cell_states(study: optuna.Study | None, cells: list[Cell]) -> list[CellState
     for cell in cells:
         t = latest.get(cell.id)
         if t is None:
-            out.append(CellState(cell.id, cell.axes, "not queued", None, None, None, None, {}))
+            out.append(CellState(cell.id, cell.axes, CellStatus.NOT_QUEUED, None, None, None, None, {}))
             continue
-        state = "retrying" if t.state == TrialState.WAITING and "failed_trial" in t.system_attrs else STATE_NAMES[t.state]
+        state = CellStatus.RETRYING if t.state == TrialState.WAITING and "failed_trial" in t.system_attrs else STATE_NAMES[t.state]
         out.append(CellState(cell.id, cell.axes, state, t.number, t.user_attrs.get(RUN_ATTR),
                              t.user_attrs.get(REASON_ATTR) if t.state == TrialState.FAIL else None,
                              t.user_attrs.get(EPOCH_ATTR), t.user_attrs.get(METRICS_ATTR, {})))

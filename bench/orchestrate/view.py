@@ -8,11 +8,13 @@ from typing import Any
 
 from rich.table import Table
 
+from bench.core.states import CellStatus
 from bench.suite.suite import Cell
 from bench.methods.baselines import Baseline
 from bench.orchestrate.queue import CellState
 
-STYLE = {"complete": "green", "failed": "red", "running": "yellow", "pruned": "magenta", "retrying": "yellow"}
+STYLE = {CellStatus.COMPLETE: "green", CellStatus.FAILED: "red", CellStatus.RUNNING: "yellow", CellStatus.PRUNED: "magenta",
+         CellStatus.RETRYING: "yellow"}
 SHOWN_METRICS = ("knn20.top1", "logreg.top1", "linear.top1")
 
 
@@ -73,4 +75,4 @@ def states_table(states: list[CellState], title: str) -> Table:
 
 def failure_lines(states: list[CellState]) -> list[str]:
     """One line per failed cell with its reason (too long for a table cell)."""
-    return [f"cell {s.cell_id} failed: {s.reason}" for s in states if s.state == "failed"]
+    return [f"cell {s.cell_id} failed: {s.reason}" for s in states if s.state == CellStatus.FAILED]

@@ -43,7 +43,6 @@ from bench.orchestrate.queue import (
     SUITE_ATTR,
     TRACKING_ATTR,
     Failure,
-    FailureKind,
     Heartbeat,
     claim_waiting,
     fail_stale,
@@ -70,6 +69,7 @@ from bench.train.distributed import rank_zero_of
 from bench.core.device import pick_device
 from bench.core.files import file_lock
 from bench.core.signals import Preempted
+from bench.core.states import CellStatus, FailureKind
 from bench.train.engine import MODEL, train
 
 POLL_S = 2.0
@@ -212,7 +212,7 @@ def _run_pretraining(ctx: Context, live: optuna.Trial, trial: FrozenTrial) -> tu
         return report["metrics"], report
 
     outcome = _guarded(work, run_dir, config)
-    status = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(outcome.state, "failed")
+    status = STATE_NAMES.get(outcome.state, CellStatus.FAILED)
     ctx.tracker.log_provenance(run_id, run_dir)
     ctx.tracker.finish_cell(run_id, status=status, metrics=outcome.metrics, report=outcome.report, reason=outcome.reason)
     return cell_id, outcome
@@ -243,7 +243,7 @@ def _run_detection(ctx: Context, live: optuna.Trial, trial: FrozenTrial) -> tupl
 
     outcome = _guarded(work, run_dir, config)
     if outcome.state == TrialState.COMPLETE:
-        ctx.tracker.finish_cell(run_id, status="complete", metrics=outcome.metrics, report=outcome.report, artifact=STAGE_REPORT)
+        ctx.tracker.finish_cell(run_id, status=CellStatus.COMPLETE, metrics=outcome.metrics, report=outcome.report, artifact=STAGE_REPORT)
     return cell_id, outcome
 
 
@@ -288,4 +288,4 @@ def finished_report(run_dir: Path, config: RunConfig) -> dict | None:
     if not path.exists():
         return None
     report = json.loads(path.read_text())
-    return report if report.get("status") == "complete" and report.get("config_id") == config_id(config) else None
+    return report if report.get("status") == CellStatus.COMPLETE and report.get("config_id") == config_id(config) else None

@@ -30,6 +30,7 @@ from mlflow import MlflowClient
 from rich.console import Console
 
 import bench
+from bench.core.states import CellStatus
 from bench.config.baselines import KEPT
 from bench.config.search import SearchConfig
 from bench.suite.suite import Suite
@@ -87,10 +88,10 @@ def leaderboard_rows(suite: Suite, df: pd.DataFrame) -> pd.DataFrame:
     for _, group in fill_missing(df, setting).groupby([*GROUP_COLUMNS.values(), *setting], sort=False, dropna=False):
         first = group.iloc[0]
         counts = Counter(group["status"])
-        complete = group[group["status"] == "complete"]
+        complete = group[group["status"] == CellStatus.COMPLETE]
         rows.append({"suite": suite.name, **{name: _group_value(first, column) for name, column in GROUP_COLUMNS.items()},
                      "setting": prefix + " ".join(f"{key}={label_text(first[key])}" for key in setting if first[key] != EMPTY),
-                     "not complete": ", ".join(f"{counts[s]} {s}" for s in STATUSES if s != "complete" and counts[s]),
+                     "not complete": ", ".join(f"{counts[s]} {s}" for s in STATUSES if s != CellStatus.COMPLETE and counts[s]),
                      "runs": tuple(complete["run_id"]), "paper": {metric: group_reference(group, metric) for metric in metrics},
                      COST: summarize(complete[COST].dropna().tolist() if COST in complete else []),
                      **{metric: summarize(complete[metric].dropna().tolist()) for metric in metrics}})
@@ -178,7 +179,7 @@ def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
 
 def _best_trial(search: SearchConfig, df: pd.DataFrame) -> pd.DataFrame:
     """The complete trial with the best search metric; every trial when none completed."""
-    done = df[(df["status"] == "complete") & df[search.metric].notna()] if search.metric in df.columns else df.iloc[:0]
+    done = df[(df["status"] == CellStatus.COMPLETE) & df[search.metric].notna()] if search.metric in df.columns else df.iloc[:0]
     if done.empty:
         return df.assign(**{key: EMPTY for key in search.space})
     best = done[search.metric].idxmax() if search.direction == "maximize" else done[search.metric].idxmin()

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.core.states import CellStatus
 from bench.errors import ConfigError
 from bench.report.labels import is_baseline, label_text
 from bench.report.metric_key import parse_metric
@@ -85,7 +86,7 @@ class Pivot:
         counts = self.status_counts(i, j)
         total = sum(counts.values())
         return ", ".join(status if counts[status] == total else f"{status} ({counts[status]}/{total})"
-                         for status in STATUSES if status != "complete" and counts.get(status))
+                         for status in STATUSES if status != CellStatus.COMPLETE and counts.get(status))
 
 
 def pivot(df: pd.DataFrame, rows: list[str], cols: list[str], metric: str, *, baseline: str | None = None) -> Pivot:
@@ -113,7 +114,7 @@ def pivot(df: pd.DataFrame, rows: list[str], cols: list[str], metric: str, *, ba
     counts: dict[tuple, Counter] = defaultdict(Counter)
     for r, c, status, value, seed, method in zip(row_of, col_of, kept["status"], kept[metric], seeds, kept["method"]):
         counts[r, c][status] += 1
-        if status == "complete" and not math.isnan(value):
+        if status == CellStatus.COMPLETE and not math.isnan(value):
             groups[r, c][None if pd.isna(seed) else seed].append(float(value))
             methods[r, c].add(method)
     row_labels, col_labels = list(dict.fromkeys(row_of)), list(dict.fromkeys(col_of))

@@ -23,6 +23,7 @@ from matplotlib.ticker import MaxNLocator, NullLocator
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from bench.core.states import CellStatus
 from bench.suite.suite import Suite, expand_suite
 from bench.errors import ConfigError
 from bench.orchestrate.launch import load_study, storage_url
@@ -96,7 +97,7 @@ def ablation_plot(df: pd.DataFrame, axis: str, metric: str, out_dir: Path, *, hu
     """
     x_key, hue_key, metric = resolve_key(df, axis), resolve_key(df, hue), resolve_key(df, metric)
     cells = df[df[x_key].notna()]
-    done = cells[(cells["status"] == "complete") & cells[metric].notna()]
+    done = cells[(cells["status"] == CellStatus.COMPLETE) & cells[metric].notna()]
     if done.empty:
         raise ConfigError(f"no complete run has {metric} and a value of {axis}; run the suite first "
                           "(ssl-bench run SUITE) or pick a metric and an axis of its complete runs")
@@ -127,7 +128,7 @@ def ablation_plot(df: pd.DataFrame, axis: str, metric: str, out_dir: Path, *, hu
         ax.set_xscale("log")
     ax.set_xticks(positions, labels=[label_text(v) for v in values])
     ax.xaxis.set_minor_locator(NullLocator())
-    hidden = Counter(cells["status"][cells["status"] != "complete"])
+    hidden = Counter(cells["status"][cells["status"] != CellStatus.COMPLETE])
     note = ", ".join(f"{hidden[s]} {s}" for s in STATUSES if hidden[s])
     ax.set_title(f"{metric} vs {axis}" + (f"\n(not shown: {note})" if note else ""))
     ax.set_xlabel(axis)
@@ -199,7 +200,7 @@ def search_plots(study: optuna.Study, out_dir: Path, *, metric: str = "objective
             rows.append({"number": t.number, "value": t.value, "state": t.state.name.lower(), "best": best})
     history = pd.DataFrame(rows)
     fig, ax = _figure()
-    for state, marker in (("complete", "o"), ("pruned", "x")):
+    for state, marker in ((CellStatus.COMPLETE, "o"), (CellStatus.PRUNED, "x")):
         part = history[history["state"] == state]
         if not part.empty:
             ax.scatter(part["number"], part["value"], marker=marker, label=f"{state} trials", gid=state)
@@ -236,13 +237,13 @@ def suite_plots(suite: Suite, out_dir: Path, *, uri: str | None = None, storage:
     if df.empty:  # a search that has not started a trial yet
         return []
     plots = []
-    done = df[df["status"] == "complete"]
+    done = df[df["status"] == CellStatus.COMPLETE]
     axes = [key for key in suite_axes(suite) if key != "method" and df[key].nunique() > 1]
     for metric in headline_metrics(suite, df):
         for axis in axes:
             if done.loc[done[axis].notna(), metric].notna().any():
                 plots.append(ablation_plot(df, axis, metric, out_dir, by=[key for key in axes if key != axis]))
-    run_ids = df.loc[df["status"].isin(["complete", "pruned"]), "run_id"].dropna().tolist()
+    run_ids = df.loc[df["status"].isin([CellStatus.COMPLETE, CellStatus.PRUNED]), "run_id"].dropna().tolist()
     if run_ids:
         plots.append(training_curves(uri, run_ids, out_dir))
         if (df["train.knn_every"] > 0).any():

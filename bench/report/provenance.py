@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
+from bench.core.states import CellStatus
 from bench.tracking.fingerprint import ID_TAG, TAG_PREFIX
 
 #: fingerprint fields that the cells of one table should share: a mix is warned about
@@ -33,7 +34,7 @@ def environment_warnings(runs: pd.DataFrame) -> list[str]:
     """Why the complete cells of a table may not compare: different torch or CUDA versions, or one dataset config
     read as different data (the files changed between runs). ``runs`` has a ``status`` column and the fingerprint
     tags as columns (``fingerprint.packages.torch``)."""
-    done = runs[runs["status"] == "complete"]
+    done = runs[runs["status"] == CellStatus.COMPLETE]
     lines = []
     for what, column in SHARED.items():
         if column in done and done[column].nunique() > 1:

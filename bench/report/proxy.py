@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pandas as pd
 from scipy.stats import kendalltau
 
+from bench.core.states import CellStatus
 from bench.errors import ConfigError
 
 
@@ -43,7 +44,7 @@ def proxy_agreement(runs: pd.DataFrame, proxy: str = "val.rankme", target: str =
     missing = [m for m in (proxy, target) if m not in runs]
     if missing:
         raise ConfigError(f"no cell of the suite has {', '.join(missing)}; the suite must log both {proxy} and {target}")
-    done = runs[runs["status"] == "complete"].dropna(subset=[proxy, target])
+    done = runs[runs["status"] == CellStatus.COMPLETE].dropna(subset=[proxy, target])
     if len(done) < 2:
         raise ConfigError(f"Kendall's tau needs two complete cells with {proxy} and {target}; the suite has {len(done)}")
     result = kendalltau(done[proxy], done[target])

@@ -28,6 +28,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from bench.core.states import CellStatus
 from bench.config.run import format_validation_error
 from bench.errors import ConfigError
 from bench.report.labels import is_baseline
@@ -122,7 +123,7 @@ def group_reference(cells: pd.DataFrame, metric: str) -> PaperMatch | None:
     """The published number for a group of ``suite_runs`` rows (a table cell): their complete cells (all of them when
     none completed) must share one method that is no baseline; None otherwise, or when nothing is published."""
     key = published_key(metric)
-    complete = cells[cells["status"] == "complete"]
+    complete = cells[cells["status"] == CellStatus.COMPLETE]
     rows = complete if len(complete) else cells
     methods = set(rows["method"])
     if key is None or len(methods) != 1 or is_baseline(method := next(iter(methods))) or CONFIG_COLUMN not in rows:

@@ -31,6 +31,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
+from bench.core.states import CellStatus
 from bench.suite.as_run import RunHistory, Shown, shown_suite
 from bench.config.overrides import flatten
 from bench.suite.suite import Suite, expand_suite
@@ -42,7 +43,7 @@ from bench.stores import sqlite_file
 from bench.tracking.mlflow_runs import FAIL_REASON, ROLE, STATUS, SUITE, recorded_runs, retry_locked, tracking_uri
 
 #: the status of a cell (see ``run_status``)
-STATUSES = ("complete", "failed", "running", "pruned", "missing")
+STATUSES = (CellStatus.COMPLETE, CellStatus.FAILED, CellStatus.RUNNING, CellStatus.PRUNED, CellStatus.MISSING)
 #: the tag naming a child run's cell
 CELL_TAG = "ssl_bench.cell_id"
 #: the tag naming a child run's method
@@ -146,9 +147,9 @@ def experiment_id(client: MlflowClient, name: str) -> str:
 def run_status(run: Run | None) -> str:
     """A cell's status from its latest run: the run's final status, ``running`` before it has one, else ``missing``."""
     if run is None:
-        return "missing"
+        return CellStatus.MISSING
     status = run.data.tags.get(STATUS)
-    return status if status in STATUSES else "running"
+    return CellStatus(status) if status in STATUSES else CellStatus.RUNNING
 
 
 def final_metrics(run: Run) -> dict[str, float]:

@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 from rich.console import Console
 
+from bench.core.states import CellStatus
 from bench.errors import ConfigError
 from bench.report.labels import EMPTY, format_p, format_value, label_text, method_label
 from bench.report.metric_key import parse_metric
@@ -145,7 +146,7 @@ def to_csv(table: Pivot) -> str:
             data[f"{name} paper_match"] = [m.kind.value if m else "" for m in found]
             data[f"{name} paper_diff"] = [m.comparison.csv() if m else "" for m in found]
             data[f"{name} paper_source"] = [m.reference.citation() if m else "" for m in found]
-        data[f"{name} status"] = [table.note(i, j) or ("complete" if table.status_counts(i, j) else "none")
+        data[f"{name} status"] = [table.note(i, j) or (CellStatus.COMPLETE if table.status_counts(i, j) else "none")
                                   for i in range(len(table.mean.index))]
     return pd.DataFrame(data).to_csv(index=False)
 

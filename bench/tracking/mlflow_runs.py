@@ -60,6 +60,7 @@ from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
+from bench.core.states import CellStatus
 from bench.suite.as_run import RECORD_PREFIX, RunHistory, SuiteRun, by_first_run, next_record, suite_key
 from bench.config.overrides import flatten
 from bench.config.run import RunConfig
@@ -69,10 +70,10 @@ from bench.stores import sqlite_file
 from bench.tracking.fingerprint import DIFF_FILE, FINGERPRINT_FILE, fingerprint_tags, git_commit
 from bench.core.device import pick_device
 
-Status = Literal["complete", "failed", "pruned"]
+Status = Literal[CellStatus.COMPLETE, CellStatus.FAILED, CellStatus.PRUNED]
 
 #: ssl-bench status -> MLflow terminal run status
-RUN_STATUS: dict[str, str] = {"complete": "FINISHED", "failed": "FAILED", "pruned": "KILLED"}
+RUN_STATUS: dict[CellStatus, str] = {CellStatus.COMPLETE: "FINISHED", CellStatus.FAILED: "FAILED", CellStatus.PRUNED: "KILLED"}
 
 ROLE, SUITE, STATUS, FAIL_REASON = "ssl_bench.role", "ssl_bench.suite", "ssl_bench.status", "ssl_bench.fail_reason"
 CELL_ID = "ssl_bench.cell_id"
@@ -150,13 +151,13 @@ class SuiteTracker:
         """
         found = next(self._search(f"tags.`{ROLE}` = 'parent' and tags.`{SUITE}` = '{suite_name}'"), None)
         if found is None:
-            tags = {ROLE: "parent", SUITE: suite_name, STATUS: "running"}
+            tags = {ROLE: "parent", SUITE: suite_name, STATUS: CellStatus.RUNNING}
             run = retry_locked(self.client.create_run, self.experiment_id, tags=tags, run_name=suite_name)
             run_id = run.info.run_id
         else:
             run_id = found.info.run_id
             retry_locked(self.client.update_run, run_id, status="RUNNING")
-            retry_locked(self.client.set_tag, run_id, STATUS, "running")
+            retry_locked(self.client.set_tag, run_id, STATUS, CellStatus.RUNNING)
         retry_locked(self.client.log_text, run_id, suite_yaml, "suite.yaml")
         return run_id
 
@@ -181,7 +182,7 @@ class SuiteTracker:
             "mlflow.parentRunId": parent_id,
             ROLE: "cell",
             SUITE: suite,
-            STATUS: "running",
+            STATUS: CellStatus.RUNNING,
             CELL_ID: cell_id,
             "ssl_bench.method": config.method.name,
             "ssl_bench.dataset": config.dataset.name,
@@ -241,19 +242,19 @@ class SuiteTracker:
         if (run_dir / DIFF_FILE).is_file():
             retry_locked(self.client.log_artifact, run_id, str(run_dir / DIFF_FILE))
 
-    def finish_parent(self, parent_id: str, status: Literal["complete", "failed"]) -> None:
+    def finish_parent(self, parent_id: str, status: Literal[CellStatus.COMPLETE, CellStatus.FAILED]) -> None:
         """Tag the suite's status and end its parent run FINISHED / FAILED."""
         retry_locked(self.client.set_tag, parent_id, STATUS, status)
         retry_locked(self.client.set_terminated, parent_id, RUN_STATUS[status])
 
     def finished_run(self, name: str, *, role: str, params: dict[str, Any], metrics: dict[str, float]) -> str:
         """One run outside any suite (``ssl-bench transfer``): params flattened, final metrics at step 0, FINISHED."""
-        tags = {ROLE: role, STATUS: "complete", "ssl_bench.host": socket.gethostname(), "mlflow.source.git.commit": git_commit()}
+        tags = {ROLE: role, STATUS: CellStatus.COMPLETE, "ssl_bench.host": socket.gethostname(), "mlflow.source.git.commit": git_commit()}
         run_id = retry_locked(self.client.create_run, self.experiment_id, tags=tags, run_name=name).info.run_id
         now = _now_ms()
         retry_locked(self.client.log_batch, run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
                      params=[Param(k, v) for k, v in flatten_params(params).items()])
-        retry_locked(self.client.set_terminated, run_id, RUN_STATUS["complete"])
+        retry_locked(self.client.set_terminated, run_id, RUN_STATUS[CellStatus.COMPLETE])
         return run_id
 
     def cell_runs(self) -> pd.DataFrame:

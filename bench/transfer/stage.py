@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from bench.core.cost import cell_clock, cost_metrics
+from bench.core.states import CellStatus
 from bench.core.cost import stage as stage_clock
 from bench.core.files import write_atomic
 from bench.schema import ConfigModel
@@ -93,7 +94,7 @@ def run_stage(stage: DetectionStage, source: Path | None, run_dir: Path, cache_d
 
             metrics = detectron2_transfer(stage.detectron2, source, coco, run_dir)
         metrics.update(cost_metrics(clock, gpus=1))
-    report = {"status": "complete", "metrics": {f"{PREFIX}{key}": value for key, value in metrics.items()},
+    report = {"status": CellStatus.COMPLETE, "metrics": {f"{PREFIX}{key}": value for key, value in metrics.items()},
               "cost": {"device": device.type, "gpus": 1, "memory": clock.memory},
               "source": None if source is None else str(source), "stage": stage.model_dump(mode="json")}
     write_atomic(run_dir / REPORT, json.dumps(report, indent=2))
