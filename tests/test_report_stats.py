@@ -74,6 +74,9 @@ def test_metric_keys_name_split_dataset_protocol_and_name():
     assert not val.is_headline and not val.is_lead and val.is_evaluation and knn.is_lead and knn.is_headline
     fraction = parse_metric("linear_1pct.top1")
     assert (fraction.family, fraction.protocol, fraction.labels) == (Family.LINEAR, "linear_1pct", "1%")
+    half = parse_metric("val.cifar10.linear_aug_0.5pct.top1")  # a decimal point inside the protocol
+    assert (half.split, half.dataset, half.family, half.protocol, half.labels) == (Split.VAL, "cifar10", Family.LINEAR_AUG,
+                                                                                  "linear_aug_0.5pct", "0.5%")
     assert parse_metric("logreg.top1").family == Family.LOGREG and parse_metric("linear_aug.top1").family == Family.LINEAR_AUG
     other = parse_metric("cifar10.linear.top5")
     assert (other.dataset, other.protocol, other.is_headline, other.is_accuracy) == ("cifar10", "linear", False, True)

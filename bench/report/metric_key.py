@@ -16,7 +16,6 @@ A name that does not parse this way is a metric of family ``OTHER`` (its protoco
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -46,18 +45,10 @@ class Family(StrEnum):
 EVALUATIONS = frozenset({Family.KNN, Family.LINEAR, Family.LOGREG, Family.LINEAR_AUG, Family.FINETUNE, Family.DETECTION})
 #: the number a protocol is known by (a leaderboard column): top-1 accuracy, or box/mask AP
 LEAD_NAMES = ("top1", "AP")
-#: the part after ``val.``: an optional dataset prefix, then a protocol and the metric's name
-KEY = re.compile(r"""
-    (?:(?P<dataset>[a-z][a-z0-9_]*)\.(?=(?:knn[\d.]|linear|logreg|finetune|diag\.)))?
-    (?P<protocol>
-        (?P<knn>knn)(?P<k>\d+)?
-      | (?P<probe>linear_aug|linear|logreg|finetune)(?:_(?P<pct>\d+(?:\.\d+)?)pct)?
-      | detection\.(?:bbox|segm)
-      | (?:detection\.)?(?P<aux>diag|train)
-    )
-    \.(?P<name>[A-Za-z0-9_]+)
-""", re.VERBOSE)
-ACCURACY = re.compile(r"top\d+|acc\w*")
+#: the probe protocols, longest first (``linear_aug`` before ``linear``)
+PROBES = (Family.LINEAR_AUG, Family.LINEAR, Family.LOGREG, Family.FINETUNE)
+#: the families that may be measured on another labelled set (``eval.datasets``): a dataset prefix before them
+ON_DATASETS = frozenset({Family.KNN, *PROBES, Family.DIAG})
 #: metrics whose name holds one of these words are better when lower
 LOWER_IS_BETTER = ("loss", "error")
 VAL_PREFIX = "val."
@@ -84,7 +75,7 @@ class MetricKey:
     @property
     def is_accuracy(self) -> bool:
         """Accuracies (``top1``, ``top5``) are fractions, shown in percent."""
-        return ACCURACY.fullmatch(self.name) is not None
+        return (self.name.startswith("top") and self.name[3:].isdigit()) or self.name.startswith("acc")
 
     @property
     def lower_is_better(self) -> bool:
@@ -103,18 +94,68 @@ class MetricKey:
 
 @functools.cache
 def parse_metric(key: str) -> MetricKey:
-    """The parts of a final metric's name (see the module docstring)."""
+    """The parts of a final metric's name (see the module docstring), read token by token."""
     split = Split.VAL if key.startswith(VAL_PREFIX) else Split.TEST
     rest = key.removeprefix(VAL_PREFIX)
-    match = KEY.fullmatch(rest)
-    if match is None:
+    *head, name = _tokens(rest)
+    dataset, parsed = None, _protocol(head) if _is_word(name) else None
+    if parsed is None and len(head) > 1 and _is_dataset(head[0]) and _is_word(name):
+        parsed = _protocol(head[1:])
+        if parsed is not None and parsed[0] in ON_DATASETS:
+            dataset, head = head[0], head[1:]
+        else:
+            parsed = None
+    if parsed is None:
         protocol, _, name = rest.rpartition(".")
         return MetricKey(key, split, None, Family.OTHER, protocol, name)
-    if match["knn"]:
-        family = Family.KNN
-    elif match["probe"]:
-        family = Family(match["probe"])
-    else:
-        family = Family(match["aux"]) if match["aux"] else Family.DETECTION
-    return MetricKey(key, split, match["dataset"], family, match["protocol"], match["name"],
-                     k=int(match["k"]) if match["k"] else None, labels=f"{match['pct']}%" if match["pct"] else None)
+    family, k, labels = parsed
+    return MetricKey(key, split, dataset, family, ".".join(head), name, k=k, labels=labels)
+
+
+def _tokens(rest: str) -> list[str]:
+    """``rest`` split at its dots, but for the decimal point of a label fraction (``linear_0.5pct``)."""
+    tokens: list[str] = []
+    for token in rest.split("."):
+        fraction = tokens and tokens[-1].rpartition("_")[2].isdigit() and token.endswith("pct") and token[:-3].isdigit()
+        if fraction:
+            tokens[-1] += f".{token}"
+        else:
+            tokens.append(token)
+    return tokens
+
+
+def _protocol(tokens: list[str]) -> tuple[Family, int | None, str | None] | None:
+    """(family, kNN k, label fraction) of a protocol's dot-separated tokens; None when they name no protocol."""
+    if len(tokens) == 2 and tokens[0] == "detection":
+        second = tokens[1]
+        return (Family.DETECTION, None, None) if second in ("bbox", "segm") else (
+            (Family.TRAIN, None, None) if second == Family.TRAIN else None)  # detection.diag: a set named detection
+    if len(tokens) != 1:
+        return None
+    (token,) = tokens
+    if token in (Family.DIAG, Family.TRAIN):
+        return Family(token), None, None
+    if token.startswith("knn") and (token == "knn" or token[3:].isdigit()):
+        return Family.KNN, int(token[3:]) if token[3:] else None, None
+    for probe in PROBES:
+        fraction = token.removeprefix(f"{probe}_").removesuffix("pct")
+        if token == probe:
+            return probe, None, None
+        if token.startswith(f"{probe}_") and token.endswith("pct") and _is_number(fraction):
+            return probe, None, f"{fraction}%"
+    return None
+
+
+def _is_number(text: str) -> bool:
+    """Digits, with at most one decimal point between digits (``1``, ``0.5``)."""
+    whole, _, part = text.partition(".")
+    return whole.isdigit() and (part.isdigit() or not _)
+
+
+def _is_word(text: str) -> bool:
+    return bool(text) and all(c.isalnum() or c == "_" for c in text) and text.isascii()
+
+
+def _is_dataset(text: str) -> bool:
+    """A dataset's name: a lower-case letter, then lower-case letters, digits and underscores."""
+    return _is_word(text) and text[0].islower() and text == text.lower() and text[0].isalpha()
