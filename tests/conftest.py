@@ -1,4 +1,4 @@
-"""Shared test set-up: one intra-op thread (fastest on a shared 2-core machine), CPU only."""
+"""Shared test set-up: one intra-op thread (fastest on a shared 2-core machine), CPU only, the slow tests first."""
 
 import os
 
@@ -24,3 +24,13 @@ def report_base(tmp_path_factory):
         run_ablation_suite(base)
         run_search_suite(base)
     return base
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests marked ``slow`` run first, each module's in their order (a stable sort).
+
+    ``make test`` hands the tests to its workers in this order (``--dist loadgroup``; after the xdist groups,
+    which go first as the largest work units): the long tests start early and the short ones fill the end, so
+    the workers finish together instead of one waiting for the other's last long test.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

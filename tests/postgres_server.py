@@ -29,7 +29,7 @@ import sqlalchemy
 ENV_VAR = "SSL_BENCH_TEST_POSTGRES"
 DATABASE = "ssl_bench"
 SUPERUSER = "postgres"
-START_TIMEOUT_S = 20
+START_TIMEOUT_S = 120  #: initdb and the start take tens of seconds on a loaded machine
 TOOLS = ("initdb", "pg_ctl", "createdb")
 INSTALL_HINT = (f"install PostgreSQL (Debian/Ubuntu: `apt-get install -y postgresql`) or set {ENV_VAR} to the "
                 "SQLAlchemy URL of an existing server")

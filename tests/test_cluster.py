@@ -41,7 +41,7 @@ EPOCHS = 6
 KILL_AFTER_EPOCHS = (1, 2)  #: kill a worker whose cell has done this many epochs: three or more remain
 SEEDS = list(range(6))
 WORKERS = 3
-TIMEOUT_S = 120
+TIMEOUT_S = 600  #: a hung worker, not a slow one: a loaded machine may take minutes
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +81,10 @@ def start_worker(postgres: str, study: str, log: Path) -> subprocess.Popen:
 
 
 def mid_cell(study: optuna.Study, workers: list[subprocess.Popen], logs: list[Path]) -> tuple[FrozenTrial, subprocess.Popen]:
-    """Wait for a running trial in its first epochs; return it and the worker that runs it (from the logs)."""
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline:
+    """Wait for a running trial in its first epochs; return it and the worker that runs it (from the logs).
+
+    No clock deadline: the workers' own progress is the measure (they may be slow to start on a loaded machine)."""
+    while any(worker.poll() is None for worker in workers):
         for trial in study.get_trials(states=(TrialState.RUNNING,)):
             if trial.user_attrs.get(EPOCH_ATTR) not in KILL_AFTER_EPOCHS:
                 continue
@@ -91,7 +92,7 @@ def mid_cell(study: optuna.Study, workers: list[subprocess.Popen], logs: list[Pa
                 if re.search(rf":{worker.pid}: trial {trial.number} started", log.read_text()):
                     return trial, worker
         time.sleep(0.1)
-    raise AssertionError(f"no worker got one epoch into a cell within {TIMEOUT_S} s")
+    raise AssertionError("the workers ended before one was seen one or two epochs into a cell")
 
 
 def test_killed_worker_loses_no_cell_in_postgres_and_mlflow(servers: tuple[str, str], tmp_path: Path) -> None:
@@ -168,7 +169,7 @@ def test_postgres_helper_script_serves_until_sigterm(tmp_path: Path) -> None:
             assert connection.execute(sqlalchemy.text("select current_database()")).scalar() == "ssl_bench"
         engine.dispose()
         server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=30) == 0
+        assert server.wait(timeout=TIMEOUT_S) == 0
     finally:
         server.kill()
         server.wait()

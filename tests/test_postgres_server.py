@@ -2,7 +2,6 @@
 
 import multiprocessing
 import socket
-import time
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from postgres_server import (
 )
 
 N_TRIALS = 10
-CELL_SECONDS = 0.2  # long enough that both workers hold trials at the same time
+WAIT_S = 300  #: a hang, not a slow machine (spawning and importing can take a minute under load)
 
 
 @pytest.fixture(scope="module")
@@ -42,20 +41,24 @@ def _storage(url: str) -> optuna.storages.RDBStorage:
         return optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=2)
 
 
-def _worker(url: str, study_name: str, start: Barrier, ran: Queue) -> None:
-    """Pop waiting trials until none is left; report the cells this process ran."""
+def _worker(url: str, study_name: str, start: Barrier, held: Barrier, ran: Queue) -> None:
+    """Pop waiting trials until none is left; report the cells this process ran.
+
+    The first trial is held until the other worker holds one too (``held``): both run at the same time however
+    the machine schedules them."""
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     study = optuna.load_study(study_name=study_name, storage=_storage(url))
     cells: list[int] = []
-    start.wait()
+    start.wait(WAIT_S)
     while study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
         trial = study.ask()
         if trial.number >= N_TRIALS:  # not an enqueued trial: the queue emptied between the check and ask()
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             break
         cell = trial.suggest_int("cell", 0, N_TRIALS - 1)
+        if not cells:
+            held.wait(WAIT_S)
         cells.append(cell)
-        time.sleep(CELL_SECONDS)
         study.tell(trial, float(cell))
     ran.put(cells)
 
@@ -92,12 +95,12 @@ def test_two_workers_pop_each_enqueued_trial_exactly_once(url: str) -> None:
     for cell in range(N_TRIALS):
         study.enqueue_trial({"cell": cell})
     context = multiprocessing.get_context("spawn")
-    start, ran = context.Barrier(2), context.Queue()
-    workers = [context.Process(target=_worker, args=(url, study_name, start, ran)) for _ in range(2)]
+    start, held, ran = context.Barrier(2), context.Barrier(2), context.Queue()
+    workers = [context.Process(target=_worker, args=(url, study_name, start, held, ran)) for _ in range(2)]
     for worker in workers:
         worker.start()
     for worker in workers:
-        worker.join(timeout=30)
+        worker.join(timeout=WAIT_S)
     try:
         assert [worker.exitcode for worker in workers] == [0, 0]
         per_worker = [ran.get(timeout=5) for _ in workers]

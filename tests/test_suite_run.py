@@ -109,9 +109,10 @@ def test_suite_runs_with_two_workers_and_reruns_as_a_no_op(results, tmp_path, ca
     assert main(["status", str(path)]) == 0
     assert "4 complete" in capsys.readouterr().out
 
-    start = time.perf_counter()
+    logs = {log: log.stat().st_size for log in (results / "logs" / "tiny").glob("worker-*.log")}
     assert main(["run", str(path)]) == 0
-    assert time.perf_counter() - start < 30
+    assert "no cell is waiting or running; nothing to do" in capsys.readouterr().out
+    assert {log: log.stat().st_size for log in (results / "logs" / "tiny").glob("worker-*.log")} == logs  # no worker started
     assert len(study_of("tiny").get_trials()) == 4 and len(child_runs("tiny")) == 4
 
 
@@ -123,11 +124,10 @@ def test_killed_worker_cell_resumes_from_its_checkpoint(results, tmp_path):
     url = default_storage_url()
     worker = subprocess.Popen([sys.executable, "-m", "bench.cli", "worker", "--storage", url, "--study", "kill"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
     victim = None
-    while victim is None and time.time() < deadline:
+    while victim is None and worker.poll() is None:  # no deadline: on a loaded machine the worker is slow to start
         running = study_of("kill").get_trials(states=(TrialState.RUNNING,))
-        victim = next((t for t in running if t.user_attrs.get(EPOCH_ATTR, 0) >= 2), None)
+        victim = next((t for t in running if 2 <= t.user_attrs.get(EPOCH_ATTR, 0) <= 4), None)  # 2 epochs left at least
         time.sleep(0.2)
     assert victim is not None, "the worker never got two epochs into a cell"
     os.kill(worker.pid, signal.SIGKILL)

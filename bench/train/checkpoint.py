@@ -50,7 +50,12 @@ def _python_state_to_lists(state: tuple) -> list:
 
 def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
     """The run's checkpoint on the CPU, or None: RNG states must stay CPU byte tensors, and
-    ``load_state_dict`` copies weights and optimizer state onto their parameters' device."""
+    ``load_state_dict`` copies weights and optimizer state onto their parameters' device.
+
+    The temporary files of :func:`atomic_save` that a killed run left half-written are removed first: the run
+    resumes from its last complete checkpoint."""
+    for stale in run_dir.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
     path = run_dir / CHECKPOINT
     if not path.exists():
         return None
