@@ -1,6 +1,6 @@
 """A small ViT, trained briefly on CPU, learns: finite and falling loss, no collapse, kNN above random init.
 
-Same rules as tests/test_methods_learn.py, on a ViT test-bed (shared/specs/vit.md section 6: candidate C's 8 px patches
+Same rules as tests/test_methods_learn.py, on a ViT test-bed (``docs/vit.md`` §5: 8 px patches
 at 64-d, the cheapest that learns in these budgets; 4 px patches cost 4x per epoch and learned no faster): ``shapes``
 (5k train / 1k test, 32 px), a ViT with 8 px patches (16 tokens and the class token), 64-d tokens, 4 blocks of 4
 heads, MLP ratio 2, learned position embedding, the class token after the final norm as feature; AdamW lr 3e-3 with

@@ -7,7 +7,7 @@ seed (random init) and the engine settings that change nothing (``ENGINE_ONLY``:
 Every other key takes its default, with ``epochs: 0``, so the suite method's hyper-parameters, optimizer, views and
 batch size never reach it: two suites that evaluate the same backbone on the same data the same way hold the same
 baseline cells (one id, computed once). Raw pixels are average-pooled to ``PIXELS_SIZE`` when an evaluated set's
-images are larger than ``PIXELS_ABOVE`` px (``protocols.md`` §9), recorded as ``method.pixels_size``.
+images are larger than ``PIXELS_ABOVE`` px (``docs/protocols.md`` §3.2), recorded as ``method.pixels_size``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What a cell costs: wall seconds and peak memory of each of its stages (protocols.md §8.2).
+"""What a cell costs: wall seconds and peak memory of each of its stages (``docs/protocols.md`` §6.1-6.2).
 
 A cell opens one :class:`StageClock` (:func:`cell_clock`); code anywhere below marks its stages with
 ``with stage("load"):`` or the :func:`timed` decorator (``extract``, ``knn``, ``linear``, ``monitor``, ...). Only

@@ -1,4 +1,4 @@
-"""Content hashes of a dataset's splits, for a cell's fingerprint (protocols.md §7.2, group ``data``).
+"""Content hashes of a dataset's splits, for a cell's fingerprint (``docs/protocols.md`` §5, group ``data``).
 
 - an in-memory split (:class:`ImageSet`): sha256 over its shape, its uint8 image bytes and its int64 labels;
 - a folder split (:class:`FolderSet`): sha256 of the sorted ``(relative path, size, sha256 of the file)`` list.

@@ -35,7 +35,7 @@ class FinetuneConfig(ConfigModel):
     """Fine-tuning hyper-parameters.
 
     Defaults: 20 epochs, batch 256, backbone lr 0.005 and no weight decay as in CorInfoMax's semi-supervised
-    protocol (specs/corinfomax.md §4.2); head lr 0.5 is our choice for a cosine (not step) schedule.
+    protocol (``docs/corinfomax.md`` §4.2); head lr 0.5 is our choice for a cosine (not step) schedule.
     """
 
     epochs: int = Field(20, ge=1)

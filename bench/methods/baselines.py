@@ -1,4 +1,4 @@
-"""The baselines every table compares against (``protocols.md`` §9 item 4): methods that learn nothing.
+"""The baselines every table compares against (``docs/protocols.md`` §3): methods that learn nothing.
 
 - ``random_init``: the backbone as initialised for the cell's seed, evaluated frozen in eval mode (batch norm at its
   initial statistics), one cell per seed;

@@ -18,8 +18,8 @@ which the feature standardisation of the probe reproduces on fixed features; fin
 Ambiguities resolved:
 - target: normalised pixels (``norm_pix_loss=true``), the setting of the released models and Table 3; the code's
   default is raw pixels: ``norm_pix_loss=false``.
-- decoder: 512-d, 8 blocks, 16 heads (the paper's); for 32 px images solo-learn keeps it, the spec's CPU test-bed
-  uses a 64-d, 1-2 block decoder.
+- decoder: 512-d, 8 blocks, 16 heads (the paper's); for 32 px images solo-learn keeps it, the CPU test-bed
+  (``docs/vit.md`` §5) uses a 64-d, 2-block decoder.
 - masking noise: drawn from a generator seeded by the run and the step for the whole global batch (every rank takes
   its share), not the global RNG, so a distributed step masks exactly as one process does.
 - encoder initialisation: the backbone's (timm's, or MoCo v3's); the MAE code applies xavier-uniform to every Linear.

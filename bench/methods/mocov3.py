@@ -1,6 +1,6 @@
 """MoCo v3: Chen, Xie & He, "An Empirical Study of Training Self-Supervised Vision Transformers",
-ICCV 2021. The lecture spec does not cover v3; the source is the paper (Algorithm 1, Sec. 4) and the
-official code, facebookresearch/moco-v3 (moco/builder.py, main_moco.py).
+ICCV 2021. The sources are the paper (Algorithm 1, Sec. 4) and the official code, facebookresearch/moco-v3
+(moco/builder.py, main_moco.py).
 
 MoCo without a queue: the query encoder (backbone, projector, predictor) and a momentum key encoder
 (backbone and projector, no predictor) embed both crops; each query is contrasted with the keys of

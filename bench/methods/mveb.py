@@ -18,8 +18,8 @@ Ambiguities resolved:
 - entropy of view 2 under a momentum target: applied to the online embedding of view 2, every crop
   (local ones included) with its own batch as the sample set, averaged over crops, as in the code.
 - bandwidth Delta: the official rule, the (M^2 // 2)-th largest of the M x M cosine distances
-  1 - z_i^T z_j with the zero diagonal included (the upper middle value for an even count; the spec
-  calls it the lower median), clamped below: ``min_bandwidth``.
+  1 - z_i^T z_j with the zero diagonal included (the upper middle value for an even count, not the
+  lower median; ``docs/mveb.md`` §3), clamped below: ``min_bandwidth``.
 - Stein ridge: 0.01, from the official code only: ``eta``.
 - learning rate: the paper's 0.4 x batch / 256; the official config uses 0.3: ``optimizer.lr=0.3``.
 - LARS: biases and norm parameters are left out of both the adaptation and the weight decay (code);

@@ -11,7 +11,7 @@ the pre-training split are computed once and cached on disk (bench.representatio
 kept as read-only memory maps on the CPU and the batch's rows are gathered and copied to the device
 at each step.
 
-Code reading (``reading: code``, the authors' ``self_supervised_module.py``; spec section 8), all at once:
+Code reading (``reading: code``, the authors' ``self_supervised_module.py``; ``docs/mvmr.md`` §3), all at once:
 - L3 sign: the paper's Eq. 11 adds beta_k (1 - dCor) (maximise dependence); the code adds + dCor for the
   hand-crafted representations: ``l3_mode=minimize``.
 - R^2 vs R: the paper's Eq. 5 (squared dCor); the code's square root: ``dcor_squared=false``.
@@ -19,7 +19,7 @@ Code reading (``reading: code``, the authors' ``self_supervised_module.py``; spe
 - variance: eps 1e-4 inside the sqrt of the unbiased variance (Eq. 7-8); the code's ``z.std(dim=0)`` has
   none: ``eps=0``.
 
-Ambiguities resolved (spec section 8), the same in both readings:
+Ambiguities resolved (``docs/mvmr.md`` §3), the same in both readings:
 - distances: d^2 clamped at 1e-4 before the sqrt as in the code (``dcor_eps``), in fp32; no /32 scaling.
 - batch statistics: per process, as in the code (no all-gather); over the batch gathered from all
   processes (the one-process loss of the global batch): ``dcor_global=true``.

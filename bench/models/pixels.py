@@ -1,6 +1,6 @@
 """The raw-pixel "backbone": the normalised pixels themselves as features, the baseline of no learning at all.
 
-Images larger than ``size`` are average-pooled to ``size`` x ``size`` first (``protocols.md`` §9: 32 px for images
+Images larger than ``size`` are average-pooled to ``size`` x ``size`` first (``docs/protocols.md`` §3.2: 32 px for images
 over 64 px, so a 224 px image gives 3072 features, not 150528); smaller ones keep every pixel.
 """
 

@@ -1,4 +1,4 @@
-"""What a suite will cost, from the cells that already ran (``run --dry-run``; protocols.md §8.3 steps 1-3 and 5).
+"""What a suite will cost, from the cells that already ran (``run --dry-run``; ``docs/protocols.md`` §6.3).
 
 Cells are grouped by cost signature: method, backbone config, dataset config (its images and their size),
 batch size, precision, GPUs per cell and device model. For each complete cell ``i`` of a signature, read from

@@ -1,4 +1,4 @@
-"""The protocol record of a number (spec protocols.md section 6), published or ours, and how two records compare.
+"""The protocol record of a number (``docs/protocols.md`` §4), published or ours, and how two records compare.
 
 A record says how a top-1 (or top-5) accuracy was measured: the evaluation set and split, what was pre-trained on
 what, at which resolution, with which backbone, epochs, batch and views, by which probe (kNN k and T, linear on
@@ -133,7 +133,7 @@ class ProtocolRecord(BaseModel):
         return value.value if isinstance(value, StrEnum) else value
 
 
-#: the fields that must be equal for a published number to be comparable (spec 6.2, plus the method reading)
+#: the fields that must be equal for a published number to be comparable (``docs/protocols.md`` §4.2)
 MUST_MATCH = ("dataset", "pretrain.dataset", "pretrain.split", "eval_split", "backbone.name", "backbone.variant", "epochs",
               "batch_size", "views", "resolution.pretrain", "resolution.eval", "resolution.eval_resize", "probe.type",
               "probe.k", "probe.t", "labels.fraction", "labels.subset", "reading")

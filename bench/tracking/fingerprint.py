@@ -1,4 +1,4 @@
-"""A cell's reproducibility fingerprint (protocols.md §7.2): the code, packages, hardware, settings and data it ran on.
+"""A cell's reproducibility fingerprint (``docs/protocols.md`` §5): the code, packages, hardware, settings and data it ran on.
 
 The record, written as ``fingerprint.json`` in the run directory (and on the MLflow run, with ``diff.patch`` when
 the code was dirty) and kept in ``report.json`` under ``fingerprint``, has five groups of flat fields:

@@ -1,4 +1,4 @@
-"""detectron2 backend of detection transfer, following MoCo's protocol (specs/anchors-others.md §C): weights and config.
+"""detectron2 backend of detection transfer, following MoCo's protocol (``docs/protocols.md`` §7): weights and config.
 
 Three steps: convert a pre-trained ResNet-50 backbone (``model.pt``) to a detectron2 weight pickle (here),
 write the detectron2 config of one protocol (R50-C4 or R50-FPN on COCO, R50-C4 on VOC07+12; here), and train
@@ -27,11 +27,11 @@ from bench.transfer.source import read_pretrained
 
 Protocol = Literal["coco_r50_c4_1x", "coco_r50_c4_2x", "coco_r50_fpn_1x", "coco_r50_fpn_2x", "voc_r50_c4_24k"]
 
-#: the ROI head MoCo registers for C4: detectron2's Res5ROIHeads plus a norm layer after res5 (§C.2)
+#: the ROI head MoCo registers for C4: detectron2's Res5ROIHeads plus a norm layer after res5 (``docs/protocols.md`` §7.1)
 EXTRA_NORM_HEAD = "Res5ROIHeadsExtraNorm"
 #: prefix of the dataset names this module registers in detectron2's DatasetCatalog
 DATASET_PREFIX = "ssl_bench_"
-#: Pascal VOC sets of MoCo's VOC protocol (§C.2), the two training sets first:
+#: Pascal VOC sets of MoCo's VOC protocol (``docs/protocols.md`` §7.1), the two training sets first:
 #: dataset name -> (devkit folder, image-set split, year)
 VOC_SETS = {
     "ssl_bench_voc_2007_trainval": ("VOC2007", "trainval", 2007),
@@ -47,7 +47,7 @@ _BLOCK_LAYERS = {"bn1": "conv1.norm", "bn2": "conv2.norm", "bn3": "conv3.norm",
 
 
 def detectron2_name(name: str) -> str:
-    """detectron2's name of a torchvision ResNet trunk tensor (§C.1's renaming).
+    """detectron2's name of a torchvision ResNet trunk tensor (``docs/protocols.md`` §7.1).
 
     ``conv1.weight`` -> ``stem.conv1.weight``, ``bn1.*`` -> ``stem.conv1.norm.*``,
     ``layer1.0.bn2.*`` -> ``res2.0.conv2.norm.*``, ``layer1.0.downsample.0/1.*`` -> ``res2.0.shortcut[.norm].*``.
@@ -84,7 +84,7 @@ def convert_checkpoint(src: Path, dst: Path) -> dict[str, Any]:
     """Convert the backbone of an ssl-bench ``model.pt`` into a detectron2 weight pickle at ``dst`` and return it.
 
     The backbone is the network ``model.pt`` stores under "backbone" (the online / student network of
-    methods with two). Tensor names are renamed as MoCo's convert-pretrain-to-detectron2.py does (§C.1);
+    methods with two). Tensor names are renamed as MoCo's convert-pretrain-to-detectron2.py does (``docs/protocols.md`` §7.1);
     the classifier, projector and predictor heads and BN batch counters are left out. The pickle is
     ``{"model": {name: numpy array}, "__author__": "ssl-bench", "matching_heuristics": True}``:
     detectron2's DetectionCheckpointer reads it because the file ends in ``.pkl`` and carries
@@ -122,8 +122,8 @@ class _Schedule:
 
 
 # COCO: 1x = 90k iterations, steps 60k/80k; 2x = 180k, steps 120k/160k; train sizes 640..800 step 32; warm-up
-# left at detectron2's default 1000 (§C.2: coco_R_50_C4_2x.yaml and its 1x note; detectron2 Base-RCNN-C4/FPN.yaml).
-# VOC: 24k iterations, steps 18k/22k, warm-up 100, train sizes 480..800 step 32 (§C.2: pascal_voc_R_50_C4_24k.yaml).
+# left at detectron2's default 1000 (docs/protocols.md §7.1: coco_R_50_C4_2x.yaml and its 1x note; detectron2 Base-RCNN-C4/FPN.yaml).
+# VOC: 24k iterations, steps 18k/22k, warm-up 100, train sizes 480..800 step 32 (docs/protocols.md §7.1: pascal_voc_R_50_C4_24k.yaml).
 _COCO_SIZES = tuple(range(640, 801, 32))
 _PROTOCOLS: dict[str, _Schedule] = {
     "coco_r50_c4_1x": _Schedule("c4", "coco", 90_000, (60_000, 80_000), 1000, _COCO_SIZES),
@@ -132,11 +132,11 @@ _PROTOCOLS: dict[str, _Schedule] = {
     "coco_r50_fpn_2x": _Schedule("fpn", "coco", 180_000, (120_000, 160_000), 1000, _COCO_SIZES),
     "voc_r50_c4_24k": _Schedule("c4", "voc", 24_000, (18_000, 22_000), 100, tuple(range(480, 801, 32))),
 }
-_BASE_BATCH, _BASE_LR = 16, 0.02  # §C.2 Base-RCNN-C4-BN.yaml: SOLVER.IMS_PER_BATCH 16, BASE_LR 0.02
+_BASE_BATCH, _BASE_LR = 16, 0.02  # docs/protocols.md §7.1, Base-RCNN-C4-BN.yaml: SOLVER.IMS_PER_BATCH 16, BASE_LR 0.02
 
 
 def _c4_model() -> dict[str, Any]:
-    """MoCo's Base-RCNN-C4-BN.yaml (§C.2; corinfomax.md §4.4 uses the same)."""
+    """MoCo's Base-RCNN-C4-BN.yaml (``docs/protocols.md`` §7.1; ``docs/corinfomax.md`` §4.3 uses the same)."""
     return {
         "BACKBONE": {"NAME": "build_resnet_backbone", "FREEZE_AT": 0},  # nothing frozen
         # MoCo's config uses naiveSyncBN, commenting that "SyncBN seems to cause larger variance"
@@ -149,7 +149,7 @@ def _c4_model() -> dict[str, Any]:
 def _fpn_model() -> dict[str, Any]:
     """R50-FPN as in detectron2's Base-RCNN-FPN.yaml with SyncBN in the backbone, FPN and heads.
 
-    mveb.md §4.4: Mask R-CNN R50-FPN with MoCo's hyper-parameters, "SyncBN in the backbone and FPN"; MoCo
+    ``docs/mveb.md`` §4.3: Mask R-CNN R50-FPN with MoCo's hyper-parameters, "SyncBN in the backbone and FPN"; MoCo
     also puts BN in the newly initialised layers. The normalised heads (4 conv + 1 fc box head, normalised
     mask head) are detectron2's configs/Misc/mask_rcnn_R_50_FPN_3x_syncbn.yaml.
     """
@@ -189,7 +189,7 @@ class Detectron2Config(ConfigModel):
 
 
 def protocol_sizes(protocol: Protocol) -> Sizes:
-    """The training sizes, longer-side cap and test size of ``protocol`` (test 800, cap 1333 for all, §C.2)."""
+    """The training sizes, longer-side cap and test size of ``protocol`` (test 800, cap 1333 for all, ``docs/protocols.md`` §7.1)."""
     return Sizes(_PROTOCOLS[protocol].min_size_train, 1333, 800)
 
 
@@ -246,7 +246,7 @@ def detection_config(options: Detectron2Config, weights: Path, *, output_dir: Pa
         train, test = list(VOC_SETS)[:2], list(VOC_SETS)[2:]
     else:
         train, test = [f"{DATASET_PREFIX}coco_{train_split}"], [f"{DATASET_PREFIX}coco_{val_split}"]
-    model["RESNETS"].update({"DEPTH": 50, "STRIDE_IN_1X1": False})  # torchvision puts the stride in the 3x3 (§C.2 *_moco.yaml)
+    model["RESNETS"].update({"DEPTH": 50, "STRIDE_IN_1X1": False})  # torchvision puts the stride in the 3x3 (docs/protocols.md §7.1, *_moco.yaml)
     model["ROI_HEADS"].update({"NUM_CLASSES": 20 if sched.data == "voc" else num_classes, "BATCH_SIZE_PER_IMAGE": options.roi_batch_size})
     if options.proposals is not None:
         model["RPN"]["POST_NMS_TOPK_TEST"] = options.proposals
@@ -256,8 +256,8 @@ def detection_config(options: Detectron2Config, weights: Path, *, output_dir: Pa
             "META_ARCHITECTURE": "GeneralizedRCNN",
             "DEVICE": device,
             "WEIGHTS": str(weights),
-            "MASK_ON": sched.data == "coco",  # Mask R-CNN on COCO, Faster R-CNN on VOC (§C.2)
-            # torchvision RGB statistics on the 0-255 scale (§C.2 coco_R_50_C4_2x_moco.yaml)
+            "MASK_ON": sched.data == "coco",  # Mask R-CNN on COCO, Faster R-CNN on VOC (``docs/protocols.md`` §7.1)
+            # torchvision RGB statistics on the 0-255 scale (docs/protocols.md §7.1, coco_R_50_C4_2x_moco.yaml)
             "PIXEL_MEAN": [123.675, 116.280, 103.530],
             "PIXEL_STD": [58.395, 57.120, 57.375],
             **model,
@@ -267,7 +267,7 @@ def detection_config(options: Detectron2Config, weights: Path, *, output_dir: Pa
         "DATASETS": {"TRAIN": train, "TEST": test},
         "DATALOADER": {"NUM_WORKERS": options.num_workers},
         "SOLVER": _solver(sched, options),
-        # §C.2 Base-RCNN-C4-BN.yaml: precise BN
+        # docs/protocols.md §7.1, Base-RCNN-C4-BN.yaml: precise BN
         "TEST": {"EVAL_PERIOD": options.eval_period, "DETECTIONS_PER_IMAGE": options.detections,
                  "PRECISE_BN": {"ENABLED": options.precise_bn_iterations > 0, "NUM_ITER": max(options.precise_bn_iterations, 1)}},
         "OUTPUT_DIR": str(output_dir),

@@ -277,7 +277,7 @@ def _quiet_preemption() -> Iterator[None]:
 
 
 def _register_extra_norm_head() -> None:
-    """Register MoCo's C4 ROI head (§C.2): detectron2's Res5ROIHeads with a norm layer after res5."""
+    """Register MoCo's C4 ROI head (``docs/protocols.md`` §7.1): detectron2's Res5ROIHeads with a norm layer after res5."""
     from detectron2.layers import get_norm
     from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
 

@@ -1,6 +1,6 @@
 """torchvision backend of detection transfer: Faster / Mask R-CNN with an FPN on a pre-trained ResNet.
 
-Follows MoCo's protocol where torchvision allows (specs/anchors-others.md §C, C.5): every layer trainable
+Follows MoCo's protocol where torchvision allows (``docs/protocols.md`` §7.3): every layer trainable
 with BatchNorm, multi-scale training sizes, horizontal flips, SGD at lr 0.02 for 16 images per batch with
 linear warmup and steps at 2/3 and 8/9 of the schedule. The C4 head (res5 as ROI head) is the detectron2
 backend's; this one builds FPN detectors only.
@@ -48,7 +48,7 @@ REFERENCE_BATCH = 16
 REFERENCE_LR = 0.02
 SCHEDULE_ITERATIONS = {"1x": 90_000, "2x": 180_000}  # at REFERENCE_BATCH images per iteration
 RESULTS = "detection.json"
-PROTOCOL_SIZES = Sizes(tuple(range(640, 801, 32)), 1333, 800)  # MoCo's COCO protocol (§C.2)
+PROTOCOL_SIZES = Sizes(tuple(range(640, 801, 32)), 1333, 800)  # MoCo's COCO protocol (``docs/protocols.md`` §7.1)
 
 
 class DetectionConfig(ConfigModel):
