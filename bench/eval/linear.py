@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field
 from torch import nn
 
 from bench.core.cost import timed
@@ -39,6 +39,11 @@ def positive_grid(values: list[float], what: str) -> list[float]:
     return values
 
 
+#: a probe's learning-rate grid and weight-decay grid, validated as ``positive_grid`` says
+LrGrid = Annotated[list[float], AfterValidator(lambda v: positive_grid(v, "learning rates"))]
+WdGrid = Annotated[list[float], AfterValidator(lambda v: positive_grid(v, "weight decays"))]
+
+
 def scaled_grid(lrs: list[float], weight_decays: list[float], batch: int) -> list[tuple[float, float]]:
     """(lr, weight decay) of every head, each base lr (at batch 256) scaled linearly to ``batch``; lr-major."""
     return [(lr * batch / REFERENCE_BATCH, wd) for lr in lrs for wd in weight_decays]
@@ -51,24 +56,14 @@ class LinearConfig(ConfigModel):
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(256, ge=1)
     optimizer: Literal["sgd", "adam"] = "sgd"
-    lrs: list[float] = Field(default_factory=lambda: [*DINOV2_LRS, *SOLO_LEARN_LRS],
+    lrs: LrGrid = Field(default_factory=lambda: [*DINOV2_LRS, *SOLO_LEARN_LRS],
                              description="peak lrs at batch 256, scaled by the batch used / 256; cosine-decayed to 0")
-    weight_decays: list[float] = Field(default_factory=lambda: [0.0], description="crossed with lrs")
+    weight_decays: WdGrid = Field(default_factory=lambda: [0.0], description="crossed with lrs")
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
     standardize: bool = Field(True, description="standardise features with the fit set's mean and std")
     refit: bool = Field(True, description="train the chosen (lr, wd) again on train + val for the test number; "
                         "false scores the head chosen on val (DINOv2)")
     seed: int = 0
-
-    @field_validator("lrs")
-    @classmethod
-    def _lrs(cls, v: list[float]) -> list[float]:
-        return positive_grid(v, "learning rates")
-
-    @field_validator("weight_decays")
-    @classmethod
-    def _wds(cls, v: list[float]) -> list[float]:
-        return positive_grid(v, "weight decays")
 
     def grid(self, n: int) -> list[tuple[float, float]]:
         """(lr, weight decay) of every head for ``n`` training samples: each lr scaled by the batch used,

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Annotated, Literal
 
 import torch
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field
 from torch import nn
 
 from bench.core.cost import timed
@@ -28,7 +28,7 @@ from bench.errors import ConfigError
 from bench.eval.features import Choice, Features, evaluated
 from bench.eval.heads import HeadRecipe, Optimizer, Schedule, train_heads
 from bench.schema import FROM_YAML, ConfigModel
-from bench.eval.linear import DINOV2_LRS, SOLO_LEARN_LRS, head_accuracy, pick_head, positive_grid, scaled_grid, val_metrics
+from bench.eval.linear import DINOV2_LRS, SOLO_LEARN_LRS, LrGrid, WdGrid, head_accuracy, pick_head, scaled_grid, val_metrics
 
 #: a batch of the train split's uint8 images (B, C, H, W) on the device -> normalised augmented views (B, C, S, S),
 #: all randomness from the generator
@@ -69,22 +69,12 @@ class LinearAugConfig(ConfigModel):
     preset: Literal["solo_imagenet", "lightly_simclr", "mocov3", "mae"] = "lightly_simclr"
     epochs: int | None = Field(None, ge=1, description="null: the preset's")
     batch_size: int | None = Field(None, ge=1, description="null: the preset's (capped at the train split's size)")
-    lrs: list[float] = Field(default_factory=lambda: [*DINOV2_LRS, *SOLO_LEARN_LRS],
+    lrs: LrGrid = Field(default_factory=lambda: [*DINOV2_LRS, *SOLO_LEARN_LRS],
                              description="base lrs at batch 256, scaled by the batch used; [lr] for one literal lr")
-    weight_decays: list[float] = Field(default_factory=lambda: [0.0], description="crossed with lrs")
+    weight_decays: WdGrid = Field(default_factory=lambda: [0.0], description="crossed with lrs")
     batch_norm: bool | None = Field(None, description="BatchNorm1d(affine=False) before the heads (null: the preset's)")
     crop_scale: Annotated[tuple[float, float], FROM_YAML] = Field((0.08, 1.0), description="RandomResizedCrop area range")
     seed: int = 0
-
-    @field_validator("lrs")
-    @classmethod
-    def _lrs(cls, v: list[float]) -> list[float]:
-        return positive_grid(v, "learning rates")
-
-    @field_validator("weight_decays")
-    @classmethod
-    def _wds(cls, v: list[float]) -> list[float]:
-        return positive_grid(v, "weight decays")
 
     def recipe(self) -> HeadRecipe:
         p = PRESETS[self.preset]
