@@ -196,11 +196,10 @@ def cmd_perf(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_list(args: argparse.Namespace, console: Console) -> int:
-    from bench.data.registry import DATASETS, _import_loaders
+    from bench.data.registry import DATASETS
     from bench.methods import all_methods
     from bench.models.backbones import backbone_summaries
 
-    _import_loaders()
     methods = Table("method", "recipe", "optimizer", "presets", title="methods")
     for name, cls in sorted(all_methods().items()):
         methods.add_row(name, cls.recipe, f"{cls.optimizer['name']} lr {cls.optimizer['lr']}", ", ".join(sorted(cls.presets)))

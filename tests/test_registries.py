@@ -1,0 +1,56 @@
+"""Every method class and dataset spec a module under bench/ defines is in its registry's table, so a new file
+cannot be forgotten; an unknown name is a ConfigError that lists the choices."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+
+import pytest
+
+from bench.data.registry import DATASETS, dataset_spec
+from bench.data.spec import DatasetSpec
+from bench.errors import ConfigError
+from bench.methods.base import Method
+from bench.methods.registry import METHODS, all_methods, baseline_methods, method_class
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _defined(room: str, keep) -> dict[str, list[object]]:
+    """Module -> the public module-level objects of bench/<room>/*.py that ``keep`` selects, defined in that module."""
+    found = {}
+    for path in sorted((BENCH / room).glob("*.py")):
+        module = importlib.import_module(f"bench.{room}.{path.stem}")
+        objects = [obj for name, obj in vars(module).items() if not name.startswith("_") and keep(obj, module)]
+        if objects:
+            found[module.__name__] = objects
+    return found
+
+
+def test_every_method_class_is_registered():
+    classes = _defined("methods", lambda obj, module: inspect.isclass(obj) and issubclass(obj, Method) and obj is not Method
+                       and obj.__module__ == module.__name__)
+    missing = [f"{module}.{cls.__name__}" for module, found in classes.items() for cls in found if cls not in METHODS.values()]
+    assert missing == [], "add these to METHODS in bench/methods/registry.py"
+    assert sum(map(len, classes.values())) == len(METHODS) == 19
+    assert all(METHODS[cls.name] is cls for cls in METHODS.values())
+    assert set(all_methods()) | set(baseline_methods()) == set(METHODS)
+    assert sorted(baseline_methods()) == ["random_init", "raw_pixels"]
+
+
+def test_every_dataset_spec_is_registered():
+    specs = _defined("data", lambda obj, module: isinstance(obj, DatasetSpec))
+    missing = [f"{module}: {spec.name}" for module, found in specs.items() for spec in found if spec not in DATASETS.values()]
+    assert missing == [], "add these to DATASETS in bench/data/registry.py"
+    assert sorted(DATASETS) == ["cifar10", "cifar100", "cifar20", "digits", "fashion_mnist", "imagefolder", "mnist", "shapes",
+                                "stl10"]
+    assert all(DATASETS[spec.name] is spec for spec in DATASETS.values())
+
+
+def test_unknown_names_list_the_choices():
+    with pytest.raises(ConfigError, match=r"unknown method 'simclrr'; choose one of: barlow_twins, byol, .*wmse$"):
+        method_class("simclrr")
+    with pytest.raises(ConfigError, match=r"unknown dataset 'cifar'; choose one of: cifar10, cifar100, cifar20, digits, "):
+        dataset_spec("cifar")
