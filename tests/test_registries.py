@@ -1,4 +1,4 @@
-"""Every method class and dataset spec a module under bench/ defines is in its registry's table, so a new file
+"""Every method class, dataset spec and representation a module under bench/ defines is in its registry's table, so a new file
 cannot be forgotten; an unknown name is a ConfigError that lists the choices."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
@@ -13,7 +14,10 @@ from bench.data.registry import DATASETS, dataset_spec
 from bench.data.spec import DatasetSpec
 from bench.errors import ConfigError
 from bench.methods.base import Method
+from bench.methods.mvmr import RepName
 from bench.methods.registry import METHODS, all_methods, baseline_methods, method_class
+from bench.representations import AUGMENTED, REPRESENTATIONS
+from bench.representations.features import AugmentedParams, RepParams
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -47,6 +51,16 @@ def test_every_dataset_spec_is_registered():
     assert sorted(DATASETS) == ["cifar10", "cifar100", "cifar20", "digits", "fashion_mnist", "imagefolder", "mnist", "shapes",
                                 "stl10"]
     assert all(DATASETS[spec.name] is spec for spec in DATASETS.values())
+
+
+def test_every_representation_is_registered():
+    params = _defined("representations", lambda obj, module: inspect.isclass(obj) and issubclass(obj, RepParams)
+                      and obj.__module__ == module.__name__ and obj not in (RepParams, AugmentedParams))
+    registered = {rep.Params for rep in REPRESENTATIONS.values()}
+    missing = [f"{module}.{cls.__name__}" for module, found in params.items() for cls in found if cls not in registered]
+    assert missing == [], "add these to REPRESENTATIONS in bench/representations/registry.py"
+    assert set(get_args(RepName)) == {*REPRESENTATIONS, AUGMENTED}
+    assert all(REPRESENTATIONS[rep.name] is rep for rep in REPRESENTATIONS.values())
 
 
 def test_unknown_names_list_the_choices():
