@@ -1,5 +1,6 @@
-"""Every method class, dataset spec and representation a module under bench/ defines is in its registry's table, so a new file
-cannot be forgotten; an unknown name is a ConfigError that lists the choices."""
+"""Every method class, dataset spec and representation a module under bench/ defines is in its registry's table, so a new
+file cannot be forgotten; the backbone, probe and launcher names are read from their one table; an unknown method or
+dataset is a ConfigError that lists the choices."""
 
 from __future__ import annotations
 
@@ -13,11 +14,17 @@ import pytest
 from bench.data.registry import DATASETS, dataset_spec
 from bench.data.spec import DatasetSpec
 from bench.errors import ConfigError
+from bench.eval.linear import LinearConfig
+from bench.eval.linear_aug import LinearAugConfig
+from bench.eval.logreg import LogRegConfig
+from bench.eval.probes import PROBE_NAMES, PROBES, ProbeConfig
 from bench.methods.base import Method
 from bench.methods.mvmr import RepName
 from bench.methods.registry import METHODS, all_methods, baseline_methods, method_class
+from bench.models.backbones import BACKBONES, CONVNEXT_NAMES, RESNET_NAMES, VIT_NAMES, BackboneConfig
 from bench.representations import AUGMENTED, REPRESENTATIONS
 from bench.representations.features import AugmentedParams, RepParams
+from bench.suite.infra import LAUNCHERS, LauncherConfig
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -61,6 +68,16 @@ def test_every_representation_is_registered():
     assert missing == [], "add these to REPRESENTATIONS in bench/representations/registry.py"
     assert set(get_args(RepName)) == {*REPRESENTATIONS, AUGMENTED}
     assert all(REPRESENTATIONS[rep.name] is rep for rep in REPRESENTATIONS.values())
+
+
+def test_backbone_probe_and_launcher_names_come_from_one_table():
+    families = [RESNET_NAMES, ("small_cnn",), VIT_NAMES, CONVNEXT_NAMES]  # build_backbone's families
+    assert [name for family in families for name in family] == list(BACKBONES)
+    assert BackboneConfig.model_json_schema()["properties"]["name"]["enum"] == list(BACKBONES)
+    assert list(PROBES) == [LogRegConfig, LinearConfig, LinearAugConfig]
+    assert PROBE_NAMES == ("logreg", "linear", "linear_aug")
+    assert get_args(get_args(ProbeConfig)[0]) == (LogRegConfig, LinearConfig, LinearAugConfig)
+    assert LauncherConfig.model_json_schema()["properties"]["name"]["enum"] == list(LAUNCHERS) == ["local", "slurm", "print"]
 
 
 def test_unknown_names_list_the_choices():
