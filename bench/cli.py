@@ -196,16 +196,15 @@ def cmd_perf(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_list(args: argparse.Namespace, console: Console) -> int:
-    from bench.data.registry import DATASETS, _import_loaders
+    from bench.data.registry import DATASETS
     from bench.methods import all_methods
-    from bench.models.backbones import backbone_summaries
+    from bench.models.backbones import BACKBONES
 
-    _import_loaders()
     methods = Table("method", "recipe", "optimizer", "presets", title="methods")
     for name, cls in sorted(all_methods().items()):
         methods.add_row(name, cls.recipe, f"{cls.optimizer['name']} lr {cls.optimizer['lr']}", ", ".join(sorted(cls.presets)))
     backbones = Table("backbone", "summary", title="backbones")
-    for name, summary in backbone_summaries().items():
+    for name, summary in BACKBONES.items():
         backbones.add_row(name, summary)
     datasets = Table("dataset", "needs root", "summary", title="datasets")
     for name, spec in sorted(DATASETS.items()):
@@ -239,6 +238,8 @@ def _as_run_options(p: argparse.ArgumentParser) -> None:
 
 def _run_parsers(sub: argparse._SubParsersAction) -> None:
     """``train`` (one run) and the suite commands that queue, run and watch cells."""
+    from bench.suite.infra import LAUNCHERS
+
     p = sub.add_parser("train", help="pre-train and evaluate one method on one dataset")
     p.add_argument("--method", help="method name (see `ssl-bench list`)")
     p.add_argument("--dataset", help="dataset name (see `ssl-bench list`)")
@@ -253,7 +254,7 @@ def _run_parsers(sub: argparse._SubParsersAction) -> None:
     for name, text, search in (("run", "queue a suite's cells and start workers", False),
                                ("search", "run a suite's hyper-parameter search (its `search` block)", True)):
         p = _suite_parser(sub, name, text)
-        p.add_argument("--launcher", choices=["local", "slurm", "print"], help="default: the suite's launcher.name")
+        p.add_argument("--launcher", choices=LAUNCHERS, help="default: the suite's launcher.name")
         p.add_argument("--workers", type=int, help="workers to start (default: one per GPU, else the suite's)")
         p.add_argument("--storage", help="Optuna storage URL (default: the suite's, else sqlite:///results/optuna.db)")
         p.add_argument("--dry-run", action="store_true", help="show the cells and their estimated cost without queueing anything")

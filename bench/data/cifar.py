@@ -12,7 +12,7 @@ import torch
 
 from bench.data.base import ImageSet
 from bench.data.disk import check_pretrain_split, dataset_dir, memory_split
-from bench.data.registry import DatasetConfig, DatasetSplits, register_dataset
+from bench.data.spec import DatasetConfig, DatasetSpec, DatasetSplits
 from bench.errors import DataError
 
 IMAGE_BYTES = 3 * 32 * 32
@@ -132,22 +132,27 @@ def _load(
     return DatasetSplits(pretrain=train, train=train, test=split(test_images, test_labels, "test"))
 
 
-@register_dataset("cifar10", needs_root=True, summary="CIFAR-10: 50k train / 10k test 32x32 RGB images, 10 classes",
-                  channels=3, size=32, check=partial(_directory, name="cifar10", files=CIFAR10_FILES))
 def load_cifar10(cfg: DatasetConfig) -> DatasetSplits:
     """CIFAR-10 from ``cifar-10-batches-py/``."""
     return _load(cfg, "cifar10", CIFAR10_FILES, b"labels", b"label_names", CIFAR10_STATS)
 
 
-@register_dataset("cifar100", needs_root=True, summary="CIFAR-100: 50k train / 10k test 32x32 RGB images, 100 classes",
-                  channels=3, size=32, check=partial(_directory, name="cifar100", files=CIFAR100_FILES))
 def load_cifar100(cfg: DatasetConfig) -> DatasetSplits:
     """CIFAR-100 (fine labels) from ``cifar-100-python/``."""
     return _load(cfg, "cifar100", CIFAR100_FILES, b"fine_labels", b"fine_label_names", CIFAR100_STATS)
 
 
-@register_dataset("cifar20", needs_root=True, summary="CIFAR-100 with its 20 coarse superclasses as labels",
-                  channels=3, size=32, check=partial(_directory, name="cifar20", files=CIFAR100_FILES))
 def load_cifar20(cfg: DatasetConfig) -> DatasetSplits:
     """CIFAR-100 images labelled with the 20 superclasses, from ``cifar-100-python/``."""
     return _load(cfg, "cifar20", CIFAR100_FILES, b"coarse_labels", b"coarse_label_names", CIFAR100_STATS)
+
+
+CIFAR10_DATASET = DatasetSpec("cifar10", load_cifar10, needs_root=True, channels=3, size=32,
+                              summary="CIFAR-10: 50k train / 10k test 32x32 RGB images, 10 classes",
+                              check=partial(_directory, name="cifar10", files=CIFAR10_FILES))
+CIFAR100_DATASET = DatasetSpec("cifar100", load_cifar100, needs_root=True, channels=3, size=32,
+                               summary="CIFAR-100: 50k train / 10k test 32x32 RGB images, 100 classes",
+                               check=partial(_directory, name="cifar100", files=CIFAR100_FILES))
+CIFAR20_DATASET = DatasetSpec("cifar20", load_cifar20, needs_root=True, channels=3, size=32,
+                              summary="CIFAR-100 with its 20 coarse superclasses as labels",
+                              check=partial(_directory, name="cifar20", files=CIFAR100_FILES))

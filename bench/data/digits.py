@@ -5,14 +5,12 @@ from __future__ import annotations
 import torch
 
 from bench.data.base import ImageSet, channel_stats, resize_images
-from bench.data.registry import DatasetConfig, DatasetSplits, register_dataset
+from bench.data.spec import DatasetConfig, DatasetSpec, DatasetSplits
 
 TEST_FRACTION = 0.2
 SIZE = 32
 
 
-@register_dataset("digits", needs_root=False, summary="scikit-learn's 1797 8x8 digits, upsampled to 32 px (no download)",
-                  channels=1, size=SIZE)
 def load_digits(cfg: DatasetConfig) -> DatasetSplits:
     from sklearn.datasets import load_digits as sk_digits
 
@@ -29,3 +27,7 @@ def load_digits(cfg: DatasetConfig) -> DatasetSplits:
     train = ImageSet("digits", images[train_idx], labels[train_idx], classes, mean, std)
     test = ImageSet("digits", images[test_idx], labels[test_idx], classes, mean, std)
     return DatasetSplits(pretrain=train, train=train, test=test)
+
+
+DIGITS_DATASET = DatasetSpec("digits", load_digits, needs_root=False, channels=1, size=SIZE,
+                             summary="scikit-learn's 1797 8x8 digits, upsampled to 32 px (no download)")

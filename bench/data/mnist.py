@@ -18,7 +18,7 @@ import torch
 
 from bench.data.base import ImageSet
 from bench.data.disk import check_pretrain_split, memory_split, require_root
-from bench.data.registry import DatasetConfig, DatasetSplits, register_dataset
+from bench.data.spec import DatasetConfig, DatasetSpec, DatasetSplits
 from bench.errors import DataError
 
 TRAIN_IMAGES, TRAIN_LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
@@ -123,15 +123,18 @@ def _load(cfg: DatasetConfig, release: IdxRelease) -> DatasetSplits:
     return DatasetSplits(pretrain=train, train=train, test=split(TEST_IMAGES, TEST_LABELS, "test"))
 
 
-@register_dataset("mnist", needs_root=True, summary="MNIST: 60k train / 10k test 28x28 grey handwritten digits",
-                  channels=1, size=28, check=partial(_paths, release=MNIST))
 def load_mnist(cfg: DatasetConfig) -> DatasetSplits:
     """MNIST from its IDX files."""
     return _load(cfg, MNIST)
 
 
-@register_dataset("fashion_mnist", needs_root=True, summary="Fashion-MNIST: 60k train / 10k test 28x28 grey clothing images",
-                  channels=1, size=28, check=partial(_paths, release=FASHION_MNIST))
 def load_fashion_mnist(cfg: DatasetConfig) -> DatasetSplits:
     """Fashion-MNIST from its IDX files."""
     return _load(cfg, FASHION_MNIST)
+
+
+MNIST_DATASET = DatasetSpec("mnist", load_mnist, needs_root=True, channels=1, size=28, check=partial(_paths, release=MNIST),
+                            summary="MNIST: 60k train / 10k test 28x28 grey handwritten digits")
+FASHION_MNIST_DATASET = DatasetSpec("fashion_mnist", load_fashion_mnist, needs_root=True, channels=1, size=28,
+                                    check=partial(_paths, release=FASHION_MNIST),
+                                    summary="Fashion-MNIST: 60k train / 10k test 28x28 grey clothing images")

@@ -1,100 +1,39 @@
-"""Dataset registry: a name maps to a loader that returns the splits of a dataset.
+"""Dataset registry: every dataset's name -> its :class:`DatasetSpec` (the loader and what it needs), in one table.
 
 Every loader takes a :class:`DatasetConfig` and returns :class:`DatasetSplits`. Small sets are
 :class:`ImageSet` (one uint8 tensor); large image folders are :class:`FolderSet` (streamed). ``load_dataset``
 then holds out the validation split (``dataset.val``) of every dataset in one place, unless the loader
-returned an official one. A loader that reads files registers the check it starts with (the files it needs
-exist), which the preflight runs without loading.
+returned an official one. A loader that reads files declares the check it starts with (the files it needs
+exist), which the preflight runs without loading. A new loader module declares its ``DatasetSpec`` and adds it
+to ``DATASETS`` here (``tests/test_registries.py`` fails on one that is missing).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated, Callable, Union
-
 import torch
-from pydantic import Field
 
 from bench.data.balanced import hold_out
-from bench.data.base import ImageSet
-from bench.data.folder_crops import Decode, Interpolation
+from bench.data.cifar import CIFAR10_DATASET, CIFAR20_DATASET, CIFAR100_DATASET
+from bench.data.digits import DIGITS_DATASET
+from bench.data.folder import FolderSet
+from bench.data.imagefolder import IMAGEFOLDER_DATASET
+from bench.data.mnist import FASHION_MNIST_DATASET, MNIST_DATASET
+from bench.data.shapes import SHAPES_DATASET
+from bench.data.spec import DatasetConfig, DatasetSpec, DatasetSplits, Split, ValConfig
+from bench.data.stl10 import STL10_DATASET
 from bench.errors import ConfigError
-from bench.schema import FROM_YAML, ConfigModel, PathField
 
 #: ImageNet-1k (an image folder of 1000 classes) holds out this many per class: 10,000 images, BYOL's count
 IMAGENET_VAL_PER_CLASS = 10
 IMAGENET_CLASSES = 1000
 
-
-class ValConfig(ConfigModel):
-    """The validation split held out of the labelled training split: every selection reads it, never the test split."""
-
-    fraction: float = Field(0.1, gt=0, lt=1, description="class-balanced share of each class (ignored when per_class is set)")
-    per_class: int | None = Field(None, ge=1, description="images per class instead of a fraction (default for a "
-                                  "1000-class image folder, ImageNet-1k: 10 per class = 10,000)")
-    seed: int = Field(0, description="fixed, independent of the cell's seed: every cell sees the same validation split")
-    in_pretrain: bool = Field(True, description="validation images (without labels) stay in the SSL pre-training set, "
-                              "as BYOL's; false removes them (when pre-training on the labelled train split)")
-
-
-class DatasetConfig(ConfigModel):
-    """Which dataset to load and how."""
-
-    name: str = "shapes"
-    root: PathField | None = Field(None, description="directory holding the official files (not needed for digits/shapes)")
-    image_size: int | None = Field(None, ge=8, description="resize images to this size (default: the dataset's own)")
-    pretrain_split: str = Field("train", description="split(s) used for SSL pre-training, e.g. 'train+unlabeled' for STL-10")
-    n_train: int | None = Field(None, ge=10, description="synthetic sets: number of training images")
-    n_test: int | None = Field(None, ge=10, description="synthetic sets: number of test images")
-    seed: int = Field(0, description="synthetic sets: generator seed")
-    classes_file: PathField | None = Field(None, description="imagefolder: text file of class folder names to keep (ImageNet-100)")
-    interpolation: Annotated[Interpolation, FROM_YAML] = Field(
-        Interpolation.bilinear, description="imagefolder: resampling of the training crops and the evaluation resize (antialiased); "
-        "bicubic as DINOv2 / MAE")
-    decode: Annotated[Decode, FROM_YAML] = Field(Decode.auto, description="imagefolder: auto decodes JPEGs with nvJPEG when training on CUDA, "
-                           "cpu always in the DataLoader workers")
-    val: ValConfig = Field(default_factory=ValConfig, description="the validation split held out of the labelled train split")
-
-
-@dataclass
-class DatasetSplits:
-    """pretrain: images for SSL (labels may be -1); train: probe fitting; val: every selection; test: the reported numbers.
-
-    The three labelled splits are disjoint. A loader leaves ``val`` None unless the dataset has an official
-    validation split apart from its test split; ``load_dataset`` holds it out of ``train`` otherwise.
-    """
-
-    pretrain: "Split"
-    train: "Split"
-    test: "Split"
-    val: "Split | None" = None
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    load: Callable[[DatasetConfig], DatasetSplits]
-    needs_root: bool
-    summary: str
-    channels: int  #: image channels
-    size: int  #: image side, unless dataset.image_size resizes the images
-    check: Callable[[DatasetConfig], object] | None  #: raises the DataError or ConfigError ``load`` would for a missing file
-
-
-DATASETS: dict[str, DatasetSpec] = {}
-
-
-def register_dataset(name: str, *, needs_root: bool, summary: str, channels: int, size: int,
-                     check: Callable[[DatasetConfig], object] | None = None):
-    def wrap(fn: Callable[[DatasetConfig], DatasetSplits]):
-        DATASETS[name] = DatasetSpec(name, fn, needs_root, summary, channels, size, check)
-        return fn
-
-    return wrap
+DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
+    CIFAR10_DATASET, CIFAR100_DATASET, CIFAR20_DATASET, DIGITS_DATASET, IMAGEFOLDER_DATASET, MNIST_DATASET,
+    FASHION_MNIST_DATASET, SHAPES_DATASET, STL10_DATASET,
+)}
 
 
 def dataset_spec(name: str) -> DatasetSpec:
-    _import_loaders()
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset '{name}'; choose one of: {', '.join(sorted(DATASETS))}")
     return DATASETS[name]
@@ -131,6 +70,8 @@ def _require_root(spec: DatasetSpec, cfg: DatasetConfig) -> None:
     if spec.needs_root and cfg.root is None:
         raise ConfigError(f"dataset '{cfg.name}' is read from disk: set dataset.root to the folder holding its files, "
                           f"e.g. dataset.root=/data/{cfg.name}")
+
+
 def with_val(splits: DatasetSplits, cfg: ValConfig) -> DatasetSplits:
     """``splits`` with the validation split held out of its labelled training split (see ``ValConfig``).
 
@@ -153,7 +94,7 @@ def with_val(splits: DatasetSplits, cfg: ValConfig) -> DatasetSplits:
     return DatasetSplits(pretrain=pretrain, train=train.subset(kept), test=splits.test, val=train.subset(held))
 
 
-def _without_val(splits: DatasetSplits, kept: torch.Tensor) -> "Split":
+def _without_val(splits: DatasetSplits, kept: torch.Tensor) -> Split:
     """The pre-training split without the validation images (``dataset.val.in_pretrain: false``)."""
     if splits.pretrain is splits.train:
         return splits.train.subset(kept)
@@ -163,13 +104,3 @@ def _without_val(splits: DatasetSplits, kept: torch.Tensor) -> "Split":
                       f"({splits.pretrain.meta.get('split', 'mixed')}) mixes labelled and unlabelled images; pre-train on "
                       "the labelled train split or the unlabelled one only, or set dataset.val.in_pretrain=true")
 
-
-def _import_loaders() -> None:
-    # The loader modules register themselves on import.
-    from bench.data import cifar, digits, folder, mnist, shapes, stl10  # noqa: F401
-
-
-# Imported late so that registry stays import-cycle free.
-from bench.data.folder import FolderSet  # noqa: E402
-
-Split = Union[ImageSet, FolderSet]

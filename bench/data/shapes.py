@@ -14,7 +14,7 @@ import math
 import torch
 
 from bench.data.base import ImageSet, channel_stats, resize_images
-from bench.data.registry import DatasetConfig, DatasetSplits, register_dataset
+from bench.data.spec import DatasetConfig, DatasetSpec, DatasetSplits
 
 CLASSES = ["circle", "ring", "triangle", "square", "star", "cross", "crescent", "half_disk", "ell", "bar"]
 SIZE = 32
@@ -106,8 +106,6 @@ def _render(labels: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return (img.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-@register_dataset("shapes", needs_root=False, summary="10 procedurally generated shape classes, 32 px, any size (no download)",
-                  channels=3, size=SIZE)
 def load_shapes(cfg: DatasetConfig) -> DatasetSplits:
     n_train, n_test = cfg.n_train or 5000, cfg.n_test or 1000
     train_x, train_y = generate(n_train, seed=2 * cfg.seed)
@@ -119,3 +117,7 @@ def load_shapes(cfg: DatasetConfig) -> DatasetSplits:
     train = ImageSet("shapes", train_x, train_y, CLASSES, mean, std, meta)
     test = ImageSet("shapes", test_x, test_y, CLASSES, mean, std, meta)
     return DatasetSplits(pretrain=train, train=train, test=test)
+
+
+SHAPES_DATASET = DatasetSpec("shapes", load_shapes, needs_root=False, channels=3, size=SIZE,
+                             summary="10 procedurally generated shape classes, 32 px, any size (no download)")

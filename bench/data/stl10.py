@@ -14,7 +14,7 @@ import torch
 from bench.data.base import ImageSet
 from bench.data.disk import check_pretrain_split, dataset_dir, memory_split
 from bench.data.folder import IMAGENET_MEAN, IMAGENET_STD
-from bench.data.registry import DatasetConfig, DatasetSplits, register_dataset
+from bench.data.spec import DatasetConfig, DatasetSpec, DatasetSplits
 from bench.errors import DataError
 
 FOLDER = "stl10_binary"
@@ -57,14 +57,6 @@ def _directory(cfg: DatasetConfig) -> Path:
     return dataset_dir(cfg.root, FOLDER, names + (["unlabeled_X.bin"] if "unlabeled" in cfg.pretrain_split else []), _source(cfg))
 
 
-@register_dataset(
-    "stl10",
-    needs_root=True,
-    summary="STL-10: 5k train / 8k test / 100k unlabeled 96x96 RGB images, 10 classes",
-    channels=3,
-    size=SIZE,
-    check=_directory,
-)
 def load_stl10(cfg: DatasetConfig) -> DatasetSplits:
     """STL-10 train and test; pre-training on 'train', 'unlabeled' (labels -1) or 'train+unlabeled'."""
     source = _source(cfg)
@@ -92,3 +84,7 @@ def load_stl10(cfg: DatasetConfig) -> DatasetSplits:
     if cfg.pretrain_split == "train+unlabeled":
         pretrain_x, pretrain_y = torch.cat([train_x, pretrain_x]), torch.cat([train_y, pretrain_y])
     return DatasetSplits(pretrain=split(pretrain_x, pretrain_y, cfg.pretrain_split), train=train, test=test)
+
+
+STL10_DATASET = DatasetSpec("stl10", load_stl10, needs_root=True, channels=3, size=SIZE, check=_directory,
+                            summary="STL-10: 5k train / 8k test / 100k unlabeled 96x96 RGB images, 10 classes")

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Annotated, Union
+from typing import Annotated, Any, Callable, Union
 
 import torch
 from pydantic import Field
@@ -22,9 +22,6 @@ from bench.eval.features import Choice, Features
 from bench.eval.linear import LinearConfig, select_linear
 from bench.eval.linear_aug import LinearAugConfig, select_linear_aug
 from bench.eval.logreg import LogRegConfig, select_logreg
-
-ProbeConfig = Annotated[Union[LogRegConfig, LinearConfig, LinearAugConfig], Field(discriminator="name")]
-PROBE_NAMES = ("logreg", "linear", "linear_aug")
 
 
 @dataclass(frozen=True)
@@ -48,10 +45,28 @@ class ProbeInputs:
 def select_probe(cfg: ProbeConfig, data: ProbeInputs, refit_on: Features | None) -> Choice:
     """The probe's choice on ``data.val``, its classifier refitted on ``refit_on`` where the probe refits
     (``logreg`` always, ``linear`` with ``refit``; None: the classifier fitted on ``data.train``)."""
-    if isinstance(cfg, LogRegConfig):
-        return select_logreg(data.train, data.val, data.num_classes, cfg, refit_on)
-    if isinstance(cfg, LinearConfig):
-        return select_linear(data.train, data.val, data.num_classes, cfg, refit_on if cfg.refit else None)
+    return PROBES[type(cfg)](cfg, data, refit_on)
+
+
+def _logreg(cfg: LogRegConfig, data: ProbeInputs, refit_on: Features | None) -> Choice:
+    return select_logreg(data.train, data.val, data.num_classes, cfg, refit_on)
+
+
+def _linear(cfg: LinearConfig, data: ProbeInputs, refit_on: Features | None) -> Choice:
+    return select_linear(data.train, data.val, data.num_classes, cfg, refit_on if cfg.refit else None)
+
+
+def _linear_aug(cfg: LinearAugConfig, data: ProbeInputs, refit_on: Features | None) -> Choice:
     if data.images is None or data.backbone is None:
         raise ConfigError("eval.probes: linear_aug trains on images through the backbone; it has none here (cached features only)")
     return select_linear_aug(data.backbone, data.images, data.val, data.num_classes, cfg, data.device)
+
+
+#: every probe protocol: its config type (whose ``name`` literal names it in ``eval.probes``) -> its selection
+PROBES: dict[type, Callable[[Any, ProbeInputs, Features | None], Choice]] = {
+    LogRegConfig: _logreg,
+    LinearConfig: _linear,
+    LinearAugConfig: _linear_aug,
+}
+PROBE_NAMES = tuple(cls.model_fields["name"].default for cls in PROBES)
+ProbeConfig = Annotated[Union[tuple(PROBES)], Field(discriminator="name")]

@@ -30,7 +30,6 @@ from pydantic import Field
 from torch import nn
 
 from bench.data.views import Views
-from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.branches import second_branch
 from bench.models.heads import HeadSpec, mlp
@@ -62,7 +61,6 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float) -> tuple
     return loss, {"on_diag": on_diag.detach(), "off_diag": off_diag.detach()}
 
 
-@register_method
 class BarlowTwins(Method):
     name: ClassVar[str] = "barlow_twins"
     Params: ClassVar[type[MethodParams]] = BarlowTwinsParams

@@ -20,7 +20,6 @@ import torch
 from pydantic import Field
 
 from bench.data.views import Views
-from bench.methods import register_method
 from bench.methods.base import Method, MethodParams
 
 
@@ -48,7 +47,6 @@ class RandomInitParams(MethodParams):
     name: Literal["random_init"] = "random_init"
 
 
-@register_method
 class RandomInit(_Untrained):
     name: ClassVar[str] = Baseline.RANDOM_INIT.value
     Params: ClassVar[type[MethodParams]] = RandomInitParams
@@ -60,7 +58,6 @@ class RawPixelsParams(MethodParams):
                                     "(null: every pixel); a suite's baselines set 32 for images over 64 px")
 
 
-@register_method
 class RawPixels(_Untrained):
     """Its params only: the runner builds no model for it and evaluates the pixels themselves (``evaluate_pixels``)."""
 

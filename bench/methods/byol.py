@@ -31,7 +31,6 @@ from torch import nn
 
 from bench.data.views import Views
 from bench.errors import ConfigError
-from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.branches import MOMENTUM_TARGET
 from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
@@ -51,7 +50,6 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return (2 - 2 * F.cosine_similarity(p, z, dim=1)).mean()  # Eq. 2
 
 
-@register_method
 class BYOL(Method):
     name: ClassVar[str] = "byol"
     Params: ClassVar[type[MethodParams]] = BYOLParams

@@ -54,7 +54,6 @@ from pydantic import Field
 from torch import nn
 
 from bench.data.views import Views
-from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.models.heads import HeadSpec, mlp, out_dim
 from bench.core.collectives import gather_with_grad
@@ -134,7 +133,6 @@ def corinfomax_loss(
     return loss, new_state, terms
 
 
-@register_method
 class CorInfoMax(Method):
     name: ClassVar[str] = "corinfomax"
     Params: ClassVar[type[MethodParams]] = CorInfoMaxParams

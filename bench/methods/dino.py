@@ -41,7 +41,6 @@ from pydantic import Field
 from torch import nn
 
 from bench.data.views import Views
-from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.branches import MOMENTUM_TARGET
 from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
@@ -107,7 +106,6 @@ def dino_loss(
     return crop_pair_cross_entropy(p_teacher, log_p_student)  # Eq. 3: sum over x in globals, x' != x of H(P_t, P_s)
 
 
-@register_method
 class DINO(Method):
     name: ClassVar[str] = "dino"
     Params: ClassVar[type[MethodParams]] = DINOParams

@@ -38,7 +38,6 @@ from torch import nn
 
 from bench.data.views import Views
 from bench.errors import ConfigError
-from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.models.vit import ViTBackbone, sincos_2d
 from bench.core.collectives import rank, world_size
@@ -92,7 +91,6 @@ def _xavier_linear(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-@register_method
 class MAE(Method):
     name: ClassVar[str] = "mae"
     Params: ClassVar[type[MethodParams]] = MAEParams

@@ -35,7 +35,6 @@ from pydantic import Field
 from torch import nn
 
 from bench.data.views import Views
-from bench.methods import register_method
 from bench.methods.branches import MOMENTUM_TARGET
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
@@ -71,7 +70,6 @@ def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature
     return F.cross_entropy(logits, targets)  # Eq. 1: -log exp(q.k+/tau) / sum_{i=0}^{K} exp(q.k_i/tau)
 
 
-@register_method
 class MoCoV2(Method):
     name: ClassVar[str] = "mocov2"
     Params: ClassVar[type[MethodParams]] = MoCoV2Params

@@ -36,7 +36,6 @@ from torch import nn
 
 from bench.data.views import Views
 from bench.errors import ConfigError
-from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.branches import MOMENTUM_TARGET
 from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
@@ -71,7 +70,6 @@ def mocov3_loss(
     return _contrastive(q1, k2, temperature) + _contrastive(q2, k1, temperature)  # Alg. 1: ctr(q1,k2) + ctr(q2,k1)
 
 
-@register_method
 class MoCoV3(Method):
     name: ClassVar[str] = "mocov3"
     Params: ClassVar[type[MethodParams]] = MoCoV3Params

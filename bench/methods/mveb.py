@@ -52,7 +52,6 @@ from torch import nn
 
 from bench.data.views import Views
 from bench.eval.diagnostics import uniformity_tensor
-from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.branches import MOMENTUM_TARGET
 from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
@@ -115,7 +114,6 @@ def mveb_loss(
     return loss, (align / views).detach()
 
 
-@register_method
 class MVEB(Method):
     name: ClassVar[str] = "mveb"
     Params: ClassVar[type[MethodParams]] = MVEBParams

@@ -44,7 +44,6 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from bench.data.views import Views
-from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.vicreg import variance_hinge
 from bench.models.heads import HeadSpec, mlp
@@ -186,7 +185,6 @@ def mvmr_loss(
     return loss, logs
 
 
-@register_method
 class MVMR(Method):
     name: ClassVar[str] = "mvmr"
     Params: ClassVar[type[MethodParams]] = MVMRParams

@@ -40,7 +40,6 @@ from torch import nn
 
 from bench.data.views import Views
 from bench.errors import ConfigError
-from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.simsiam import SimSiam, SimSiamParams, simsiam_loss
 from bench.models.heads import HeadSpec, mlp, out_dim
@@ -142,7 +141,6 @@ def reconstructions(
     return decoder(z1, x1.shape[-2:]), decoder(z2, x2.shape[-2:]), x1, x2
 
 
-@register_method
 class SidAE(SimSiam):
     name: ClassVar[str] = "sidae"
     Params: ClassVar[type[MethodParams]] = SidAEParams
@@ -164,7 +162,6 @@ class SidAE(SimSiam):
         return {"loss": loss, **terms}
 
 
-@register_method
 class DAE(Method):
     name: ClassVar[str] = "dae"
     Params: ClassVar[type[MethodParams]] = DAEParams

@@ -34,7 +34,6 @@ from pydantic import Field
 from torch import nn
 
 from bench.data.views import Views
-from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.branches import second_branch
 from bench.models.heads import HeadSpec, mlp
@@ -62,7 +61,6 @@ def simclr_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch
     return F.cross_entropy(logits, positives)  # Eq. 1 for l(i, j), averaged over all 2N anchors
 
 
-@register_method
 class SimCLR(Method):
     name: ClassVar[str] = "simclr"
     Params: ClassVar[type[MethodParams]] = SimCLRParams

@@ -24,7 +24,6 @@ from torch import nn
 
 from bench.data.views import Views
 from bench.errors import ConfigError
-from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.branches import STOP_GRADIENT
 from bench.models.heads import HeadSpec, mlp, out_dim
@@ -49,7 +48,6 @@ def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch
     return 0.5 * d12 + 0.5 * d21  # Eq. 4
 
 
-@register_method
 class SimSiam(Method):
     name: ClassVar[str] = "simsiam"
     Params: ClassVar[type[MethodParams]] = SimSiamParams

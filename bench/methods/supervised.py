@@ -20,7 +20,6 @@ from pydantic import Field
 from torch import nn
 
 from bench.data.views import Views
-from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.models.heads import HeadSpec, mlp, out_dim
 
@@ -37,7 +36,6 @@ def supervised_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, labels, ignore_index=-1, reduction="sum") / labelled
 
 
-@register_method
 class Supervised(Method):
     name: ClassVar[str] = "supervised"
     Params: ClassVar[type[MethodParams]] = SupervisedParams

@@ -35,7 +35,6 @@ from pydantic import Field
 from torch import nn
 
 from bench.data.views import Views
-from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.multicrop import check_global_crops, crop_pair_cross_entropy, multicrop_forward
 from bench.models.heads import HeadSpec, mlp, out_dim
@@ -78,7 +77,6 @@ def swav_loss(scores: torch.Tensor, codes: torch.Tensor, temperature: float) -> 
     return crop_pair_cross_entropy(codes, log_p)  # L = sum_i sum_{v != i} l(z_v, q_i), averaged over pairs
 
 
-@register_method
 class SwAV(Method):
     name: ClassVar[str] = "swav"
     Params: ClassVar[type[MethodParams]] = SwAVParams

@@ -35,7 +35,6 @@ from pydantic import Field
 from torch import nn
 
 from bench.data.views import Views
-from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.methods.branches import second_branch
 from bench.models.heads import HeadSpec, mlp
@@ -92,7 +91,6 @@ def vicreg_loss(
     return loss, terms
 
 
-@register_method
 class VICReg(Method):
     name: ClassVar[str] = "vicreg"
     Params: ClassVar[type[MethodParams]] = VICRegParams

@@ -34,7 +34,6 @@ from torch import nn
 
 from bench.data.views import Views
 from bench.errors import ConfigError
-from bench.methods import register_method
 from bench.methods.base import Method, MethodParams, fp32_loss
 from bench.models.heads import HeadSpec, mlp, out_dim
 
@@ -76,7 +75,6 @@ def wmse_loss(v: torch.Tensor, perm: torch.Tensor, w_size: int, eps: float) -> t
     return torch.cat(dist).mean()  # 2 / (N d (d-1)) sum over the positive pairs
 
 
-@register_method
 class WMSE(Method):
     name: ClassVar[str] = "wmse"
     Params: ClassVar[type[MethodParams]] = WMSEParams

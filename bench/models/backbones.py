@@ -25,7 +25,8 @@ from bench.errors import ConfigError
 from bench.models.vit import EVAL_FEATURES, VIT_SIZES, ViTBackbone
 from bench.schema import ConfigModel, PathField
 
-VIT_NAMES = ("vit_tiny", "vit_small", "vit_base", "vit")
+RESNET_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101")
+VIT_NAMES = (*VIT_SIZES, "vit")
 CONVNEXT_NAMES = ("convnext_atto", "convnext_tiny", "convnext_small", "convnext_base")
 #: ViT-only keys (null for other backbones; filled with their defaults for a ViT)
 VIT_FIELDS = ("image_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "pos_embed", "freeze_patch_embed",
@@ -33,21 +34,17 @@ VIT_FIELDS = ("image_size", "patch_size", "embed_dim", "depth", "num_heads", "ml
 #: keys of every timm backbone (ViT and ConvNeXt)
 TIMM_FIELDS = ("drop_path_rate", "checkpoint")
 
-BackboneName = Literal["resnet18", "resnet34", "resnet50", "resnet101", "small_cnn", "vit_tiny", "vit_small", "vit_base", "vit",
-                       "convnext_atto", "convnext_tiny", "convnext_small", "convnext_base"]
-
-
-def backbone_summaries() -> dict[str, str]:
-    """Every backbone name with a one-line description (``ssl-bench list``)."""
-    vits = {name: f"timm ViT: {d}-d, {depth} blocks, {heads} heads; patch_size, pos_embed, pool, eval_features, ..."
-            for name, (d, depth, heads) in VIT_SIZES.items()}
-    return {
-        **{f"resnet{n}": "torchvision ResNet (random init; cifar_stem for 32 px images)" for n in (18, 34, 50, 101)},
-        "small_cnn": "four conv-BN-ReLU blocks (width) for tiny images",
-        **vits,
-        "vit": "timm ViT of any embed_dim, depth and num_heads",
-        **{name: "timm ConvNeXt (random init; drop_path_rate)" for name in CONVNEXT_NAMES},
-    }
+#: every backbone name with a one-line description (``ssl-bench list``); ``BackboneName`` and ``build_backbone`` read
+#: the families above, so a new backbone is a name here and its family's builder
+BACKBONES: dict[str, str] = {
+    **{name: "torchvision ResNet (random init; cifar_stem for 32 px images)" for name in RESNET_NAMES},
+    "small_cnn": "four conv-BN-ReLU blocks (width) for tiny images",
+    **{name: f"timm ViT: {d}-d, {depth} blocks, {heads} heads; patch_size, pos_embed, pool, eval_features, ..."
+       for name, (d, depth, heads) in VIT_SIZES.items()},
+    "vit": "timm ViT of any embed_dim, depth and num_heads",
+    **{name: "timm ConvNeXt (random init; drop_path_rate)" for name in CONVNEXT_NAMES},
+}
+BackboneName = Literal[tuple(BACKBONES)]
 
 
 class BackboneConfig(ConfigModel):
@@ -195,7 +192,7 @@ def load_timm_checkpoint(backbone: ViTBackbone | ConvNeXtBackbone, path: Path) -
 def build_backbone(cfg: BackboneConfig, in_channels: int) -> nn.Module:
     if cfg.name == "small_cnn":
         return SmallCNN(in_channels, cfg.width)
-    if cfg.name.startswith("resnet"):
+    if cfg.name in RESNET_NAMES:
         return ResNetBackbone(cfg.name, in_channels, cfg.cifar_stem, cfg.zero_init_residual)
     if cfg.is_vit and cfg.image_size is None:
         raise ConfigError("backbone.image_size: unset; resolve the run config (it is the first view's crop size) or set it")

@@ -1,9 +1,9 @@
 """Non-learnable representations of clean images for MV-MR's L3 term (Kinakh et al., Entropy 2024).
 
 Each deterministic representation is a pure function of a float batch (B, C, H, W) of clean images
-normalised with the dataset statistics, returning (B, D_k); it is registered by name with typed,
+normalised with the dataset statistics, returning (B, D_k); ``bench.representations.registry`` names it with typed,
 frozen params so that the disk cache (bench.representations.cache) can key on them. The
-``augmented`` representation is random, so it is not registered here but computed per step by
+``augmented`` representation is random, so it is not registered but computed per step by
 :func:`augmented`.
 
 Choices against the official code (github.com/vkinakh/mv-mr):
@@ -86,20 +86,6 @@ class Representation:
     compute: Callable[[torch.Tensor, Any], torch.Tensor]
 
 
-REPRESENTATIONS: dict[str, Representation] = {}
-
-
-def register_representation(name: str, params: type[RepParams]):
-    """Register ``fn(x, params) -> (B, D)`` under ``name``."""
-
-    def wrap(fn: Callable[[torch.Tensor, Any], torch.Tensor]) -> Callable[[torch.Tensor, Any], torch.Tensor]:
-        REPRESENTATIONS[name] = Representation(name, params, fn)
-        return fn
-
-    return wrap
-
-
-@register_representation("raw", RawParams)
 def raw(x: torch.Tensor, params: RawParams) -> torch.Tensor:
     """The flattened image."""
     return x.flatten(1)
@@ -111,7 +97,6 @@ def _scattering(J: int, L: int, height: int, width: int) -> ScatteringTorch2D:
     return ScatteringTorch2D(J=J, shape=(height, width), L=L)
 
 
-@register_representation("scattering", ScatteringParams)
 @torch.no_grad()
 def scattering(x: torch.Tensor, params: ScatteringParams) -> torch.Tensor:
     """2-D scattering transform of each colour channel (order 2), flattened."""
@@ -126,7 +111,6 @@ def _per_channel(x: torch.Tensor, fn: Callable[[np.ndarray], np.ndarray]) -> tor
     return torch.from_numpy(np.stack(rows)).to(x.device, torch.float32)
 
 
-@register_representation("hog", HogParams)
 def hog(x: torch.Tensor, params: HogParams) -> torch.Tensor:
     """scikit-image HOG of each channel with 1x1-cell blocks, concatenated."""
     cell = (params.pixels_per_cell, params.pixels_per_cell)
@@ -148,13 +132,11 @@ def _lbp_histograms(channel: np.ndarray, params: LbpParams) -> np.ndarray:
     return counts / (c * c)
 
 
-@register_representation("lbp", LbpParams)
 def lbp(x: torch.Tensor, params: LbpParams) -> torch.Tensor:
     """Uniform LBP code histograms (P + 2 bins, fractions) over square cells of each channel."""
     return _per_channel(x, lambda c: _lbp_histograms(c, params))
 
 
-@register_representation("lsd", LsdParams)
 def lsd(x: torch.Tensor, params: LsdParams) -> torch.Tensor:
     """Local standard deviation sqrt(box(x^2) - box(x)^2 + 1e-8), flattened."""
     pad = params.window // 2

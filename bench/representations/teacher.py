@@ -24,7 +24,7 @@ from torch import nn
 
 from bench.errors import ConfigError
 from bench.models.backbones import BackboneConfig, build_backbone
-from bench.representations.features import RepParams, register_representation
+from bench.representations.features import RepParams
 from bench.schema import PathField
 
 _CLASSIFIERS = ("fc", "heads", "head", "classifier")
@@ -115,7 +115,6 @@ def _teacher(params: TeacherParams, channels: int, device: torch.device) -> nn.M
     return model.to(device).eval().requires_grad_(False)
 
 
-@register_representation("teacher", TeacherParams)
 @torch.no_grad()
 def teacher(x: torch.Tensor, params: TeacherParams) -> torch.Tensor:
     """The frozen teacher's embedding of the (resized) normalised image, flattened."""

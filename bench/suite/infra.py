@@ -83,10 +83,15 @@ class SlurmConfig(ConfigModel):
     folder: PathField = Field(Path("results/slurm"), description="submitit's logs and pickles")
 
 
+#: how workers can be started (``launcher.name``, ``--launcher``): local processes, a Slurm array, or the printed command;
+#: ``bench.orchestrate.launch.run_suite`` starts each
+LAUNCHERS = ("local", "slurm", "print")
+
+
 class LauncherConfig(ConfigModel):
     """How workers are started."""
 
-    name: Literal["local", "slurm", "print"] = Field("local", description="local processes, a Slurm array, or print the command")
+    name: Literal[LAUNCHERS] = Field("local", description="local processes, a Slurm array, or print the command")
     workers: int | None = Field(None, ge=1, description="number of workers (null: one per gpus_per_cell visible GPUs, else one)")
     gpus_per_cell: int = Field(1, ge=1, description="processes (GPUs on CUDA) that train one cell together with "
                                "torch.distributed; batch_size stays the global batch")
