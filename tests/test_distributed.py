@@ -85,7 +85,7 @@ def one_step(name: str, sync_bn: bool) -> dict:
     out = method(_views(sizes), step=0, total_steps=10)
     out["loss"].backward()
     if is_distributed():
-        average_gradients(method)
+        average_gradients(method.parameters())
     method.on_step_end(0, 10)
     grads = {k: p.grad for k, p in method.named_parameters() if p.grad is not None}
     return {"loss": all_reduce(out["loss"].detach(), "mean"), "grads": grads, "state": method.state_dict()}

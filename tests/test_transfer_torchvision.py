@@ -20,8 +20,9 @@ from bench.errors import ConfigError
 from bench.models.backbones import BackboneConfig, build_backbone
 from bench.train.checkpoint import CHECKPOINT, atomic_save
 from bench.core.signals import Preempted
+from bench.core.torch_state import torch_scope
 from bench.train.engine import MODEL, train
-from bench.transfer.coco import CocoConfig
+from bench.transfer.coco import CocoConfig, load_coco
 from bench.transfer.synthetic import generate_coco_shapes
 from bench.transfer.torchvision_det import RESULTS, DetectionConfig, build_detector, detection_transfer, lr_at
 
@@ -121,6 +122,22 @@ def test_sigterm_then_resume_continues_at_the_checkpointed_iteration(tmp_path):
     other = cfg.model_copy(update={"seed": 1})
     with pytest.raises(ConfigError, match="another config"):
         detection_transfer(other, None, coco, run_dir)
+
+
+def test_a_detection_step_is_the_shared_optimisation_step_and_clips_the_global_gradient_norm(tmp_path):
+    """``detector.grad_clip`` reaches the shared step (bench.train.optim.optimisation_step): one plain SGD step (no
+    momentum history, no weight decay) from the seed's initial detector moves the trained weights by lr * grad_clip
+    (unclipped, about 35 times that)."""
+    coco = _coco(tmp_path, n_train=4, n_val=1)
+    cfg = DetectionConfig(detector="faster_rcnn", arch="resnet18", iterations=1, batch_size=2, warmup_iterations=0,
+                          lr=0.16, momentum=0.0, weight_decay=0.0, fpn_channels=16, grad_clip=0.5, **SMALL)
+    with torch_scope(seed=cfg.seed):  # the detector detection_transfer starts from
+        initial = build_detector(cfg, None, "resnet18", len(load_coco(coco).train.classes))
+    detection_transfer(cfg, None, coco, tmp_path / "run")
+    final = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)["model"]
+    moved = torch.stack([(final[k] - p.detach()).norm() for k, p in initial.named_parameters() if p.requires_grad]).norm()
+    assert lr_at(cfg, 0) == pytest.approx(0.02)
+    assert float(moved) == pytest.approx(0.02 * 0.5, rel=1e-3)
 
 
 PRETRAIN = ["method=simclr", "method.projector=64-32", "dataset=shapes", "dataset.n_train=512", "dataset.n_test=64",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -26,9 +26,9 @@ from bench.core.torch_state import threads_scope
 from bench.errors import ConfigError
 
 
-def average_gradients(module: nn.Module) -> None:
-    """Replace each gradient of ``module`` by its mean over the ranks (one flat all-reduce)."""
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
+def average_gradients(params: Iterable[nn.Parameter]) -> None:
+    """Replace each gradient of ``params`` by its mean over the ranks (one flat all-reduce)."""
+    grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return
     flat = torch.cat([g.flatten() for g in grads])

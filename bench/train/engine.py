@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from bench.config.run import RunConfig, config_id, resolve_run_config
 from bench.core.device import pick_device
@@ -33,10 +32,11 @@ from bench.eval.fractions import class_balanced_subset
 from bench.eval.knn import knn_eval
 from bench.methods import Method, method_class
 from bench.models.backbones import build_backbone
-from bench.train.checkpoint import CHECKPOINT, atomic_save, load_checkpoint, rng_state, set_rng_state
+from bench.train.checkpoint import atomic_save, restore_state, save_state
 from bench.core.collectives import all_reduce, any_rank, gather_with_grad, is_main, rank, world_size
-from bench.train.distributed import average_gradients, convert_sync_batch_norm, rank_share
-from bench.train.optim import build_optimizer, clip_gradients, schedule_groups
+from bench.train.distributed import convert_sync_batch_norm, rank_share
+from bench.train.optim import build_optimizer, optimisation_step, schedule_groups
+from bench.train.progress import progress_bar
 
 MODEL = "model.pt"
 #: the history field of the online kNN monitor (``train.knn_every``): validation 20-NN top-1, what the pruner reads
@@ -110,7 +110,7 @@ def _train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None, conso
         return TrainResult(method, splits, device)
     loop = setup(cfg, run_dir, splits, device)
     start_epoch, start_batch, gen_state = resume(loop)
-    progress = _progress(cfg, console)
+    progress = progress_bar(console, cfg.train.progress)
     loop.method.train()
     with progress, SigtermFlag() as sigterm, stage("train"):
         done = start_epoch * loop.steps_per_epoch + start_batch
@@ -183,15 +183,12 @@ def resume(loop: Loop) -> tuple[int, int, torch.Tensor | None]:
     """Restore the run's checkpoint, if any, into ``loop``: (epoch, batch) to start from and, mid-epoch, this rank's
     view-generator state; (0, 0, None) for a fresh run."""
     cfg, run_dir = loop.cfg, loop.run_dir
-    ckpt = load_checkpoint(run_dir)
+    ckpt = restore_state(run_dir, loop.method, loop.optimizer,
+                         same=lambda ckpt: config_id(resolve_run_config(ckpt["config"])) == config_id(cfg),
+                         mismatch=f"{run_dir} holds a checkpoint of a different config; choose another run directory "
+                                  "or pass --fresh to start over")
     if ckpt is None:
         return 0, 0, None
-    if config_id(resolve_run_config(ckpt["config"])) != config_id(cfg):
-        raise ConfigError(f"{run_dir} holds a checkpoint of a different config; choose another run directory "
-                          "or pass --fresh to start over")
-    loop.method.load_state_dict(ckpt["model"])
-    loop.optimizer.load_state_dict(ckpt["optimizer"])
-    set_rng_state(ckpt["rng"])
     start_epoch, start_batch, gen_state = ckpt["epoch"], ckpt["batch"], None
     loop.result.resumed_from = start_epoch + start_batch / loop.steps_per_epoch
     if start_batch > 0:  # mid-epoch: continue that epoch's stream on every rank
@@ -213,11 +210,9 @@ def save(loop: Loop, epoch: int, batch: int, generator: torch.Generator) -> None
     states = [state.clone() for state in gathered]  # own storage: set_state crashes on a view with an offset
     if not is_main():
         return
-    state = {"model": loop.method.state_dict(), "optimizer": loop.optimizer.state_dict(), "rng": rng_state(),
-             "generator": states[0], "peer_generators": states[1:], "epoch": epoch, "batch": batch,
-             "history": loop.result.history, "seconds": loop.result.seconds,
-             "cost": loop.clock.snapshot() if loop.clock is not None else None, "config": loop.cfg.model_dump(mode="json")}
-    atomic_save(state, loop.run_dir / CHECKPOINT)
+    save_state(loop.run_dir, loop.method, loop.optimizer, position={"epoch": epoch, "batch": batch},
+               seconds=loop.result.seconds, history=loop.result.history, identity={"config": loop.cfg.model_dump(mode="json")},
+               generator=states[0], peer_generators=states[1:], cost=loop.clock.snapshot() if loop.clock is not None else None)
 
 
 def run_epoch(loop: Loop, epoch: int, start_batch: int, gen_state: torch.Tensor | None, sigterm: SigtermFlag,
@@ -265,21 +260,17 @@ def run_epoch(loop: Loop, epoch: int, start_batch: int, gen_state: torch.Tensor 
 
 
 def train_step(loop: Loop, views: Views, step: int) -> dict[str, torch.Tensor]:
-    """One optimisation step on ``views``: schedule, forward (autocast), backward, gradient averaging across ranks,
-    clipping, optimizer step and the method's per-step update. Its outputs stay on the device."""
+    """One optimisation step on ``views``: schedule, forward (autocast), the shared ``optimisation_step`` (backward,
+    gradient averaging across ranks, clipping, optimizer step) and the method's per-step update. Its outputs stay on
+    the device."""
     cfg, method = loop.cfg, loop.method
     schedule_groups(loop.optimizer, cfg.optimizer, cfg.schedule, step, loop.total_steps, loop.steps_per_epoch)
     if loop.device.type == "cuda" and cfg.train.channels_last:
         views.crops = [v.contiguous(memory_format=torch.channels_last) for v in views.crops]
     with autocast(cfg, loop.device):
         out = method(views, step, loop.total_steps)
-    loop.optimizer.zero_grad(set_to_none=True)
-    out["loss"].backward()
-    if loop.world > 1:
-        average_gradients(method)
-    if cfg.train.grad_clip:
-        clip_gradients(method.parameters(), cfg.train.grad_clip, cfg.train.grad_clip_mode)
-    loop.optimizer.step()
+    optimisation_step(out["loss"], loop.optimizer, method.parameters(), clip=cfg.train.grad_clip,
+                      clip_mode=cfg.train.grad_clip_mode, world=loop.world)
     method.on_step_end(step, loop.total_steps)
     return out
 
@@ -321,13 +312,6 @@ def finish(loop: Loop) -> TrainResult:
         loop.result.method = build_method(loop.cfg, loop.splits).to(loop.device)
         loop.result.method.load_state_dict(loop.method.state_dict())
     return loop.result
-
-
-def _progress(cfg: RunConfig, console: Console | None) -> Progress:
-    console = console or Console(stderr=True)
-    show = cfg.train.progress and console.is_terminal and is_main()
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not show, transient=False)
 
 
 def _save_model(method: Method, cfg: RunConfig, history: list[dict], run_dir: Path) -> None:

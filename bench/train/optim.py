@@ -6,13 +6,14 @@ method shapes its groups through ``Method.param_groups`` (bench.models.param_gro
 is given at a reference batch size and scaled by an explicit, logged rule (linear or square root), never
 silently; the batch is the global one, summed over the processes of a distributed run. Each step the
 engine sets every group's lr from the schedule (``schedule_groups``), the weight decay from its cosine
-schedule (DINO) when one is set, and clips the gradients (``clip_gradients``: the global norm, or each
-parameter's own norm as DINO does).
+schedule (DINO) when one is set, and takes one ``optimisation_step``: backward, gradient averaging over the
+ranks, clipping (``clip_gradients``: the global norm, or each parameter's own norm as DINO does) and the update.
+The detection fine-tuning loop (bench/transfer/torchvision_det.py) takes the same step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 import torch
@@ -20,8 +21,11 @@ from torch import nn
 
 from bench.lars import LARS
 from bench.models.param_groups import ParamGroup, default_groups
-from bench.train.schedule import cosine_value, lr_factor
 from bench.config.optim import OptimizerConfig, ScheduleConfig
+from bench.train.distributed import average_gradients
+from bench.train.schedule import cosine_value, lr_factor
+
+ClipMode = Literal["global", "per_param"]
 
 
 def param_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict]:
@@ -64,7 +68,27 @@ def schedule_groups(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, sche
             group["weight_decay"] = cosine_value(cfg.weight_decay, cfg.weight_decay_end, step, total_steps)
 
 
-def clip_gradients(params: Iterable[nn.Parameter], max_norm: float, mode: Literal["global", "per_param"]) -> None:
+def optimisation_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter], *,
+                      clip: float | None, clip_mode: ClipMode, world: int,
+                      before_update: Callable[[], None] | None = None) -> None:
+    """One update of ``params`` from ``loss``: zero the gradients, backward, average them over the ``world`` ranks,
+    clip them to norm ``clip`` (None: no clipping) and step ``optimizer``; nothing is read on the host.
+
+    ``before_update`` runs once the gradients are final, just before the optimizer changes the parameters (the
+    detection loop ends its SIGTERM-abortable region there, bench/transfer/interrupt.py)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = list(params)
+    if world > 1:
+        average_gradients(params)
+    if clip:
+        clip_gradients(params, clip, clip_mode)
+    if before_update is not None:
+        before_update()
+    optimizer.step()
+
+
+def clip_gradients(params: Iterable[nn.Parameter], max_norm: float, mode: ClipMode) -> None:
     """Rescale gradients to norm <= ``max_norm``: all of them together (``global``), or each parameter's own
     gradient (``per_param``, DINO's ``clip_gradients``); no host synchronisation."""
     if mode == "global":

@@ -11,14 +11,13 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 from torchvision import models
 from torchvision.models.detection import FasterRCNN, MaskRCNN
@@ -33,7 +32,9 @@ from bench.core.files import write_json
 from bench.core.torch_state import torch_scope
 from bench.errors import ConfigError, DetectionDiverged
 from bench.schema import ConfigModel
-from bench.train.checkpoint import CHECKPOINT, atomic_save, load_checkpoint, rng_state, set_rng_state
+from bench.train.checkpoint import CHECKPOINT, restore_state, rng_state, save_state
+from bench.train.optim import optimisation_step
+from bench.train.progress import progress_bar
 from bench.core.signals import Preempted
 from bench.transfer.coco import CocoConfig, CocoDetection, CocoSplits, load_coco
 from bench.transfer.evaluate import coco_evaluate, to_coco_results
@@ -76,6 +77,7 @@ class DetectionConfig(ConfigModel):
     roi_batch_size: int = Field(512, ge=1, description="proposals sampled per image for the box (and mask) head loss")
     norm: Literal["bn", "syncbn", "frozen_bn"] = Field("bn", description="backbone norm layers (MoCo: trainable (Sync)BN)")
     trainable_layers: int = Field(5, ge=0, le=5, description="trainable ResNet stages counted from layer4 (5 = all)")
+    grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm (None: no clipping, MoCo's)")
     amp: bool = Field(True, description="bf16 autocast (CUDA only; ignored on CPU)")
     checkpoint_every: int = Field(1000, ge=1, description="write run_dir/checkpoint.pt every N iterations")
     seed: int = 0
@@ -277,69 +279,67 @@ def detection_transfer(cfg: DetectionConfig, source: Path | None, coco: CocoConf
 
 def _fine_tune(cfg: DetectionConfig, model: nn.Module, data: CocoDetection, identity: dict, run_dir: Path,
                stop: SigtermStop, console: Console) -> float:
-    """Train ``model`` to ``cfg.total_iterations``, resuming from ``run_dir``'s checkpoint; return the training seconds."""
+    """Train ``model`` to ``cfg.total_iterations``, resuming from ``run_dir``'s checkpoint; return the training seconds.
+
+    The step, the checkpoint pair and the progress bar are the engine's (bench/train)."""
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    start, seconds, history = 0, 0.0, []
-    ckpt = load_checkpoint(run_dir)
-    if ckpt is not None:
-        if ckpt["identity"] != identity:
-            raise ConfigError(f"{run_dir} holds a detection checkpoint of another config or source; choose another run "
-                              "directory or delete its checkpoint.pt to start over")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        set_rng_state(ckpt["rng"])
-        start, seconds, history = ckpt["iteration"], ckpt["seconds"], list(ckpt["history"])
+    ckpt = restore_state(run_dir, model, optimizer, same=lambda ckpt: ckpt["identity"] == identity,
+                         mismatch=f"{run_dir} holds a detection checkpoint of another config or source; choose another "
+                                  "run directory or delete its checkpoint.pt to start over")
+    start, seconds, history = (0, 0.0, []) if ckpt is None else (ckpt["iteration"], ckpt["seconds"], list(ckpt["history"]))
 
-    def save(iteration: int, rng: dict) -> None:
-        atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng,
-                     "iteration": iteration, "seconds": seconds, "history": history, "identity": identity},
-                    run_dir / CHECKPOINT)
+    def save(iteration: int, rng: dict | None = None) -> None:
+        save_state(run_dir, model, optimizer, position={"iteration": iteration}, seconds=seconds, history=history,
+                   identity={"identity": identity}, rng=rng)
 
     total = cfg.total_iterations
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not (cfg.progress and console.is_terminal))
     masks = cfg.detector == "mask_rcnn"
     model.train()
-    with progress:
+    with progress_bar(console, cfg.progress) as progress:
         task = progress.add_task(f"{cfg.detector} {identity['arch']}", total=total, completed=start, info="")
         t0 = time.perf_counter()
         for iteration, indices in _batches(data, cfg, start):
             rng = rng_state()  # what a resumed run needs to redo this iteration exactly
             try:
-                with stop.abortable(model):  # SIGTERM drops this iteration's data, forward and backward
-                    value = _gradients(model, optimizer, data, indices, masks, cfg, iteration, device)
+                with stop.abortable(model) as end:  # SIGTERM drops this iteration's data, forward and backward
+                    value = _step(model, optimizer, params, [_train_sample(data, i, masks, device) for i in indices],
+                                  cfg, iteration, end)
             except Preempted:
                 seconds += time.perf_counter() - t0
                 save(iteration, rng)
                 raise Preempted(f"SIGTERM in detection iteration {iteration + 1}; checkpoint of the {iteration} iterations "
                                 f"done written to {run_dir / CHECKPOINT}") from None
-            optimizer.step()
             history.append({"iteration": iteration + 1, "loss": value})
             progress.update(task, completed=iteration + 1, info=f"loss {value:.3f}")
             done = iteration + 1
             if done == total or done % cfg.checkpoint_every == 0 or stop.raised:
                 seconds, t0 = seconds + time.perf_counter() - t0, time.perf_counter()
-                save(done, rng_state())
+                save(done)
             if stop.raised and done < total:
                 raise Preempted(f"SIGTERM at detection iteration {done}; checkpoint written to {run_dir / CHECKPOINT}")
     return seconds
 
 
-def _gradients(model: nn.Module, optimizer: torch.optim.Optimizer, data: CocoDetection, indices: list[int], masks: bool,
-               cfg: DetectionConfig, iteration: int, device: torch.device) -> float:
-    """Set the iteration's learning rate and the gradients of its batch; return its loss (DetectionDiverged if not finite)."""
+def _step(model: nn.Module, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
+          samples: list[tuple[torch.Tensor, dict]], cfg: DetectionConfig, iteration: int,
+          before_update: Callable[[], None]) -> float:
+    """One iteration on ``samples``: its learning rate, its loss (DetectionDiverged if not finite, before any update)
+    and the shared optimisation step (bench.train.optim); returns the loss.
+
+    The loss is read on the host every iteration, unlike the engine's: torchvision's R-CNN waits for the device
+    several times inside its forward anyway (proposal filtering and box sampling select with ``torch.where``), so the
+    check costs no extra wait, and a non-finite loss never reaches the weights or a checkpoint."""
     for group in optimizer.param_groups:
         group["lr"] = lr_at(cfg, iteration)
-    images, targets = zip(*(_train_sample(data, i, masks, device) for i in indices))
-    with _autocast(cfg, device):
+    images, targets = zip(*samples)
+    with _autocast(cfg, images[0].device):
         losses = model(list(images), list(targets))
     loss = sum(losses.values())
     value = float(loss.detach())
     if not math.isfinite(value):
         raise DetectionDiverged(iteration + 1, value, f"lower detector.lr (now {cfg.lr} at 16 images per batch) or raise "
                                 "detector.warmup_iterations")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    optimisation_step(loss, optimizer, params, clip=cfg.grad_clip, clip_mode="global", world=1, before_update=before_update)
     return value
