@@ -67,8 +67,8 @@ def test_a_training_step_of_the_method_never_reads_a_tensor_on_the_host(method, 
         views = loop.maker(images, labels, index, torch.Generator().manual_seed(step))
         with HostReads() as host:
             out = loop.method(views, step, loop.total_steps)
-        out["loss"].backward()
+        out.loss.backward()
         loop.optimizer.step()
         with host:
-            loop.method.on_step_end(step, loop.total_steps)
+            loop.method.on_step_end(out, step, loop.total_steps)
         assert host.reads == 0, f"{method} reads a tensor on the host {host.reads} time(s) in step {step}"

@@ -32,6 +32,7 @@ from bench.eval.features import extract_features
 from bench.eval.fractions import class_balanced_subset
 from bench.eval.knn import knn_eval
 from bench.methods import Method, method_class
+from bench.methods.base import StepOutput
 from bench.models.backbones import build_backbone
 from bench.train.checkpoint import CHECKPOINT, atomic_save, load_checkpoint, rng_state, set_rng_state
 from bench.core.collectives import all_reduce, any_rank, gather_with_grad, is_main, rank, world_size
@@ -264,7 +265,7 @@ def run_epoch(loop: Loop, epoch: int, start_batch: int, gen_state: torch.Tensor 
     return record, generator
 
 
-def train_step(loop: Loop, views: Views, step: int) -> dict[str, torch.Tensor]:
+def train_step(loop: Loop, views: Views, step: int) -> StepOutput:
     """One optimisation step on ``views``: schedule, forward (autocast), backward, gradient averaging across ranks,
     clipping, optimizer step and the method's per-step update. Its outputs stay on the device."""
     cfg, method = loop.cfg, loop.method
@@ -274,13 +275,13 @@ def train_step(loop: Loop, views: Views, step: int) -> dict[str, torch.Tensor]:
     with autocast(cfg, loop.device):
         out = method(views, step, loop.total_steps)
     loop.optimizer.zero_grad(set_to_none=True)
-    out["loss"].backward()
+    out.loss.backward()
     if loop.world > 1:
         average_gradients(method)
     if cfg.train.grad_clip:
         clip_gradients(method.parameters(), cfg.train.grad_clip, cfg.train.grad_clip_mode)
     loop.optimizer.step()
-    method.on_step_end(step, loop.total_steps)
+    method.on_step_end(out, step, loop.total_steps)
     return out
 
 
@@ -299,14 +300,13 @@ class _Sums:
         return cls(torch.zeros((), device=device), torch.full((), -1, dtype=torch.long, device=device),
                    torch.zeros((), device=device))
 
-    def add(self, out: dict[str, torch.Tensor], step: int) -> None:
-        loss = out["loss"].detach().float()
+    def add(self, out: StepOutput, step: int) -> None:
+        loss = out.loss.detach().float()
         self.first_bad = torch.where(~torch.isfinite(loss) & (self.first_bad < 0), step, self.first_bad)
         self.loss += loss
         self.last_loss = loss
-        for k, v in out.items():
-            if k != "loss":
-                self.logs[k] = self.logs.get(k, 0) + v.detach().float()
+        for k, v in out.logs.items():
+            self.logs[k] = self.logs.get(k, 0) + v.detach().float()
 
     def means(self, n_batches: int) -> dict[str, float]:
         """The epoch's mean loss and logs over its ``n_batches``, averaged over the ranks (read on the host once)."""
