@@ -19,3 +19,10 @@ def forward_backward(method, views) -> StepOutput:
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert sum(g.abs().sum() for g in grads) > 0
     return out
+
+
+def reassigned(method, kept: dict) -> list[str]:
+    """The plain attributes of ``method`` (not its parameters, buffers or submodules) added, removed or rebound since
+    ``kept = dict(vars(method))``: a method keeps nothing of a step on the module (it returns it in its outputs)."""
+    now = vars(method)
+    return sorted(k for k in {*kept, *now} if now.get(k, reassigned) is not kept.get(k, reassigned))

@@ -11,10 +11,11 @@ import torch.nn.functional as F
 from bench.data.views import Views
 from bench.errors import ConfigError
 from bench.methods import Method
+from bench.methods.base import StepOutput
 from bench.methods.mocov2 import MoCoV2, MoCoV2Params, moco_loss
 from bench.methods.mocov3 import MoCoV3, MoCoV3Params, mocov3_loss
 from bench.models.backbones import SmallCNN
-from method_checks import forward_backward
+from method_checks import forward_backward, reassigned
 
 Matrix = list[list[float]]
 
@@ -180,6 +181,18 @@ def test_mocov2_queue_holds_the_last_keys_in_fifo_order(symmetric: bool) -> None
         assert method.queue_ptr.item() == (len(history) - 16) % 16
         oldest_first = method.queue.roll(-method.queue_ptr.item(), dims=0)
         torch.testing.assert_close(oldest_first, torch.stack(history[-16:]))
+
+
+def test_mocov2_enqueues_the_keys_of_the_step_outputs_and_keeps_none_on_the_module() -> None:
+    method = _build("mocov2", queue_size=16, bn_splits=1)
+    kept = dict(vars(method))
+    out = method(_views(n=6), step=0, total_steps=4)
+    assert reassigned(method, kept) == []  # the step's keys live in its outputs only
+    assert out.state["keys"].shape == (6, 8) and "keys" not in out.logs
+    keys = _randn(6, 8, seed=5).float()  # the hook enqueues what the outputs hold
+    method.on_step_end(StepOutput(out.loss, out.logs, {"keys": keys}), step=0, total_steps=4)
+    torch.testing.assert_close(method.queue[:6], F.normalize(keys, dim=1))
+    assert method.queue_ptr.item() == 6
 
 
 def test_mocov2_shuffled_bn_keeps_each_key_with_its_image_but_not_its_bn_group() -> None:
