@@ -83,12 +83,12 @@ def one_step(name: str, sync_bn: bool) -> dict:
     if sync_bn:
         convert_sync_batch_norm(method)
     out = method(_views(sizes), step=0, total_steps=10)
-    out["loss"].backward()
+    out.loss.backward()
     if is_distributed():
         average_gradients(method.parameters())
-    method.on_step_end(0, 10)
+    method.on_step_end(out, 0, 10)
     grads = {k: p.grad for k, p in method.named_parameters() if p.grad is not None}
-    return {"loss": all_reduce(out["loss"].detach(), "mean"), "grads": grads, "state": method.state_dict()}
+    return {"loss": all_reduce(out.loss.detach(), "mean"), "grads": grads, "state": method.state_dict()}
 
 
 #: 4 steps per epoch with the random "simclr" views, so each rank's view stream matters on resume

@@ -106,14 +106,14 @@ def test_sigterm_mid_epoch_checkpoints_that_step_and_resumes_exactly(uninterrupt
 
     reference = uninterrupted
     cfg = resolve_run_config(apply_overrides({}, TINY))
-    original = SimCLR.on_step_end
+    original = SimCLR.update_state
 
-    def terminate_at_step_40(self, step, total_steps):
-        original(self, step, total_steps)
+    def terminate_at_step_40(self, outputs, step, total_steps):
+        original(self, outputs, step, total_steps)
         if step == 40:  # epoch 2 (32 steps per epoch), batch 9
             os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(SimCLR, "on_step_end", terminate_at_step_40)
+    monkeypatch.setattr(SimCLR, "update_state", terminate_at_step_40)
     with pytest.raises(Preempted, match="SIGTERM at epoch 2 step 41"):
         train(cfg, tmp_path)
     ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=True)

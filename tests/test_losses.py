@@ -249,14 +249,15 @@ def test_method_forward_backward(name: str) -> None:
 def test_byol_target_gets_no_gradient_and_follows_ema() -> None:
     method = _build("byol")
     assert isinstance(method, BYOL)
-    method(_views(torch.full((8,), -1)), step=3, total_steps=10)["loss"].backward()
+    out = method(_views(torch.full((8,), -1)), step=3, total_steps=10)
+    out.loss.backward()
     targets = [*method.target_backbone.parameters(), *method.target_projector.parameters()]
     assert all(p.grad is None and not p.requires_grad for p in targets)
     before = [p.detach().clone() for p in targets]
     with torch.no_grad():  # an SGD step on the online network
         for p in [*method.backbone.parameters(), *method.projector.parameters()]:
             p -= 0.5 * p.grad
-    method.on_step_end(step=3, total_steps=10)
+    method.on_step_end(out, step=3, total_steps=10)
     tau = 1 - (1 - 0.996) * (math.cos(math.pi * 3 / 9) + 1) / 2
     online = [*method.backbone.parameters(), *method.projector.parameters()]
     for old, new, theta in zip(before, targets, online):
@@ -281,11 +282,11 @@ def test_supervised_loss_decreases_on_fixed_batch() -> None:
     for step in range(8):
         out = method(views, step=step, total_steps=8)
         optimizer.zero_grad()
-        out["loss"].backward()
+        out.loss.backward()
         optimizer.step()
-        losses.append(out["loss"].item())
+        losses.append(out.loss.item())
     assert losses[-1] < 0.5 * losses[0]
-    assert out["train_acc"].item() > 0.5
+    assert out.logs["train_acc"].item() > 0.5
 
 
 @pytest.mark.parametrize("name,predictor", [("byol", "32-8"), ("simsiam", "8-32")])

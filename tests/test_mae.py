@@ -120,7 +120,7 @@ def test_a_training_step_masks_three_quarters_with_a_stream_of_the_run():
     method = _mae()
     crops = [torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))]
     out = forward_backward(method, Views(crops, None, torch.zeros(4, dtype=torch.long), torch.arange(4)))
-    assert out["masked"] == 0.75 and out["loss"] > 0.5
+    assert out.logs["masked"] == 0.75 and out.loss > 0.5
     assert torch.equal(method._noise(4, 16, 7, torch.device("cpu")), method._noise(4, 16, 7, torch.device("cpu")))
     assert not torch.equal(method._noise(4, 16, 7, torch.device("cpu")), method._noise(4, 16, 8, torch.device("cpu")))
     state = method.state_dict()

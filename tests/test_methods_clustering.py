@@ -150,8 +150,7 @@ def _build(name: str, **overrides: object) -> Method:
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_method_forward_backward_and_state(name: str, local: int) -> None:
     method = _build(name, freeze_prototypes_steps=0) if name == "swav" else _build(name)
-    forward_backward(method, _views(local=local))
-    method.on_step_end(step=0, total_steps=10)
+    method.on_step_end(forward_backward(method, _views(local=local)), step=0, total_steps=10)
     state = method.state_dict()
     fresh = _build(name)
     fresh.load_state_dict(state)
@@ -168,10 +167,10 @@ def test_too_few_crops_is_a_config_error() -> None:
 def test_swav_prototypes_normalised_and_frozen_early() -> None:
     method = _build("swav", freeze_prototypes_steps=3)
     assert isinstance(method, SwAV)
-    method(_views(), step=2, total_steps=10)["loss"].backward()
+    method(_views(), step=2, total_steps=10).loss.backward()
     assert method.prototypes.weight.grad is None
     torch.testing.assert_close(method.prototypes.weight.norm(dim=1), torch.ones(10))
-    method(_views(), step=3, total_steps=10)["loss"].backward()
+    method(_views(), step=3, total_steps=10).loss.backward()
     assert method.prototypes.weight.grad is not None and method.prototypes.weight.grad.abs().sum() > 0
 
 
@@ -183,10 +182,10 @@ def test_swav_queue_fills_newest_first_then_joins_codes() -> None:
     for step in range(3):
         views = _views(seed=step)
         out = method(views, step=step, total_steps=10)
-        assert out["queue_in_use"].item() == float(step >= 2)
+        assert out.logs["queue_in_use"].item() == float(step >= 2)
         with torch.no_grad():
             embeddings.append(torch.stack([F.normalize(method.projector(method.backbone(x)), dim=1) for x in views.crops]))
-        method.on_step_end(step=step, total_steps=10)
+        method.on_step_end(out, step=step, total_steps=10)
     assert int(method.queue_filled) == 16
     torch.testing.assert_close(method.queue, torch.cat([embeddings[2], embeddings[1]], dim=1), rtol=1e-5, atol=1e-6)
     assert "queue" in method.state_dict() and "queue_filled" in method.state_dict()
@@ -201,14 +200,15 @@ def test_dino_teacher_gets_no_gradient_and_centre_follows_ema() -> None:
         views = _views(seed=step, local=2)
         with torch.no_grad():  # the teacher's outputs on the two global crops, as one batch
             batch_mean = method.teacher_head(method.teacher_backbone(torch.cat(views.crops[:2]))).mean(dim=0)
-        method(views, step=step, total_steps=10)["loss"].backward()
+        out = method(views, step=step, total_steps=10)
+        out.loss.backward()
         assert all(p.grad is None and not p.requires_grad for p in teacher)
         assert method.head.last.weight.grad is not None
         with torch.no_grad():  # an SGD step on the student
             for p in [*method.backbone.parameters(), *method.head.parameters()]:
                 p -= 0.5 * p.grad
                 p.grad = None
-        method.on_step_end(step=step, total_steps=10)
+        method.on_step_end(out, step=step, total_steps=10)
         expected = 0.9 * expected + 0.1 * batch_mean  # c <- m c + (1 - m) mean_b g_t(x_b)
     torch.testing.assert_close(method.centre, expected, rtol=1e-5, atol=1e-7)
     assert not all(torch.equal(t, s) for t, s in zip(method.teacher_head.parameters(), method.head.parameters()))
@@ -231,10 +231,10 @@ def test_dino_head_options_batch_norm_learned_norms_and_frozen_last_layer() -> N
     # frozen for the first 20 % of the steps: no gradient reaches the last layer (v and g), the rest trains
     method = _build("dino", freeze_last_layer=0.2, norm_last_layer=False)
     assert isinstance(method, DINO)
-    method(_views(), step=1, total_steps=10)["loss"].backward()
+    method(_views(), step=1, total_steps=10).loss.backward()
     assert method.head.last.weight.grad is None and method.head.last_g.grad is None
     assert method.head.mlp[0].weight.grad.abs().sum() > 0
-    method(_views(), step=2, total_steps=10)["loss"].backward()
+    method(_views(), step=2, total_steps=10).loss.backward()
     assert method.head.last.weight.grad.abs().sum() > 0 and method.head.last_g.grad.abs().sum() > 0
 
 

@@ -279,9 +279,9 @@ def _build(cls: type[Method], **overrides: object) -> Method:
 def test_method_forward_backward_and_state_dict(cls: type[Method]) -> None:
     method = _build(cls)
     out = method(_views(), step=0, total_steps=10)
-    assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
-    assert all(not v.requires_grad and torch.isfinite(v) for k, v in out.items() if k != "loss")
-    out["loss"].backward()
+    assert out.loss.dim() == 0 and torch.isfinite(out.loss)
+    assert all(not v.requires_grad and torch.isfinite(v) for v in out.logs.values())
+    out.loss.backward()
     for module in (method.backbone, method.projector):
         grads = [p.grad for p in module.parameters()]
         assert all(g is not None and torch.isfinite(g).all() for g in grads)
@@ -314,7 +314,7 @@ def test_corinfomax_running_covariance_follows_ema_recursion() -> None:
 def test_corinfomax_state_buffers_are_float64_constants() -> None:
     method = _build(CorInfoMax)
     assert isinstance(method, CorInfoMax)
-    method(_views(), step=0, total_steps=10)["loss"].backward()
+    method(_views(), step=0, total_steps=10).loss.backward()
     buffers = dict(method.named_buffers())
     for key in CorInfoMaxState._fields:
         assert buffers[key].dtype == torch.float64

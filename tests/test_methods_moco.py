@@ -11,10 +11,11 @@ import torch.nn.functional as F
 from bench.data.views import Views
 from bench.errors import ConfigError
 from bench.methods import Method
+from bench.methods.base import StepOutput
 from bench.methods.mocov2 import MoCoV2, MoCoV2Params, moco_loss
 from bench.methods.mocov3 import MoCoV3, MoCoV3Params, mocov3_loss
 from bench.models.backbones import SmallCNN
-from method_checks import forward_backward
+from method_checks import forward_backward, reassigned
 
 Matrix = list[list[float]]
 
@@ -143,10 +144,10 @@ def _query_modules(method: Method) -> list[torch.nn.Module]:
 @pytest.mark.parametrize("kind", sorted(TINY))
 def test_method_forward_backward_and_state_dict(kind: str) -> None:
     method = _build(kind)
-    forward_backward(method, _views())
+    out = forward_backward(method, _views())
     keys = [p for m in _key_modules(method) for p in m.parameters()]
     assert all(p.grad is None and not p.requires_grad for p in keys)  # keys carry no gradient
-    method.on_step_end(step=0, total_steps=10)
+    method.on_step_end(out, step=0, total_steps=10)
 
     fresh = _build(kind, seed=1)
     fresh.load_state_dict(method.state_dict())
@@ -165,7 +166,7 @@ def test_mocov2_queue_holds_the_last_keys_in_fifo_order(symmetric: bool) -> None
     for step in range(4):  # 6 (or 12) keys per step: the 16 slots wrap
         views = _views(n=6, seed=step)
         queue_before = method.queue.clone()
-        loss = method(views, step, total_steps=4)["loss"]
+        out = method(views, step, total_steps=4)
         with torch.no_grad():
             q1, q2 = (method.projector(method.backbone(x)) for x in views.crops)
             k1, k2 = (F.normalize(method.key_projector(method.key_backbone(x)), dim=1) for x in views.crops)
@@ -175,11 +176,23 @@ def test_mocov2_queue_holds_the_last_keys_in_fifo_order(symmetric: bool) -> None
         else:
             expected = moco_loss(q1, k2, queue_before, 0.2)  # query from crop 1, key from crop 2
             history += list(k2)
-        torch.testing.assert_close(loss, expected)  # the negatives are the queue before this step's keys
-        method.on_step_end(step, total_steps=4)
+        torch.testing.assert_close(out.loss, expected)  # the negatives are the queue before this step's keys
+        method.on_step_end(out, step, total_steps=4)
         assert method.queue_ptr.item() == (len(history) - 16) % 16
         oldest_first = method.queue.roll(-method.queue_ptr.item(), dims=0)
         torch.testing.assert_close(oldest_first, torch.stack(history[-16:]))
+
+
+def test_mocov2_enqueues_the_keys_of_the_step_outputs_and_keeps_none_on_the_module() -> None:
+    method = _build("mocov2", queue_size=16, bn_splits=1)
+    kept = dict(vars(method))
+    out = method(_views(n=6), step=0, total_steps=4)
+    assert reassigned(method, kept) == []  # the step's keys live in its outputs only
+    assert out.state["keys"].shape == (6, 8) and "keys" not in out.logs
+    keys = _randn(6, 8, seed=5).float()  # the hook enqueues what the outputs hold
+    method.on_step_end(StepOutput(out.loss, out.logs, {"keys": keys}), step=0, total_steps=4)
+    torch.testing.assert_close(method.queue[:6], F.normalize(keys, dim=1))
+    assert method.queue_ptr.item() == 6
 
 
 def test_mocov2_shuffled_bn_keeps_each_key_with_its_image_but_not_its_bn_group() -> None:
@@ -208,15 +221,15 @@ def test_mocov2_shuffled_bn_keeps_each_key_with_its_image_but_not_its_bn_group()
 def test_key_encoder_follows_ema(kind: str, overrides: dict[str, object], m: float) -> None:
     method = _build(kind, **overrides)
     out = method(_views(), step=3, total_steps=10)
-    assert out["momentum"].item() == pytest.approx(m, rel=1e-6)
-    out["loss"].backward()
+    assert out.logs["momentum"].item() == pytest.approx(m, rel=1e-6)
+    out.loss.backward()
     keys = [p for mod in _key_modules(method) for p in mod.parameters()]
     before = [p.detach().clone() for p in keys]
     with torch.no_grad():  # an SGD step on the query encoder
         for p in method.parameters():
             if p.grad is not None:
                 p -= 0.5 * p.grad
-    method.on_step_end(step=3, total_steps=10)
+    method.on_step_end(out, step=3, total_steps=10)
     queries = [p for mod in _query_modules(method) for p in mod.parameters()]
     for old, new, theta in zip(before, keys, queries):
         torch.testing.assert_close(new, m * old + (1 - m) * theta.detach())

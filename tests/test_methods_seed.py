@@ -274,21 +274,22 @@ def test_method_forward_backward_and_state_dict(
     copy.load_state_dict(method.state_dict())
     for (name, a), (_, b) in zip(method.state_dict().items(), copy.state_dict().items()):
         assert torch.equal(a, b), name
-    assert copy(views, step=0, total_steps=10)["loss"].item() == pytest.approx(
-        method(views, step=0, total_steps=10)["loss"].item(), rel=1e-6
+    assert copy(views, step=0, total_steps=10).loss.item() == pytest.approx(
+        method(views, step=0, total_steps=10).loss.item(), rel=1e-6
     )
 
 
 def test_mveb_momentum_target_is_ema_and_shared_has_none() -> None:
     method = _build(MVEB)
-    method(_views(), step=2, total_steps=10)["loss"].backward()
+    out = method(_views(), step=2, total_steps=10)
+    out.loss.backward()
     targets = [*method.target_backbone.parameters(), *method.target_projector.parameters()]
     assert all(p.grad is None and not p.requires_grad for p in targets)
     before = [p.detach().clone() for p in targets]
     with torch.no_grad():
         for p in [*method.backbone.parameters(), *method.projector.parameters()]:
             p -= 0.5 * p.grad
-    method.on_step_end(step=2, total_steps=10)
+    method.on_step_end(out, step=2, total_steps=10)
     tau = cosine_momentum(0.996, 2, 10)
     online = [*method.backbone.parameters(), *method.projector.parameters()]
     for old, new, theta in zip(before, targets, online):
@@ -297,7 +298,7 @@ def test_mveb_momentum_target_is_ema_and_shared_has_none() -> None:
     shared = _build(MVEB, target="shared")
     assert not any(name.startswith("target_") for name in shared.state_dict())
     out = shared(_views(), step=0, total_steps=10)
-    assert "tau" not in out and out["align"].item() <= 1.0
+    assert "tau" not in out.logs and out.logs["align"].item() <= 1.0
 
 
 def test_sidae_reconstruction_target_option() -> None:
@@ -309,9 +310,9 @@ def test_sidae_reconstruction_target_option() -> None:
             z1, z2 = (method.projector(method.backbone(c)) for c in views.crops)
             r1, r2 = method.decoder(z1, (16, 16)), method.decoder(z2, (16, 16))
         x1, x2 = (x, x) if x is not None else (views.crops[0], views.crops[1])
-        assert out["dae"].item() == pytest.approx(dae_loss(r1, r2, x1, x2).item(), rel=1e-6)
+        assert out.logs["dae"].item() == pytest.approx(dae_loss(r1, r2, x1, x2).item(), rel=1e-6)
         other = views.crops if x is not None else (views.clean, views.clean)
-        assert abs(out["dae"].item() - dae_loss(r1, r2, *other).item()) > 1e-3
+        assert abs(out.logs["dae"].item() - dae_loss(r1, r2, *other).item()) > 1e-3
 
 
 def test_clean_target_without_clean_view_is_a_config_error() -> None:

@@ -13,6 +13,7 @@ from bench.methods import all_methods, baseline_methods
 from bench.runner import run
 from bench.data.loader import iter_batches
 from bench.train.engine import MONITOR, setup
+from method_checks import reassigned
 
 SMOKE = Path(__file__).resolve().parent.parent / "suites" / "smoke.yaml"
 
@@ -58,17 +59,20 @@ class HostReads(TorchDispatchMode):
 @pytest.mark.parametrize("method", sorted(all_methods()))
 def test_a_training_step_of_the_method_never_reads_a_tensor_on_the_host(method, cells, splits, tmp_path):
     """The method's forward (its loss and logs) and its step hook stay on the device: the engine reads them at its log
-    interval only (DESIGN: no host sync in the training step)."""
+    interval only (DESIGN: no host sync in the training step). What the hook needs comes in the step's outputs, not in
+    attributes set on the module."""
     cfg = cells[method].config.model_copy(deep=True)
     cfg.train.cache_dir = tmp_path / "cache"
     loop = setup(cfg, tmp_path, splits, torch.device("cpu"))
     images, labels, index = next(iter_batches(loop.pretrain, cfg.batch_size, loop.device, drop_last=True))
+    kept = dict(vars(loop.method))
     for step in range(2):  # the second step too: queues, EMA teachers and prototypes are filled by then
         views = loop.maker(images, labels, index, torch.Generator().manual_seed(step))
         with HostReads() as host:
             out = loop.method(views, step, loop.total_steps)
-        out["loss"].backward()
+        out.loss.backward()
         loop.optimizer.step()
         with host:
-            loop.method.on_step_end(step, loop.total_steps)
+            loop.method.on_step_end(out, step, loop.total_steps)
         assert host.reads == 0, f"{method} reads a tensor on the host {host.reads} time(s) in step {step}"
+        assert reassigned(loop.method, kept) == [], f"{method} keeps step state on the module instead of its outputs"

@@ -307,9 +307,9 @@ def test_mvmr_smoke_on_shapes(tmp_path):
     index = torch.arange(8, 16)
     views = maker(split.images[index], split.labels[index], index, torch.Generator().manual_seed(0))
     out = method(views, step=0, total_steps=10)
-    assert torch.isfinite(out["loss"])
-    assert {"invariance", "variance", "dcor_views", "dcor_scattering", "dcor_augmented"} <= set(out)
-    out["loss"].backward()
+    assert torch.isfinite(out.loss)
+    assert {"invariance", "variance", "dcor_views", "dcor_scattering", "dcor_augmented"} <= set(out.logs)
+    out.loss.backward()
     grads = [p.grad for p in method.backbone.parameters()]
     assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
     clone = MVMR(SmallCNN(split.channels, width=4), params, num_classes=10, image_shape=(split.channels, 32, 32))

@@ -30,7 +30,7 @@ from pydantic import Field
 from torch import nn
 
 from bench.data.views import Views
-from bench.methods.base import Method, MethodParams, fp32_loss
+from bench.methods.base import Method, MethodParams, StepOutput, fp32_loss
 from bench.methods.branches import second_branch
 from bench.models.heads import HeadSpec, mlp
 from bench.models.param_groups import DecayRules, ParamGroup, no_decay_names, split_groups
@@ -98,11 +98,11 @@ class BarlowTwins(Method):
         bias_lr = self.params.bias_lr
         return split_groups(self.named_parameters(), rules, no_decay_names(self), lr_scale=lambda _, p: bias_lr if p.ndim <= 1 else 1.0)
 
-    def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
+    def forward(self, views: Views, step: int, total_steps: int) -> StepOutput:
         """Barlow Twins loss of the two crops; also logs its two unweighted terms."""
         first = self.projector(self.backbone(views.crops[0]))
         x2 = views.crops[1]
         second = self.projector(self.backbone(x2)) if self.branch_b is None else self.branch_b(x2)
         z1, z2 = gather_with_grad(first), gather_with_grad(second)  # C over the global batch
         loss, terms = barlow_twins_loss(z1, z2, self.params.lambd)
-        return {"loss": loss, **terms}
+        return StepOutput(loss, logs=terms)

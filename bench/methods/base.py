@@ -2,8 +2,12 @@
 
 A method is an ``nn.Module`` that owns the backbone, its heads and any state (EMA targets, queues,
 running statistics). Its loss lives beside it as a pure function of tensors. The training engine
-calls ``forward(views, step, total_steps)`` for the loss and ``on_step_end`` after each optimizer
-step; evaluation only ever uses ``backbone``. ``param_groups`` decides how the optimizer treats each parameter
+calls ``forward(views, step, total_steps)``, which returns a ``StepOutput`` (the loss, the scalars logged as metrics,
+and the tensors its step hook needs), and ``on_step_end(outputs, step, total_steps)`` with that record after each
+optimizer step: the targets a method declares in ``ema_pairs`` follow their online modules at its ``momentum``, then
+its ``update_state`` updates queues and running statistics from ``outputs.state``. Nothing of a step is kept on the
+module between forward and the hook, and neither reads a tensor on the host (the engine does, at its log interval);
+evaluation only ever uses ``backbone``. ``param_groups`` decides how the optimizer treats each parameter
 (weight decay, lr scale, fixed lr); a method's ``presets`` are named recipes (its paper's ViT setting) that fill
 several sections of the run config at once.
 
@@ -25,9 +29,10 @@ from __future__ import annotations
 
 import functools
 from abc import abstractmethod
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Callable, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, Callable, ClassVar, Literal, TypeVar, final
 
 import torch
 from pydantic import Field, model_validator
@@ -35,6 +40,7 @@ from torch import nn
 
 from bench.data.views import Views
 from bench.methods.branches import Branches
+from bench.methods.ema import EmaPair, ema_update_
 from bench.models.backbones import BackboneConfig
 from bench.models.heads import HeadSpec
 from bench.models.param_groups import DecayRules, ParamGroup, default_groups
@@ -100,6 +106,20 @@ class MethodParams(ConfigModel):
         return backbone if self.branches == "separate" else self.branches.second
 
 
+@dataclass(frozen=True)
+class StepOutput:
+    """What ``Method.forward`` returns for one step; every tensor stays on the device.
+
+    ``loss`` is minimised; ``logs`` are scalars the engine sums and records as metrics (detached) beside the loss;
+    ``state`` holds what ``update_state`` needs after the optimizer step (this step's keys, embeddings, batch means)
+    and is never logged.
+    """
+
+    loss: torch.Tensor
+    logs: dict[str, torch.Tensor] = field(default_factory=dict)
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
 class Method(nn.Module):
     """Parameters with ``requires_grad=False`` (EMA targets) are left out of the optimizer."""
 
@@ -126,6 +146,11 @@ class Method(nn.Module):
     #: a reference row that learns nothing (bench/methods/baselines.py): trained for 0 epochs, listed apart
     baseline: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "on_step_end" in vars(cls):  # the EMA of the declared pairs would be skipped
+            raise TypeError(f"{cls.__name__} overrides Method.on_step_end; override ema_pairs, momentum or update_state")
+
     def __init__(self, backbone: nn.Module, params: MethodParams, *, num_classes: int, image_shape: tuple[int, int, int]):
         super().__init__()
         self.backbone = backbone
@@ -134,12 +159,32 @@ class Method(nn.Module):
         self.image_shape = image_shape
 
     @abstractmethod
-    def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
-        """Return ``{"loss": scalar, ...}``; extra entries are logged (detached) as metrics."""
+    def forward(self, views: Views, step: int, total_steps: int) -> StepOutput:
+        """The step's loss, its logged scalars and the state ``update_state`` needs (see ``StepOutput``)."""
 
+    def ema_pairs(self) -> list[EmaPair]:
+        """The (online, target) modules whose target follows the online one by EMA after each step. Default: none."""
+        return []
+
+    def momentum(self, step: int, total_steps: int) -> float:
+        """The EMA decay of the ``ema_pairs`` targets at ``step``; a method that declares pairs defines it."""
+        raise NotImplementedError(f"{self.name} declares EMA pairs but no momentum schedule")
+
+    @final
     @torch.no_grad()
-    def on_step_end(self, step: int, total_steps: int) -> None:
-        """Per-step hook after the optimizer step (EMA updates, queues). Default: nothing."""
+    def on_step_end(self, outputs: StepOutput, step: int, total_steps: int) -> None:
+        """After the optimizer step: target <- m target + (1 - m) online for every declared pair, m =
+        ``momentum(step, total_steps)``; then ``update_state(outputs, ...)``. Methods override the parts, not this."""
+        pairs = self.ema_pairs()
+        if pairs:
+            m = self.momentum(step, total_steps)
+            for pair in pairs:
+                ema_update_(pair.target, pair.online, m)
+        self.update_state(outputs, step, total_steps)
+
+    def update_state(self, outputs: StepOutput, step: int, total_steps: int) -> None:
+        """Per-step updates from ``outputs.state`` after the EMA (queues, running statistics); runs without
+        gradients. Default: nothing."""
 
     def param_groups(self, rules: DecayRules) -> list[ParamGroup]:
         """The optimizer's parameter groups (``rules`` is the run's OptimizerConfig); default: weight decay off

@@ -16,11 +16,10 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import ClassVar, Literal
 
-import torch
 from pydantic import Field
 
 from bench.data.views import Views
-from bench.methods.base import Method, MethodParams
+from bench.methods.base import Method, MethodParams, StepOutput
 
 
 class Baseline(StrEnum):
@@ -39,7 +38,7 @@ class _Untrained(Method):
 
     baseline: ClassVar[bool] = True
 
-    def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
+    def forward(self, views: Views, step: int, total_steps: int) -> StepOutput:
         raise RuntimeError(f"{self.name} is a baseline and trains nothing; its cells have epochs: 0")
 
 

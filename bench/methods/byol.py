@@ -31,9 +31,9 @@ from torch import nn
 
 from bench.data.views import Views
 from bench.errors import ConfigError
-from bench.methods.base import Method, MethodParams, fp32_loss
+from bench.methods.base import Method, MethodParams, StepOutput, fp32_loss
 from bench.methods.branches import MOMENTUM_TARGET
-from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
+from bench.methods.ema import EmaPair, cosine_momentum, frozen_copy
 from bench.models.heads import HeadSpec, mlp, out_dim
 
 
@@ -85,18 +85,19 @@ class BYOL(Method):
         self.target_backbone = frozen_copy(backbone)
         self.target_projector = frozen_copy(self.projector)
 
-    def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
+    def forward(self, views: Views, step: int, total_steps: int) -> StepOutput:
         """Symmetrised BYOL loss L + L~ of the two crops; also logs the current EMA decay."""
         p1, p2 = (self.predictor(self.projector(self.backbone(x))) for x in views.crops[:2])
         with torch.no_grad():  # stop-gradient: the target is not trained by the loss
             t1, t2 = (self.target_projector(self.target_backbone(x)) for x in views.crops[:2])
         loss = byol_loss(p1, t2) + byol_loss(p2, t1)  # Sec. 3.1: L^BYOL = L_{theta,xi} + L~_{theta,xi}
-        tau = torch.tensor(cosine_momentum(self.params.tau_base, step, total_steps), device=loss.device)
-        return {"loss": loss, "tau": tau}
+        tau = torch.tensor(self.momentum(step, total_steps), device=loss.device)
+        return StepOutput(loss, logs={"tau": tau})
 
-    @torch.no_grad()
-    def on_step_end(self, step: int, total_steps: int) -> None:
+    def ema_pairs(self) -> list[EmaPair]:
         """Eq. 1, xi <- tau xi + (1 - tau) theta, for the target backbone and projector."""
-        tau = cosine_momentum(self.params.tau_base, step, total_steps)
-        ema_update_(self.target_backbone, self.backbone, tau)
-        ema_update_(self.target_projector, self.projector, tau)
+        return [EmaPair(self.backbone, self.target_backbone), EmaPair(self.projector, self.target_projector)]
+
+    def momentum(self, step: int, total_steps: int) -> float:
+        """tau, from ``tau_base`` to 1 on BYOL's cosine schedule."""
+        return cosine_momentum(self.params.tau_base, step, total_steps)

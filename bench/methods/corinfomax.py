@@ -54,7 +54,7 @@ from pydantic import Field
 from torch import nn
 
 from bench.data.views import Views
-from bench.methods.base import Method, MethodParams, fp32_loss
+from bench.methods.base import Method, MethodParams, StepOutput, fp32_loss
 from bench.models.heads import HeadSpec, mlp, out_dim
 from bench.core.collectives import gather_with_grad
 
@@ -159,7 +159,7 @@ class CorInfoMax(Method):
         """The running statistics after the last training step."""
         return CorInfoMaxState(*(getattr(self, key) for key in CorInfoMaxState._fields))
 
-    def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
+    def forward(self, views: Views, step: int, total_steps: int) -> StepOutput:
         """CorInfoMax loss of the two crops; in training mode also advances the running statistics."""
         # the global batch: covariances and running statistics as one process would compute them
         z1, z2 = (gather_with_grad(F.normalize(self.projector(self.backbone(x)), dim=1)) for x in views.crops[:2])
@@ -168,4 +168,4 @@ class CorInfoMax(Method):
         if self.training:
             for buffer, value in zip(self.state, new_state):
                 buffer.copy_(value)
-        return {"loss": loss, **terms}
+        return StepOutput(loss, logs=terms)

@@ -41,9 +41,9 @@ from pydantic import Field
 from torch import nn
 
 from bench.data.views import Views
-from bench.methods.base import Method, MethodParams, fp32_loss
+from bench.methods.base import Method, MethodParams, StepOutput, fp32_loss
 from bench.methods.branches import MOMENTUM_TARGET
-from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
+from bench.methods.ema import EmaPair, cosine_momentum, frozen_copy
 from bench.methods.multicrop import check_global_crops, crop_pair_cross_entropy, multicrop_forward
 from bench.models.heads import HeadSpec, parse_spec
 from bench.core.collectives import all_reduce
@@ -136,32 +136,31 @@ class DINO(Method):
         self.teacher_backbone = frozen_copy(backbone)
         self.teacher_head = frozen_copy(self.head)
         self.register_buffer("centre", torch.zeros(params.out_dim))
-        self._batch_centre: torch.Tensor | None = None
 
-    def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
-        """Student on all crops, teacher on the global crops; also logs tau_t and the EMA momentum."""
+    def forward(self, views: Views, step: int, total_steps: int) -> StepOutput:
+        """Student on all crops, teacher on the global crops; also logs tau_t and the EMA momentum. Its state: the
+        global batch's mean teacher output, which ``update_state`` moves the centre towards."""
         p = self.params
         check_global_crops("dino", len(views.crops), p.global_crops)
         freeze_last = step < p.freeze_last_layer * total_steps
         student = multicrop_forward(lambda x: self.head(self.backbone(x), freeze_last), views.crops)
         with torch.no_grad():  # stop-gradient: the teacher is not trained by the loss
             teacher = multicrop_forward(lambda x: self.teacher_head(self.teacher_backbone(x)), views.crops[: p.global_crops])
-        self._batch_centre = all_reduce(teacher.to(self.centre.dtype).mean(dim=(0, 1)), "mean")  # the global batch's mean
+        batch_centre = all_reduce(teacher.to(self.centre.dtype).mean(dim=(0, 1)), "mean")  # the global batch's mean
         tau_t = teacher_temperature(step, total_steps, p.warmup_teacher_temp, p.teacher_temp, p.teacher_temp_warmup)
         loss = dino_loss(student, teacher, self.centre, p.student_temp, tau_t)
-        momentum = cosine_momentum(p.momentum_base, step, total_steps)
-        return {
-            "loss": loss,
-            "teacher_temp": torch.tensor(tau_t, device=loss.device),
-            "momentum": torch.tensor(momentum, device=loss.device),
-        }
+        logs = {"teacher_temp": torch.tensor(tau_t, device=loss.device),
+                "momentum": torch.tensor(self.momentum(step, total_steps), device=loss.device)}
+        return StepOutput(loss, logs=logs, state={"batch_centre": batch_centre})
 
-    @torch.no_grad()
-    def on_step_end(self, step: int, total_steps: int) -> None:
-        """Teacher EMA theta_t <- l theta_t + (1 - l) theta_s; centre c <- m c + (1 - m) mean of teacher outputs."""
-        momentum = cosine_momentum(self.params.momentum_base, step, total_steps)
-        ema_update_(self.teacher_backbone, self.backbone, momentum)
-        ema_update_(self.teacher_head, self.head, momentum)
-        if self._batch_centre is not None:
-            self.centre.lerp_(self._batch_centre, 1.0 - self.params.center_momentum)  # Eq. 4
-            self._batch_centre = None
+    def ema_pairs(self) -> list[EmaPair]:
+        """Teacher EMA theta_t <- l theta_t + (1 - l) theta_s for the teacher backbone and head."""
+        return [EmaPair(self.backbone, self.teacher_backbone), EmaPair(self.head, self.teacher_head)]
+
+    def momentum(self, step: int, total_steps: int) -> float:
+        """l, from ``momentum_base`` to 1 on a cosine schedule."""
+        return cosine_momentum(self.params.momentum_base, step, total_steps)
+
+    def update_state(self, outputs: StepOutput, step: int, total_steps: int) -> None:
+        """Eq. 4, centre c <- m c + (1 - m) mean of this step's teacher outputs (after the teacher's EMA)."""
+        self.centre.lerp_(outputs.state["batch_centre"], 1.0 - self.params.center_momentum)

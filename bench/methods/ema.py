@@ -1,12 +1,15 @@
-"""Exponential-moving-average targets: the cosine momentum schedule and the in-place update.
+"""Exponential-moving-average targets: the cosine momentum schedule, the (online, target) pair a method declares and
+the in-place update.
 
-Shared by every method with a momentum (teacher / target) network: BYOL now, MoCo and DINO later.
+Shared by every method with a momentum (teacher / target / key) network: BYOL, MoCo v2, MoCo v3, DINO and MVEB
+declare their pairs (``Method.ema_pairs``); ``Method.on_step_end`` updates them after each optimizer step.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from typing import NamedTuple
 
 import torch
 from timm.layers import DropPath
@@ -21,6 +24,13 @@ def cosine_momentum(base: float, step: int, total_steps: int) -> float:
     """
     progress = step / max(total_steps - 1, 1)
     return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
+
+
+class EmaPair(NamedTuple):
+    """A module trained by the optimizer and its EMA target, a ``frozen_copy`` of it."""
+
+    online: nn.Module
+    target: nn.Module
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:

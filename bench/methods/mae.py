@@ -38,7 +38,7 @@ from torch import nn
 
 from bench.data.views import Views
 from bench.errors import ConfigError
-from bench.methods.base import Method, MethodParams, fp32_loss
+from bench.methods.base import Method, MethodParams, StepOutput, fp32_loss
 from bench.models.vit import ViTBackbone, sincos_2d
 from bench.core.collectives import rank, world_size
 
@@ -158,11 +158,11 @@ class MAE(Method):
         x = torch.cat([x[:, :1], patches], dim=1) + self.decoder_pos_embed
         return self.decoder_pred(self.decoder_norm(self.decoder_blocks(x)))[:, 1:]
 
-    def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
+    def forward(self, views: Views, step: int, total_steps: int) -> StepOutput:
         """Reconstruction loss of the removed patches of the first view; also logs the fraction removed."""
         images = views.crops[0]
         target = patchify(images, self.backbone.patch_size)
         keep, mask, restore = random_masking(self._noise(*target.shape[:2], step, images.device), self.params.mask_ratio)
         pred = self.decode(self.encode_visible(images, keep), restore)
         loss = mae_loss(pred, target, mask, self.params.norm_pix_loss)
-        return {"loss": loss, "masked": mask.mean().detach()}
+        return StepOutput(loss, logs={"masked": mask.mean().detach()})

@@ -36,8 +36,8 @@ from torch import nn
 
 from bench.data.views import Views
 from bench.methods.branches import MOMENTUM_TARGET
-from bench.methods.base import Method, MethodParams, fp32_loss
-from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
+from bench.methods.base import Method, MethodParams, StepOutput, fp32_loss
+from bench.methods.ema import EmaPair, cosine_momentum, frozen_copy
 from bench.models.heads import HeadSpec, mlp, out_dim
 from bench.core.collectives import gather_with_grad
 
@@ -94,26 +94,27 @@ class MoCoV2(Method):
         dim = out_dim(backbone.out_dim, params.projector)
         self.register_buffer("queue", F.normalize(torch.randn(params.queue_size, dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-        self._new_keys: torch.Tensor | None = None  # this step's keys, enqueued by on_step_end
 
     def momentum(self, step: int, total_steps: int) -> float:
         """The key encoder's EMA decay m at ``step``."""
         p = self.params
         return cosine_momentum(p.momentum, step, total_steps) if p.momentum_schedule == "cosine" else p.momentum
 
-    def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
-        """InfoNCE against the queue (one-sided or symmetrised); also logs the current momentum."""
+    def forward(self, views: Views, step: int, total_steps: int) -> StepOutput:
+        """InfoNCE against the queue (one-sided or symmetrised); also logs the current momentum. Its state: this step's
+        keys, which ``update_state`` enqueues."""
         x1, x2 = views.crops[:2]
         tau = self.params.temperature
         q1, k2 = self._query(x1), self._key(x2)
         if self.params.symmetric:
             q2, k1 = self._query(x2), self._key(x1)
             loss = (moco_loss(q1, k2, self.queue, tau) + moco_loss(q2, k1, self.queue, tau)) / 2
-            self._new_keys = torch.cat([k1, k2])
+            keys = torch.cat([k1, k2])
         else:
             loss = moco_loss(q1, k2, self.queue, tau)
-            self._new_keys = k2
-        return {"loss": loss, "momentum": torch.tensor(self.momentum(step, total_steps), device=loss.device)}
+            keys = k2
+        momentum = torch.tensor(self.momentum(step, total_steps), device=loss.device)
+        return StepOutput(loss, logs={"momentum": momentum}, state={"keys": keys})
 
     def _query(self, x: torch.Tensor) -> torch.Tensor:
         """The query embedding, computed group by group (each group has its own BN statistics)."""
@@ -126,15 +127,13 @@ class MoCoV2(Method):
         keys = torch.cat([self.key_projector(self.key_backbone(chunk)) for chunk in x[order].chunk(self.params.bn_splits)])
         return keys[order.argsort()]
 
-    @torch.no_grad()
-    def on_step_end(self, step: int, total_steps: int) -> None:
-        """theta_k <- m theta_k + (1 - m) theta_q, then enqueue this step's keys over the oldest ones."""
-        m = self.momentum(step, total_steps)
-        ema_update_(self.key_backbone, self.backbone, m)
-        ema_update_(self.key_projector, self.projector, m)
-        if self._new_keys is not None:
-            self._enqueue(gather_with_grad(self._new_keys))  # the global batch's keys: one queue on every rank
-            self._new_keys = None
+    def ema_pairs(self) -> list[EmaPair]:
+        """theta_k <- m theta_k + (1 - m) theta_q for the key backbone and projector."""
+        return [EmaPair(self.backbone, self.key_backbone), EmaPair(self.projector, self.key_projector)]
+
+    def update_state(self, outputs: StepOutput, step: int, total_steps: int) -> None:
+        """Enqueue this step's keys over the oldest ones (after the key encoder's EMA)."""
+        self._enqueue(gather_with_grad(outputs.state["keys"]))  # the global batch's keys: one queue on every rank
 
     def _enqueue(self, keys: torch.Tensor) -> None:
         size = len(self.queue)

@@ -36,9 +36,9 @@ from torch import nn
 
 from bench.data.views import Views
 from bench.errors import ConfigError
-from bench.methods.base import Method, MethodParams, fp32_loss
+from bench.methods.base import Method, MethodParams, StepOutput, fp32_loss
 from bench.methods.branches import MOMENTUM_TARGET
-from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
+from bench.methods.ema import EmaPair, cosine_momentum, frozen_copy
 from bench.models.heads import HeadSpec, mlp, out_dim
 from bench.core.collectives import gather_with_grad
 
@@ -107,19 +107,20 @@ class MoCoV3(Method):
         self.key_backbone = frozen_copy(backbone)
         self.key_projector = frozen_copy(self.projector)
 
-    def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
+    def forward(self, views: Views, step: int, total_steps: int) -> StepOutput:
         """Symmetrised contrastive loss of the two crops; also logs the current momentum."""
         q1, q2 = (self.predictor(self.projector(self.backbone(x))) for x in views.crops[:2])
         with torch.no_grad():  # the key encoder is not trained by the loss
             k1, k2 = (self.key_projector(self.key_backbone(x)) for x in views.crops[:2])
         q1, q2, k1, k2 = (gather_with_grad(t) for t in (q1, q2, k1, k2))  # keys of the global batch
         loss = mocov3_loss(q1, q2, k1, k2, self.params.temperature)
-        m = torch.tensor(cosine_momentum(self.params.momentum, step, total_steps), device=loss.device)
-        return {"loss": loss, "momentum": m}
+        m = torch.tensor(self.momentum(step, total_steps), device=loss.device)
+        return StepOutput(loss, logs={"momentum": m})
 
-    @torch.no_grad()
-    def on_step_end(self, step: int, total_steps: int) -> None:
+    def ema_pairs(self) -> list[EmaPair]:
         """theta_k <- m theta_k + (1 - m) theta_q for the key backbone and projector."""
-        m = cosine_momentum(self.params.momentum, step, total_steps)
-        ema_update_(self.key_backbone, self.backbone, m)
-        ema_update_(self.key_projector, self.projector, m)
+        return [EmaPair(self.backbone, self.key_backbone), EmaPair(self.projector, self.key_projector)]
+
+    def momentum(self, step: int, total_steps: int) -> float:
+        """m, from ``params.momentum`` to 1 on a cosine schedule."""
+        return cosine_momentum(self.params.momentum, step, total_steps)

@@ -52,9 +52,9 @@ from torch import nn
 
 from bench.data.views import Views
 from bench.eval.diagnostics import uniformity_tensor
-from bench.methods.base import Method, MethodParams, fp32_loss
+from bench.methods.base import Method, MethodParams, StepOutput, fp32_loss
 from bench.methods.branches import MOMENTUM_TARGET
-from bench.methods.ema import cosine_momentum, ema_update_, frozen_copy
+from bench.methods.ema import EmaPair, cosine_momentum, frozen_copy
 from bench.models.heads import HeadSpec, mlp
 from bench.core.collectives import gather_with_grad
 
@@ -143,27 +143,28 @@ class MVEB(Method):
             self.target_backbone = frozen_copy(backbone)
             self.target_projector = frozen_copy(self.projector)
 
-    def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
+    def forward(self, views: Views, step: int, total_steps: int) -> StepOutput:
         """MVEB loss of all crops; logs the alignment, the uniformity of crop 1 and (momentum) the EMA decay."""
         online = torch.stack([F.normalize(self.projector(self.backbone(x)), dim=1) for x in views.crops])
         metrics: dict[str, torch.Tensor] = {}
         if self.params.target == "momentum":
             with torch.no_grad():  # the EMA target is not trained by the loss
                 t1, t2 = (F.normalize(self.target_projector(self.target_backbone(x)), dim=1) for x in views.crops[:2])
-            tau = cosine_momentum(self.params.tau_base, step, total_steps)
-            metrics["tau"] = torch.tensor(tau, device=online.device)
+            metrics["tau"] = torch.tensor(self.momentum(step, total_steps), device=online.device)
         else:
             t1, t2 = online[0], online[1]
         p = self.params
         online, t1, t2 = gather_with_grad(online, dim=1), gather_with_grad(t1), gather_with_grad(t2)  # the global batch
         loss, align = mveb_loss(online, t1, t2, p.beta, p.eta, p.min_bandwidth)
         metrics["uniformity"] = uniformity_tensor(online[0].detach())  # stays on the device (no host sync)
-        return {"loss": loss, "align": align, **metrics}
+        return StepOutput(loss, logs={"align": align, **metrics})
 
-    @torch.no_grad()
-    def on_step_end(self, step: int, total_steps: int) -> None:
-        """xi <- tau xi + (1 - tau) theta for the momentum target; nothing for a shared target."""
-        if self.params.target == "momentum":
-            tau = cosine_momentum(self.params.tau_base, step, total_steps)
-            ema_update_(self.target_backbone, self.backbone, tau)
-            ema_update_(self.target_projector, self.projector, tau)
+    def ema_pairs(self) -> list[EmaPair]:
+        """xi <- tau xi + (1 - tau) theta for the momentum target; none for a shared target."""
+        if self.params.target != "momentum":
+            return []
+        return [EmaPair(self.backbone, self.target_backbone), EmaPair(self.projector, self.target_projector)]
+
+    def momentum(self, step: int, total_steps: int) -> float:
+        """tau, from ``tau_base`` to 1 on BYOL's cosine schedule."""
+        return cosine_momentum(self.params.tau_base, step, total_steps)

@@ -44,7 +44,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from bench.data.views import Views
-from bench.methods.base import Method, MethodParams, fp32_loss
+from bench.methods.base import Method, MethodParams, StepOutput, fp32_loss
 from bench.methods.vicreg import variance_hinge
 from bench.models.heads import HeadSpec, mlp
 from bench.core.collectives import gather_with_grad
@@ -232,7 +232,7 @@ class MVMR(Method):
                 reps[name] = torch.from_numpy(self._cached[name][index]).to(views.clean.device, non_blocking=True)
         return reps
 
-    def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
+    def forward(self, views: Views, step: int, total_steps: int) -> StepOutput:
         """MV-MR loss of the clean view and crops[0]; logs the unweighted terms and each dCor."""
         z = self.projector(self.backbone(views.clean))
         z_aug = self.projector(self.backbone(views.crops[0]))
@@ -245,4 +245,4 @@ class MVMR(Method):
             z, z_aug, reps, p.betas(), lambd=p.lambd, mu=p.mu, alpha=p.alpha, gamma=p.gamma, eps=p.eps,
             mse_reduction=p.mse_reduction, l3_mode=p.l3_mode, dcor_squared=p.dcor_squared, dcor_eps=p.dcor_eps, terms=p.terms,
         )
-        return {"loss": loss, **logs}
+        return StepOutput(loss, logs=logs)

@@ -40,7 +40,7 @@ from torch import nn
 
 from bench.data.views import Views
 from bench.errors import ConfigError
-from bench.methods.base import Method, MethodParams, fp32_loss
+from bench.methods.base import Method, MethodParams, StepOutput, fp32_loss
 from bench.methods.simsiam import SimSiam, SimSiamParams, simsiam_loss
 from bench.models.heads import HeadSpec, mlp, out_dim
 
@@ -154,12 +154,12 @@ class SidAE(SimSiam):
         super().__init__(backbone, params, num_classes=num_classes, image_shape=image_shape)
         self.decoder = Decoder(out_dim(backbone.out_dim, params.projector), image_shape[0])
 
-    def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
+    def forward(self, views: Views, step: int, total_steps: int) -> StepOutput:
         """SidAE loss of the two crops; also logs its unweighted DAE and SimSiam terms."""
         z1, z2 = (self.projector(self.backbone(x)) for x in views.crops[:2])
         r1, r2, x1, x2 = reconstructions(self.decoder, z1, z2, views, self.params.target)
         loss, terms = sidae_loss(self.predictor(z1), self.predictor(z2), z1, z2, r1, r2, x1, x2, self.params.w)
-        return {"loss": loss, **terms}
+        return StepOutput(loss, logs=terms)
 
 
 class DAE(Method):
@@ -176,8 +176,8 @@ class DAE(Method):
         )
         self.decoder = Decoder(out_dim(backbone.out_dim, params.projector), image_shape[0])
 
-    def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
+    def forward(self, views: Views, step: int, total_steps: int) -> StepOutput:
         """Two-view denoising loss: each crop's reconstruction against the target (SidAE at w = 1)."""
         z1, z2 = (self.projector(self.backbone(x)) for x in views.crops[:2])
         r1, r2, x1, x2 = reconstructions(self.decoder, z1, z2, views, self.params.target)
-        return {"loss": dae_loss(r1, r2, x1, x2)}
+        return StepOutput(dae_loss(r1, r2, x1, x2))

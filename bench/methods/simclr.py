@@ -34,7 +34,7 @@ from pydantic import Field
 from torch import nn
 
 from bench.data.views import Views
-from bench.methods.base import Method, MethodParams, fp32_loss
+from bench.methods.base import Method, MethodParams, StepOutput, fp32_loss
 from bench.methods.branches import second_branch
 from bench.models.heads import HeadSpec, mlp
 from bench.core.collectives import gather_with_grad
@@ -91,7 +91,7 @@ class SimCLR(Method):
         self.projector = mlp(backbone.out_dim, params.projector, last_bn=params.projector_last_bn)
         self.branch_b = second_branch(backbone_b, lambda dim: mlp(dim, params.projector, last_bn=params.projector_last_bn))
 
-    def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
+    def forward(self, views: Views, step: int, total_steps: int) -> StepOutput:
         """NT-Xent loss of the two crops; also logs the mean cosine similarity of positive pairs."""
         if self.branch_b is None:
             z1, z2 = self.projector(self.backbone(torch.cat(views.crops[:2]))).chunk(2)
@@ -100,4 +100,4 @@ class SimCLR(Method):
         z1, z2 = gather_with_grad(z1), gather_with_grad(z2)  # negatives from the global batch
         loss = simclr_loss(z1, z2, self.params.temperature)
         positive_cos = F.cosine_similarity(z1.detach(), z2.detach(), dim=1).mean()
-        return {"loss": loss, "positive_cos": positive_cos}
+        return StepOutput(loss, logs={"positive_cos": positive_cos})

@@ -24,7 +24,7 @@ from torch import nn
 
 from bench.data.views import Views
 from bench.errors import ConfigError
-from bench.methods.base import Method, MethodParams, fp32_loss
+from bench.methods.base import Method, MethodParams, StepOutput, fp32_loss
 from bench.methods.branches import STOP_GRADIENT
 from bench.models.heads import HeadSpec, mlp, out_dim
 from bench.models.param_groups import DecayRules, ParamGroup, no_decay_names, split_groups
@@ -85,9 +85,9 @@ class SimSiam(Method):
         rest = [(name, p) for name, p in self.named_parameters() if not name.startswith("predictor.")]
         return split_groups(rest, rules, no_decay) + split_groups(self.predictor.named_parameters("predictor"), rules, no_decay, fixed_lr=True)
 
-    def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
+    def forward(self, views: Views, step: int, total_steps: int) -> StepOutput:
         """SimSiam loss of the two crops; also logs the per-channel std of the normalised z."""
         z1, z2 = (self.projector(self.backbone(x)) for x in views.crops[:2])
         loss = simsiam_loss(self.predictor(z1), self.predictor(z2), z1, z2)
         z_std = F.normalize(z1.detach(), dim=1).std(dim=0).mean()
-        return {"loss": loss, "z_std": z_std}
+        return StepOutput(loss, logs={"z_std": z_std})

@@ -20,7 +20,7 @@ from pydantic import Field
 from torch import nn
 
 from bench.data.views import Views
-from bench.methods.base import Method, MethodParams, fp32_loss
+from bench.methods.base import Method, MethodParams, StepOutput, fp32_loss
 from bench.models.heads import HeadSpec, mlp, out_dim
 
 
@@ -56,11 +56,11 @@ class Supervised(Method):
         self.projector = mlp(backbone.out_dim, params.projector)
         self.classifier = nn.Linear(out_dim(backbone.out_dim, params.projector), num_classes)
 
-    def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
+    def forward(self, views: Views, step: int, total_steps: int) -> StepOutput:
         """Cross-entropy of the first crop against ``views.labels``; also logs the train accuracy."""
         logits = self.classifier(self.projector(self.backbone(views.crops[0])))
         loss = supervised_loss(logits, views.labels)
         labelled = views.labels >= 0
         correct = (logits.detach().argmax(dim=1) == views.labels) & labelled
         accuracy = correct.sum() / labelled.sum().clamp(min=1)
-        return {"loss": loss, "train_acc": accuracy}
+        return StepOutput(loss, logs={"train_acc": accuracy})

@@ -35,7 +35,7 @@ from pydantic import Field
 from torch import nn
 
 from bench.data.views import Views
-from bench.methods.base import Method, MethodParams, fp32_loss
+from bench.methods.base import Method, MethodParams, StepOutput, fp32_loss
 from bench.methods.multicrop import check_global_crops, crop_pair_cross_entropy, multicrop_forward
 from bench.models.heads import HeadSpec, mlp, out_dim
 from bench.core.collectives import all_reduce, world_size
@@ -105,10 +105,10 @@ class SwAV(Method):
         self.prototypes = nn.Linear(dim, params.num_prototypes, bias=False)
         self.register_buffer("queue", torch.zeros(params.global_crops, params.queue_length, dim))
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
-        self._pending: torch.Tensor | None = None
 
-    def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
-        """Swapped-prediction loss over all crops, codes from the global crops (and the full queue)."""
+    def forward(self, views: Views, step: int, total_steps: int) -> StepOutput:
+        """Swapped-prediction loss over all crops, codes from the global crops (and the full queue). Its state (with a
+        queue): this step's global-crop embeddings, which ``update_state`` pushes into the queue."""
         p = self.params
         check_global_crops("swav", len(views.crops), p.global_crops)
         with torch.no_grad():
@@ -120,10 +120,9 @@ class SwAV(Method):
         queue_full = p.queue_length > 0 and int(self.queue_filled) == p.queue_length
         with torch.no_grad():
             codes = torch.stack([self._codes(scores[i], i, queue_full) for i in range(p.global_crops)])
-        if p.queue_length:
-            self._pending = z[: p.global_crops].detach().float()
+        state = {"embeddings": z[: p.global_crops].detach().float()} if p.queue_length else {}
         loss = swav_loss(scores, codes, p.temperature)
-        return {"loss": loss, "queue_in_use": torch.tensor(float(queue_full), device=loss.device)}
+        return StepOutput(loss, logs={"queue_in_use": torch.tensor(float(queue_full), device=loss.device)}, state=state)
 
     def _codes(self, scores: torch.Tensor, crop: int, queue_full: bool) -> torch.Tensor:
         """Sinkhorn codes of one global crop's batch; the stored embeddings join when the queue is full."""
@@ -134,12 +133,10 @@ class SwAV(Method):
             scores = torch.cat([scores.float(), stored])
         return sinkhorn_knopp(scores, p.epsilon, p.sinkhorn_iterations)[:batch]
 
-    @torch.no_grad()
-    def on_step_end(self, step: int, total_steps: int) -> None:
-        """Push this step's global-crop embeddings into the queue, newest first."""
-        if self._pending is None:
+    def update_state(self, outputs: StepOutput, step: int, total_steps: int) -> None:
+        """Push this step's global-crop embeddings into the queue, newest first (no queue: nothing)."""
+        if not self.params.queue_length:
             return
-        length = self.params.queue_length
-        self.queue.copy_(torch.cat([self._pending, self.queue], dim=1)[:, :length])
-        self.queue_filled.fill_(min(int(self.queue_filled) + self._pending.shape[1], length))
-        self._pending = None
+        length, embeddings = self.params.queue_length, outputs.state["embeddings"]
+        self.queue.copy_(torch.cat([embeddings, self.queue], dim=1)[:, :length])
+        self.queue_filled.fill_(min(int(self.queue_filled) + embeddings.shape[1], length))

@@ -35,7 +35,7 @@ from pydantic import Field
 from torch import nn
 
 from bench.data.views import Views
-from bench.methods.base import Method, MethodParams, fp32_loss
+from bench.methods.base import Method, MethodParams, StepOutput, fp32_loss
 from bench.methods.branches import second_branch
 from bench.models.heads import HeadSpec, mlp
 from bench.core.collectives import gather_with_grad
@@ -120,7 +120,7 @@ class VICReg(Method):
         self.projector = mlp(backbone.out_dim, params.projector)
         self.branch_b = second_branch(backbone_b, lambda dim: mlp(dim, params.projector))
 
-    def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
+    def forward(self, views: Views, step: int, total_steps: int) -> StepOutput:
         """VICReg loss of the two crops; also logs its three unweighted terms."""
         first = self.projector(self.backbone(views.crops[0]))
         x2 = views.crops[1]
@@ -128,4 +128,4 @@ class VICReg(Method):
         z1, z2 = gather_with_grad(first), gather_with_grad(second)  # statistics of the global batch
         p = self.params
         loss, terms = vicreg_loss(z1, z2, p.sim_coeff, p.std_coeff, p.cov_coeff, p.gamma, p.eps, p.variance_branches)
-        return {"loss": loss, **terms}
+        return StepOutput(loss, logs=terms)

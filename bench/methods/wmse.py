@@ -34,7 +34,7 @@ from torch import nn
 
 from bench.data.views import Views
 from bench.errors import ConfigError
-from bench.methods.base import Method, MethodParams, fp32_loss
+from bench.methods.base import Method, MethodParams, StepOutput, fp32_loss
 from bench.models.heads import HeadSpec, mlp, out_dim
 
 
@@ -100,7 +100,7 @@ class WMSE(Method):
             )
         self.projector = mlp(backbone.out_dim, params.projector)
 
-    def forward(self, views: Views, step: int, total_steps: int) -> dict[str, torch.Tensor]:
+    def forward(self, views: Views, step: int, total_steps: int) -> StepOutput:
         """W-MSE loss over all crops, averaged over ``w_iter`` random splits into slices."""
         p = self.params
         n = views.crops[0].shape[0]
@@ -112,4 +112,4 @@ class WMSE(Method):
         features = torch.cat([self.backbone(x) for x in views.crops])
         v = self.projector(features).view(len(views.crops), n, -1)
         losses = [wmse_loss(v, torch.randperm(n, device=v.device), p.w_size, p.w_eps) for _ in range(p.w_iter)]
-        return {"loss": torch.stack(losses).mean()}
+        return StepOutput(torch.stack(losses).mean())

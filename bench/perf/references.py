@@ -98,7 +98,7 @@ def _classic_rates(loop: Loop, loader: DataLoader) -> float:
             crops = [c.to(loop.device, non_blocking=True) for c in crops]
             clean = crops.pop() if loop.method.needs_clean_view else None
             views = Views(crops, clean, labels.to(loop.device, non_blocking=True), index.to(loop.device, non_blocking=True))
-            loss_sum += train_step(loop, views, epoch * len(loader) + b)["loss"].detach().float()
+            loss_sum += train_step(loop, views, epoch * len(loader) + b).loss.detach().float()
             seen += labels.shape[0]
         float(loss_sum)  # waits for the device
         rates.append(seen / (time.perf_counter() - t0))

@@ -31,6 +31,7 @@ from bench.eval.features import extract_features
 from bench.eval.fractions import class_balanced_subset
 from bench.eval.knn import knn_eval
 from bench.methods import Method, method_class
+from bench.methods.base import StepOutput
 from bench.models.backbones import build_backbone
 from bench.train.checkpoint import atomic_save, restore_state, save_state
 from bench.core.collectives import all_reduce, any_rank, gather_with_grad, is_main, rank, world_size
@@ -259,7 +260,7 @@ def run_epoch(loop: Loop, epoch: int, start_batch: int, gen_state: torch.Tensor 
     return record, generator
 
 
-def train_step(loop: Loop, views: Views, step: int) -> dict[str, torch.Tensor]:
+def train_step(loop: Loop, views: Views, step: int) -> StepOutput:
     """One optimisation step on ``views``: schedule, forward (autocast), the shared ``optimisation_step`` (backward,
     gradient averaging across ranks, clipping, optimizer step) and the method's per-step update. Its outputs stay on
     the device."""
@@ -269,9 +270,9 @@ def train_step(loop: Loop, views: Views, step: int) -> dict[str, torch.Tensor]:
         views.crops = [v.contiguous(memory_format=torch.channels_last) for v in views.crops]
     with autocast(cfg, loop.device):
         out = method(views, step, loop.total_steps)
-    optimisation_step(out["loss"], loop.optimizer, method.parameters(), clip=cfg.train.grad_clip,
+    optimisation_step(out.loss, loop.optimizer, method.parameters(), clip=cfg.train.grad_clip,
                       clip_mode=cfg.train.grad_clip_mode, world=loop.world)
-    method.on_step_end(step, loop.total_steps)
+    method.on_step_end(out, step, loop.total_steps)
     return out
 
 
@@ -290,14 +291,13 @@ class _Sums:
         return cls(torch.zeros((), device=device), torch.full((), -1, dtype=torch.long, device=device),
                    torch.zeros((), device=device))
 
-    def add(self, out: dict[str, torch.Tensor], step: int) -> None:
-        loss = out["loss"].detach().float()
+    def add(self, out: StepOutput, step: int) -> None:
+        loss = out.loss.detach().float()
         self.first_bad = torch.where(~torch.isfinite(loss) & (self.first_bad < 0), step, self.first_bad)
         self.loss += loss
         self.last_loss = loss
-        for k, v in out.items():
-            if k != "loss":
-                self.logs[k] = self.logs.get(k, 0) + v.detach().float()
+        for k, v in out.logs.items():
+            self.logs[k] = self.logs.get(k, 0) + v.detach().float()
 
     def means(self, n_batches: int) -> dict[str, float]:
         """The epoch's mean loss and logs over its ``n_batches``, averaged over the ranks (read on the host once)."""
