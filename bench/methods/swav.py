@@ -104,7 +104,6 @@ class SwAV(Method):
         self.projector = mlp(backbone.out_dim, params.projector, hidden_bn=params.projector_bn)
         self.prototypes = nn.Linear(dim, params.num_prototypes, bias=False)
         self.register_buffer("queue", torch.zeros(params.global_crops, params.queue_length, dim))
-        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
 
     def forward(self, views: Views, step: int, total_steps: int) -> StepOutput:
         """Swapped-prediction loss over all crops, codes from the global crops (and the full queue). Its state (with a
@@ -117,7 +116,9 @@ class SwAV(Method):
         frozen = step < p.freeze_prototypes_steps
         weight = self.prototypes.weight.detach() if frozen else self.prototypes.weight
         scores = z @ weight.T  # z_v^T C for every crop, (V, B, K)
-        queue_full = p.queue_length > 0 and int(self.queue_filled) == p.queue_length
+        # the queue takes one batch per step from step 0, so it is full from the step that has pushed queue_length
+        # embeddings; counting steps on the host reads no tensor (a resumed run restores the queue and the step)
+        queue_full = p.queue_length > 0 and step * views.crops[0].shape[0] >= p.queue_length
         with torch.no_grad():
             codes = torch.stack([self._codes(scores[i], i, queue_full) for i in range(p.global_crops)])
         state = {"embeddings": z[: p.global_crops].detach().float()} if p.queue_length else {}
@@ -139,4 +140,3 @@ class SwAV(Method):
             return
         length, embeddings = self.params.queue_length, outputs.state["embeddings"]
         self.queue.copy_(torch.cat([embeddings, self.queue], dim=1)[:, :length])
-        self.queue_filled.fill_(min(int(self.queue_filled) + embeddings.shape[1], length))
