@@ -238,7 +238,7 @@ def _as_run_options(p: argparse.ArgumentParser) -> None:
 
 def _run_parsers(sub: argparse._SubParsersAction) -> None:
     """``train`` (one run) and the suite commands that queue, run and watch cells."""
-    from bench.suite.infra import LAUNCHERS
+    from bench.suite.infra import Launcher
 
     p = sub.add_parser("train", help="pre-train and evaluate one method on one dataset")
     p.add_argument("--method", help="method name (see `ssl-bench list`)")
@@ -254,7 +254,7 @@ def _run_parsers(sub: argparse._SubParsersAction) -> None:
     for name, text, search in (("run", "queue a suite's cells and start workers", False),
                                ("search", "run a suite's hyper-parameter search (its `search` block)", True)):
         p = _suite_parser(sub, name, text)
-        p.add_argument("--launcher", choices=LAUNCHERS, help="default: the suite's launcher.name")
+        p.add_argument("--launcher", type=Launcher, choices=list(Launcher), help="default: the suite's launcher.name")
         p.add_argument("--workers", type=int, help="workers to start (default: one per GPU, else the suite's)")
         p.add_argument("--storage", help="Optuna storage URL (default: the suite's, else sqlite:///results/optuna.db)")
         p.add_argument("--dry-run", action="store_true", help="show the cells and their estimated cost without queueing anything")

@@ -24,7 +24,8 @@ from bench.methods.registry import METHODS, all_methods, baseline_methods, metho
 from bench.models.backbones import BACKBONES, CONVNEXT_NAMES, RESNET_NAMES, VIT_NAMES, BackboneConfig
 from bench.representations import AUGMENTED, REPRESENTATIONS
 from bench.representations.features import AugmentedParams, RepParams
-from bench.suite.infra import LAUNCHERS, LauncherConfig
+from bench.orchestrate.launch import LAUNCH
+from bench.suite.infra import Launcher, LauncherConfig
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -77,7 +78,8 @@ def test_backbone_probe_and_launcher_names_come_from_one_table():
     assert list(PROBES) == [LogRegConfig, LinearConfig, LinearAugConfig]
     assert PROBE_NAMES == ("logreg", "linear", "linear_aug")
     assert get_args(get_args(ProbeConfig)[0]) == (LogRegConfig, LinearConfig, LinearAugConfig)
-    assert LauncherConfig.model_json_schema()["properties"]["name"]["enum"] == list(LAUNCHERS) == ["local", "slurm", "print"]
+    assert LauncherConfig.model_json_schema()["$defs"]["Launcher"]["enum"] == list(Launcher) == ["local", "slurm", "print"]
+    assert list(LAUNCH) == list(Launcher)  # each launcher is started in one place
 
 
 def test_unknown_names_list_the_choices():

@@ -12,7 +12,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +24,7 @@ from rich.live import Live
 
 from bench.core.states import PENDING, CellStatus
 from bench.config.run import resolve_run_config
+from bench.suite.infra import Launcher
 from bench.suite.suite import Cell, Suite
 from bench.errors import ConfigError
 from bench.orchestrate.queue import (
@@ -160,21 +161,27 @@ def load_study(suite: Suite, url: str) -> optuna.Study | None:
     return optuna.load_study(study_name=suite.name, storage=storage)
 
 
-def run_suite(suite: Suite, cells: list[Cell], url: str, *, launcher: str, workers: int | None, console: Console,
+def run_suite(suite: Suite, cells: list[Cell], url: str, *, launcher: Launcher, workers: int | None, console: Console,
               retry_failed: bool = False, sets: Sequence[str] = ()) -> list[CellState] | None:
-    """Queue the suite (made with the ``--set`` overrides ``sets``) and launch its workers; for ``local``, wait and
-    return the final cell states."""
+    """Queue the suite (made with the ``--set`` overrides ``sets``) and start its workers with ``launcher``; for
+    ``local``, wait and return the final cell states."""
     prepared = prepare(suite, cells, url, retry_failed=retry_failed, sets=sets)
-    if launcher == "print":
-        print_launch(prepared, console)
-        return None
-    if launcher == "slurm":
-        from bench.orchestrate.slurm import launch_slurm
+    return LAUNCH[launcher](prepared, suite, cells, workers, console)
 
-        jobs = launch_slurm(url, suite.name, suite.launcher.slurm, workers or suite.launcher.workers or 1)
-        console.print(f"{len(prepared.added)} cells queued; submitted Slurm jobs {', '.join(j.job_id for j in jobs)}; "
-                      f"follow them with `ssl-bench status`")
-        return None
+
+def _launch_print(prepared: Prepared, suite: Suite, cells: list[Cell], workers: int | None, console: Console) -> None:
+    print_launch(prepared, console)
+
+
+def _launch_slurm(prepared: Prepared, suite: Suite, cells: list[Cell], workers: int | None, console: Console) -> None:
+    from bench.orchestrate.slurm import launch_slurm
+
+    jobs = launch_slurm(prepared.storage_url, suite.name, suite.launcher.slurm, workers or suite.launcher.workers or 1)
+    console.print(f"{len(prepared.added)} cells queued; submitted Slurm jobs {', '.join(j.job_id for j in jobs)}; "
+                  f"follow them with `ssl-bench status`")
+
+
+def _launch_local(prepared: Prepared, suite: Suite, cells: list[Cell], workers: int | None, console: Console) -> list[CellState]:
     launch_local(prepared, suite, cells, workers or suite.launcher.workers, console, Path("results/logs") / suite.name)
     states = current_states(prepared.study, cells, suite)
     if all(s.state not in PENDING for s in states):
@@ -182,3 +189,9 @@ def run_suite(suite: Suite, cells: list[Cell], url: str, *, launcher: str, worke
         failed = any(s.state == CellStatus.FAILED for s in states)
         SuiteTracker(attrs["uri"], attrs["experiment"]).finish_parent(attrs["parent_run_id"], CellStatus.FAILED if failed else CellStatus.COMPLETE)
     return states
+
+
+#: the one place a launcher is started: ``launcher.name`` -> (prepared queue, suite, cells, workers, console) -> the final
+#: cell states when it waits for its workers (local), else None
+LAUNCH: dict[Launcher, Callable[[Prepared, Suite, list[Cell], int | None, Console], list[CellState] | None]] = {
+    Launcher.LOCAL: _launch_local, Launcher.SLURM: _launch_slurm, Launcher.PRINT: _launch_print}

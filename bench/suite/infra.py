@@ -4,14 +4,15 @@ the cells' directories and the launcher (local processes, a Slurm array, or a pr
 from __future__ import annotations
 
 import re
+from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from bench.schema import ConfigModel, PathField
+from bench.schema import FROM_YAML, ConfigModel, PathField
 
 
 #: database backends an Optuna storage URL may name
@@ -83,15 +84,18 @@ class SlurmConfig(ConfigModel):
     folder: PathField = Field(Path("results/slurm"), description="submitit's logs and pickles")
 
 
-#: how workers can be started (``launcher.name``, ``--launcher``): local processes, a Slurm array, or the printed command;
-#: ``bench.orchestrate.launch.run_suite`` starts each
-LAUNCHERS = ("local", "slurm", "print")
+class Launcher(StrEnum):
+    """How workers are started (``launcher.name``, ``--launcher``); ``bench.orchestrate.launch.LAUNCH`` starts each."""
+
+    LOCAL = "local"  #: local worker processes, one per visible GPU (group) or CPU, watched until they exit
+    SLURM = "slurm"  #: a Slurm job array of workers (submitit)
+    PRINT = "print"  #: queue only, and print the worker command for any other cluster
 
 
 class LauncherConfig(ConfigModel):
     """How workers are started."""
 
-    name: Literal[LAUNCHERS] = Field("local", description="local processes, a Slurm array, or print the command")
+    name: Annotated[Launcher, FROM_YAML] = Field(Launcher.LOCAL, description="local processes, a Slurm array, or print the command")
     workers: int | None = Field(None, ge=1, description="number of workers (null: one per gpus_per_cell visible GPUs, else one)")
     gpus_per_cell: int = Field(1, ge=1, description="processes (GPUs on CUDA) that train one cell together with "
                                "torch.distributed; batch_size stays the global batch")
