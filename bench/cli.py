@@ -52,7 +52,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
     console.print(f"[bold]{cfg.method.name}[/] on [bold]{cfg.dataset.name}[/]: {cfg.epochs} epochs, batch {cfg.batch_size} -> {run_dir}")
     report = run(cfg, run_dir, console=console)
     table = Table("metric", "value", title=f"{cfg.method.name} on {cfg.dataset.name}")
-    for key, value in report["metrics"].items():
+    for key, value in report.metrics.items():
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
     return 0

@@ -22,7 +22,8 @@ from bench.methods.baselines import Baseline
 from bench.tracking.fingerprint import fingerprint, write_fingerprint
 from bench.core.collectives import world_size
 from bench.core.device import pick_device
-from bench.train.engine import RANKME_METRIC, RANKME_MONITOR, TrainResult, cell_scope, train
+from bench.train.engine import RANKME_METRIC, TrainResult, cell_scope, train
+from bench.train.records import EpochRecord, ReportCost, RunReport, SplitSizes
 
 METRICS = "metrics.json"
 
@@ -32,8 +33,8 @@ def default_run_dir(cfg: RunConfig, root: Path = Path("results/runs")) -> Path:
 
 
 def run(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None, console: Console | None = None,
-        on_epoch: Callable[[dict], None] | None = None) -> dict:
-    """Train (resuming if a checkpoint exists), evaluate, and return ``{metrics, history, ...}``.
+        on_epoch: Callable[[EpochRecord], None] | None = None) -> RunReport:
+    """Train (resuming if a checkpoint exists), evaluate, and return the run's report (also written to ``METRICS``).
 
     Every dataset is loaded first, so a missing file fails the run before training. The cell's fingerprint is
     written to ``run_dir`` before it trains; its ``cost.*`` metrics time every stage (``bench.core.cost``).
@@ -58,20 +59,21 @@ def run(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None, c
     metrics = evaluation.metrics | {"train.seconds": result.seconds if result is not None else 0.0}
     if history:  # none with epochs: 0 (the backbone at its initialisation) or raw pixels
         last = history[-1]
-        metrics.update({"train.loss": last["loss"], "train.images_per_s": last["images_per_s"]})
-        if RANKME_MONITOR in last:  # the monitor read the final backbone: a label-free objective (search.metric)
-            metrics[RANKME_METRIC] = last[RANKME_MONITOR]
+        metrics.update({"train.loss": last.loss, "train.images_per_s": last.images_per_s})
+        if last.monitor is not None:  # the monitor read the final backbone: a label-free objective (search.metric)
+            metrics[RANKME_METRIC] = last.monitor.rankme
     metrics.update(cost)
-    report = {"status": CellStatus.COMPLETE, "config_id": config_id(cfg), "metrics": metrics, "selection": evaluation.selection,
-              "test_reads": evaluation.test_reads, "splits": split_sizes(splits), "history": history,
-              "resumed_from_epoch": result.resumed_from if result is not None else 0.0, "torch": settings.as_record(),
-              "fingerprint": record, "cost": {"device": record["hardware"]["device"], "gpus": world_size(), "memory": clock.memory},
-              "config": cfg.model_dump(mode="json")}
-    write_json(report, run_dir / METRICS)
+    report = RunReport(
+        status=CellStatus.COMPLETE, config_id=config_id(cfg), metrics=metrics, selection=evaluation.selection,
+        test_reads=evaluation.test_reads, splits=split_sizes(splits), history=history,
+        resumed_from_epoch=result.resumed_from if result is not None else 0.0, torch=settings.as_record(),
+        fingerprint=record, cost=ReportCost(device=record["hardware"]["device"], gpus=world_size(), memory=clock.memory),
+        config=cfg.model_dump(mode="json"))
+    write_json(report.model_dump(mode="json"), run_dir / METRICS)
     return report
 
 
-def split_sizes(splits: DatasetSplits) -> dict[str, int]:
+def split_sizes(splits: DatasetSplits) -> SplitSizes:
     """Images per split: pre-training, probe fitting (train), selection (val) and the reported test split."""
-    return {"pretrain": len(splits.pretrain), "train": len(splits.train), "val": len(splits.val or []), "test": len(splits.test)}
+    return SplitSizes(pretrain=len(splits.pretrain), train=len(splits.train), val=len(splits.val or []), test=len(splits.test))
 

@@ -91,7 +91,7 @@ def test_stages_outside_a_cell_do_nothing():
 
 def test_a_cell_reports_its_cost_and_a_resumed_cell_adds_the_checkpointed_seconds(tmp_path):
     cfg = resolve_run_config(apply_overrides({}, TINY + ["train.knn_every=1"]))
-    first = run(cfg, tmp_path)["metrics"]
+    first = run(cfg, tmp_path).metrics
     stages = {"load", "fingerprint", "train", "monitor", "checkpoint", "extract", "knn", "diagnostics"}
     assert {k.removeprefix("cost.wall.") for k in first if k.startswith("cost.wall.")} == stages | {"other", "total"}
     assert math.isclose(sum(first[f"cost.wall.{s}"] for s in stages | {"other"}), first["cost.wall.total"])
@@ -103,7 +103,7 @@ def test_a_cell_reports_its_cost_and_a_resumed_cell_adds_the_checkpointed_second
     assert objective_value(first, label_free) == first["val.rankme"]  # a search objective that reads no label
     kept = load_checkpoint(tmp_path)["cost"]  # written at the last epoch, inside the train stage
     (tmp_path / METRICS).unlink()
-    again = run(cfg, tmp_path)["metrics"]  # resumes at the end of training: evaluates again
+    again = run(cfg, tmp_path).metrics  # resumes at the end of training: evaluates again
     assert again["cost.wall.train"] >= kept["seconds"]["train"] > 0
     assert again["cost.wall.load"] >= kept["seconds"]["load"] and again["cost.wall.total"] > kept["total"]
     assert again["cost.wall.extract"] < again["cost.wall.total"] - kept["total"]  # only this attempt's evaluation

@@ -37,6 +37,7 @@ from bench.core.collectives import all_reduce, is_distributed, rank, world_size
 from bench.train.distributed import average_gradients, convert_sync_batch_norm, free_port, process_group
 from bench.core.signals import Preempted
 from bench.train.engine import MODEL, train
+from bench.train.records import EpochRecord
 
 WORLD = 2
 BATCH = 8  # global batch of the method checks
@@ -99,8 +100,8 @@ RUN = {
 }
 
 
-def _sigterm_after_epoch_1(record: dict) -> None:
-    if record["epoch"] == 1:
+def _sigterm_after_epoch_1(record: EpochRecord) -> None:
+    if record.epoch == 1:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -203,9 +204,9 @@ def test_a_two_process_cell_trains_like_one_process(tmp_path, monkeypatch):
     assert len(torch.load(cell_dir / CHECKPOINT, weights_only=True)["peer_generators"]) == 1  # rank 1's view stream
 
     reference = train(cell.config, tmp_path / "one_process")
-    assert [r.keys() for r in history] == [r.keys() for r in reference.history]
-    assert history[0]["loss"] == pytest.approx(reference.history[0]["loss"], rel=1e-5)
-    assert history[1]["loss"] == pytest.approx(reference.history[1]["loss"], rel=1e-4)
+    assert [r.keys() for r in history] == [r.as_dict().keys() for r in reference.history]
+    assert history[0]["loss"] == pytest.approx(reference.history[0].loss, rel=1e-5)
+    assert history[1]["loss"] == pytest.approx(reference.history[1].loss, rel=1e-4)
     weights, want = _weights(cell_dir), _weights(tmp_path / "one_process")
     assert weights.keys() == want.keys()
     for k in want:

@@ -16,7 +16,7 @@ from bench.config import resolve_run_config
 from bench.errors import DivergedError
 from bench.train.checkpoint import CHECKPOINT
 from bench.core.signals import Preempted
-from bench.train.engine import MODEL, MONITOR, train
+from bench.train.engine import MODEL, train
 
 TINY = [
     "method=simclr", "method.projector=32-16", "dataset=shapes", "dataset.n_train=1024", "dataset.n_test=64",
@@ -145,10 +145,10 @@ def test_history_records_loss_lr_and_throughput(tmp_path):
 
     cfg = resolve_run_config(apply_overrides({}, TINY + ["epochs=2", "train.knn_every=1"]))
     result = train(cfg, tmp_path)
-    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert [h.epoch for h in result.history] == [1, 2]
     for h in result.history:
-        assert h["images_per_s"] > 0 and h["lr"] > 0 and torch.isfinite(torch.tensor(h["loss"]))
-        assert 0 <= h[MONITOR] <= 1
+        assert h.images_per_s > 0 and h.lr > 0 and torch.isfinite(torch.tensor(h.loss))
+        assert 0 <= h.monitor.knn20_top1 <= 1
 
 
 def test_a_checkpoint_of_another_config_is_refused(tmp_path):

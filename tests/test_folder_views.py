@@ -24,7 +24,7 @@ from bench.data.folder_crops import Interpolation, view_boxes
 from bench.data.loader import _decode_packed, _FolderBatches, iter_batches
 from bench.data.views import HostViews, ViewMaker, ViewSpec, build_recipe
 from bench.errors import DataError
-from bench.train.engine import MONITOR, train
+from bench.train.engine import train
 
 CPU = torch.device("cpu")
 HEIGHT, WIDTH, SIZE = 48, 64, 16  # 4:3 images, 16 px views
@@ -179,7 +179,7 @@ def test_engine_trains_on_an_image_folder(tmp_path, method):
     })
     result = train(cfg, tmp_path / "run")
     [record] = result.history
-    assert math.isfinite(record["loss"]) and record["images_per_s"] > 0 and 0 <= record[MONITOR] <= 1
+    assert math.isfinite(record.loss) and record.images_per_s > 0 and 0 <= record.monitor.knn20_top1 <= 1
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="nvJPEG decoding needs a CUDA device")

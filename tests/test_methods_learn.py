@@ -203,7 +203,7 @@ def test_method_learns_within_its_budget(method, test_bed, tmp_path):
     cfg = config(method)
     cfg.train.cache_dir = tmp_path / "cache"
     report = run(cfg, tmp_path, splits=splits)
-    losses = [h["loss"] for h in report["history"]]
+    losses = [h.loss for h in report.history]
     assert all(torch.isfinite(torch.tensor(losses)))
     if method not in LOSS_MAY_RISE:
         assert losses[-1] < losses[0], f"{method}: the loss did not fall ({losses[0]:.3f} -> {losses[-1]:.3f})"

@@ -12,7 +12,7 @@ from bench.data.registry import DatasetConfig, load_dataset
 from bench.methods import all_methods, baseline_methods
 from bench.runner import run
 from bench.data.loader import iter_batches
-from bench.train.engine import MONITOR, setup
+from bench.train.engine import setup
 from method_checks import reassigned
 
 SMOKE = Path(__file__).resolve().parent.parent / "suites" / "smoke.yaml"
@@ -37,9 +37,9 @@ def test_method_trains_and_evaluates(method, cells, splits, tmp_path):
     cfg = cells[method].config.model_copy(deep=True)
     cfg.train.cache_dir = tmp_path / "cache"
     report = run(cfg, tmp_path, splits=splits)
-    assert report["status"] == "complete"
-    assert all(math.isfinite(h["loss"]) for h in report["history"])
-    assert 0 <= report["metrics"]["knn20.top1"] <= 1 and 0 <= report["history"][-1][MONITOR] <= 1
+    assert report.status == "complete"
+    assert all(math.isfinite(h.loss) for h in report.history)
+    assert 0 <= report.metrics["knn20.top1"] <= 1 and 0 <= report.history[-1].monitor.knn20_top1 <= 1
     assert (tmp_path / "model.pt").exists()
 
 

@@ -30,6 +30,7 @@ from bench.report.reference import find_reference, paper_column, published
 from bench.report.runs import CONFIG_COLUMN, SELECTION_COLUMN, suite_runs
 from bench.report.table import to_csv, to_html, to_latex, to_markdown
 from bench.tracking.mlflow_runs import SuiteTracker, tracking_uri
+from bench.train.records import EpochRecord
 
 SPECS = Path(os.environ.get("SSL_BENCH_SPECS", "/work/shared/specs"))
 SUITES = Path(__file__).resolve().parents[1] / "suites"
@@ -270,7 +271,7 @@ def log_suite(uri: str, path: Path, sets: list[str], metrics: dict[str, float]) 
     for number, cell in enumerate(expand_suite(suite)):
         run = tracker.start_cell(parent, cell.id, cell.config, suite=suite.name, axes=cell.axes,
                                  trial={"study": suite.name, "number": number, "id": number})
-        tracker.log_epoch(run, {"epoch": 0, "loss": 1.0})
+        tracker.log_epoch(run, EpochRecord(epoch=0, loss=1.0, lr=0.1, images_per_s=1.0))
         tracker.finish_cell(run, status="complete", metrics=metrics)
 
 

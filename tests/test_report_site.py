@@ -27,7 +27,7 @@ from bench.report.labels import EMPTY
 from bench.report.leaderboard import build_leaderboard, cmd_leaderboard
 from bench.report.plots import suite_plots
 from bench.tracking.mlflow_runs import SuiteTracker
-from bench.train.engine import MONITOR
+from bench.train.records import EpochRecord, Monitor
 
 pytestmark = pytest.mark.xdist_group("report")  # shares the session's report suites (tests/conftest.py)
 
@@ -344,7 +344,7 @@ def test_quickstart_leaderboard_has_a_row_per_method_and_baseline(browser, store
         run = tracker.start_cell(parent, cell.id, cell.config, suite=suite.name, axes=cell.axes,
                                  trial={"study": suite.name, "number": number, "id": number})
         knn, linear = QUICKSTART[cell.config.method.name][cell.config.seed]
-        tracker.log_epoch(run, {"epoch": 1, "loss": 1.0, MONITOR: knn})
+        tracker.log_epoch(run, EpochRecord(epoch=1, loss=1.0, lr=0.1, images_per_s=1.0, monitor=Monitor(knn20_top1=knn, rankme=2.0)))
         tracker.finish_cell(run, status="complete", metrics={"knn20.top1": knn, "linear.top1": linear})
     index = build_leaderboard([suite], tmp_path, uri=stores[0], storage=stores[1])
     browser.get(index.as_uri())

@@ -40,7 +40,7 @@ from bench.orchestrate.queue import (
 from bench.orchestrate.slurm import launch_slurm
 from bench.orchestrate.worker import work
 from bench.tracking.mlflow_runs import SuiteTracker
-from bench.train.engine import MONITOR
+from bench.train.records import MONITOR
 
 TINY = {
     "defaults": {**DEFAULTS, "train": {"progress": False}},

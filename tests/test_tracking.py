@@ -15,9 +15,10 @@ from mlflow import MlflowClient
 
 from bench.config import RunConfig, resolve_run_config
 from bench.config.run import config_id
+from bench.core.states import CellStatus
 from bench.errors import ConfigError
 from bench.tracking.mlflow_runs import SuiteTracker, retry_locked, tracking_uri
-from bench.train.engine import MONITOR
+from bench.train.records import MONITOR, RANKME_MONITOR, EpochRecord, Monitor, ReportCost, RunReport, SplitSizes
 
 SUITE_YAML = "name: tiny\nmatrix:\n  method: [simclr, byol]\n"
 TRIAL = {"study": "tiny", "number": 3, "id": 17}
@@ -94,17 +95,20 @@ def test_cell_run_logs_tags_params_metrics_artifacts(tmp_path):
     run_id = tracker.start_cell(parent, cell, cfg, suite="tiny", axes={"method": "simclr", "batch_size": 64},
                                 trial=TRIAL, objective="val.knn20.top1")
     history = [
-        {"epoch": 1, "loss": 5.5, "lr": 0.1, "images_per_s": 900.0},
-        {"epoch": 2, "loss": 4.25, "lr": 0.05, "images_per_s": 1000.0, MONITOR: 0.625},
-        {"epoch": 3, "loss": 4.0, "lr": 0.0, "images_per_s": 1100.0},
+        EpochRecord(epoch=1, loss=5.5, lr=0.1, images_per_s=900.0, logs={"align": 0.5}),
+        EpochRecord(epoch=2, loss=4.25, lr=0.05, images_per_s=1000.0, logs={"align": 0.25},
+                    monitor=Monitor(knn20_top1=0.625, rankme=3.5)),
+        EpochRecord(epoch=3, loss=4.0, lr=0.0, images_per_s=1100.0, logs={"align": 0.125}),
     ]
     for record in history:
         tracker.log_epoch(run_id, record)
-    report = {"status": "complete", "config_id": cell, "metrics": {"knn20.top1": 0.75, "linear.top1": 0.8125,
-                                                                   "val.knn20.top1": 0.5},
-              "selection": {"linear.lr": 0.3, "knn.k": 20}, "test_reads": 1, "history": history,
-              "config": cfg.model_dump(mode="json")}
-    tracker.finish_cell(run_id, status="complete", metrics=report["metrics"], report=report)
+    report = RunReport(status=CellStatus.COMPLETE, config_id=cell,
+                       metrics={"knn20.top1": 0.75, "linear.top1": 0.8125, "val.knn20.top1": 0.5},
+                       selection={"linear.lr": 0.3, "knn.k": 20}, test_reads=1,
+                       splits=SplitSizes(pretrain=64, train=64, val=16, test=32), history=history, resumed_from_epoch=0.0,
+                       torch={}, fingerprint={}, cost=ReportCost(device="cpu", gpus=0, memory="peak resident set size"),
+                       config=cfg.model_dump(mode="json"))
+    tracker.finish_cell(run_id, status="complete", metrics=report.metrics, report=report)
 
     run = tracker.client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == f"simclr-digits-{cell}"
@@ -137,14 +141,15 @@ def test_cell_run_logs_tags_params_metrics_artifacts(tmp_path):
     assert curve("train/loss") == [(1, 5.5), (2, 4.25), (3, 4.0)]
     assert curve("train/lr") == [(1, 0.1), (2, 0.05), (3, 0.0)]
     assert curve("train/images_per_s") == [(1, 900.0), (2, 1000.0), (3, 1100.0)]
-    assert curve(MONITOR) == [(2, 0.625)]  # the validation monitor, per epoch
+    assert curve("train/align") == [(1, 0.5), (2, 0.25), (3, 0.125)]  # the method's own term
+    assert curve(MONITOR) == [(2, 0.625)] and curve(RANKME_MONITOR) == [(2, 3.5)]  # the validation monitor, per epoch
     assert curve("val.knn20.top1") == [(0, 0.5)]  # the final validation number, at step 0
     assert run.data.metrics["knn20.top1"] == 0.75 and run.data.metrics["linear.top1"] == 0.8125
 
     assert {a.path for a in tracker.client.list_artifacts(run_id)} == {"config.yaml", "report.json"}
     config_yaml = yaml.safe_load(_artifact(tracker.client, run_id, "config.yaml", tmp_path / "dl"))
     assert resolve_run_config(config_yaml) == cfg
-    assert json.loads(_artifact(tracker.client, run_id, "report.json", tmp_path / "dl")) == report
+    assert RunReport.model_validate_json(_artifact(tracker.client, run_id, "report.json", tmp_path / "dl")) == report
 
     table = tracker.cell_runs()
     assert table["run_id"].tolist() == [run_id]
@@ -159,7 +164,7 @@ def test_retried_cell_reopens_its_run(tmp_path):
     cfg = _config()
     parent = tracker.parent_run("tiny", SUITE_YAML)
     first = tracker.start_cell(parent, "c1", cfg, suite="tiny", axes={"seed": 0}, trial=TRIAL)
-    tracker.log_epoch(first, {"epoch": 1, "loss": 3.0, "lr": 0.1, "images_per_s": 10.0})
+    tracker.log_epoch(first, EpochRecord(epoch=1, loss=3.0, lr=0.1, images_per_s=10.0))
     tracker.finish_cell(first, status="failed", reason="worker lost (heartbeat stale)")
     failed = tracker.client.get_run(first)
     assert failed.info.status == "FAILED"
@@ -176,7 +181,7 @@ def test_retried_cell_reopens_its_run(tmp_path):
     assert reopened.data.tags["optuna.trial_number"] == "4" and reopened.data.tags["optuna.trial_id"] == "18"
     assert reopened.data.params == failed.data.params
 
-    tracker.log_epoch(first, {"epoch": 2, "loss": 2.5, "lr": 0.05, "images_per_s": 12.0})
+    tracker.log_epoch(first, EpochRecord(epoch=2, loss=2.5, lr=0.05, images_per_s=12.0))
     tracker.finish_cell(first, status="complete", metrics={"knn20.top1": 0.5})
     table = tracker.cell_runs()
     assert table["run_id"].tolist() == [first] and table["status"].tolist() == ["FINISHED"]
@@ -255,8 +260,7 @@ def _log_cells(uri: str, parent: str, worker: int, start: Any) -> None:
         run_id = tracker.start_cell(parent, f"w{worker}-c{c}", cfg, suite="tiny", axes={"worker": worker, "cell": c},
                                     trial={**TRIAL, "number": worker * CELLS + c})
         for epoch in range(1, EPOCHS + 1):
-            tracker.log_epoch(run_id, {"epoch": epoch, "loss": 100 * worker + 10 * c + epoch, "lr": 0.1,
-                                       "images_per_s": 1.0})
+            tracker.log_epoch(run_id, EpochRecord(epoch=epoch, loss=100 * worker + 10 * c + epoch, lr=0.1, images_per_s=1.0))
         tracker.finish_cell(run_id, status="complete", metrics={"knn20.top1": worker + c / 10})
 
 

@@ -21,7 +21,7 @@ from bench.eval.features import Features, extract_features
 from bench.eval.protocols import score_on_test, select_on_val
 from bench.orchestrate.search import objective_value, report_epoch
 from bench.report.ours import published_key
-from bench.train.engine import MONITOR, RANKME_MONITOR, monitor_bank, train
+from bench.train.engine import monitor_bank, train
 
 CPU = torch.device("cpu")
 
@@ -125,7 +125,7 @@ def guarded_run(tmp_path_factory):
 
 def test_the_monitor_and_the_pruner_read_val_only(guarded_run):
     cfg, result, trial, _, _ = guarded_run
-    monitored = [h[MONITOR] for h in result.history]
+    monitored = [h.monitor.knn20_top1 for h in result.history]
     assert len(monitored) == 2 and all(0 <= v <= 1 for v in monitored)
     reported = trial.study.trials[0].intermediate_values
     assert reported == {1: monitored[0], 2: monitored[1]}  # what the pruner saw: the validation monitor
@@ -133,8 +133,8 @@ def test_the_monitor_and_the_pruner_read_val_only(guarded_run):
     rankme = trial.study.ask()
     for record in result.history:
         report_epoch(rankme, record, label_free)
-    assert rankme.study.trials[1].intermediate_values == {1: result.history[0][RANKME_MONITOR],
-                                                          2: result.history[1][RANKME_MONITOR]}
+    assert rankme.study.trials[1].intermediate_values == {1: result.history[0].monitor.rankme,
+                                                          2: result.history[1].monitor.rankme}
 
 
 def test_every_probe_chooses_on_val_before_the_test_split_is_read_once(guarded_run):

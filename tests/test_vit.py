@@ -300,5 +300,5 @@ def test_every_vit_preset_trains_and_evaluates_through_the_engine(method, tiny_s
                               "backbone": {**TINY, "depth": 1, "patch_size": 4}, "epochs": 1, "batch_size": 16,
                               "train": {"progress": False, "checkpoint_every": 0}, "eval": {"probes": [], "knn_k": [5]}})
     report = run(cfg, tmp_path, splits=tiny_splits)
-    assert report["status"] == "complete" and math.isfinite(report["history"][0]["loss"])
-    assert 0 <= report["metrics"]["knn5.top1"] <= 1
+    assert report.status == "complete" and math.isfinite(report.history[0].loss)
+    assert 0 <= report.metrics["knn5.top1"] <= 1

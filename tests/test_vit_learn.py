@@ -107,7 +107,7 @@ def test_vit_learns_within_its_budget(method, baseline, tmp_path):
     splits, random_init = baseline
     budget = BUDGETS[method]
     report = run(config(method), tmp_path, splits=splits)
-    losses = [h["loss"] for h in report["history"]]
+    losses = [h.loss for h in report.history]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < budget.loss_ratio * losses[0], f"{method}: the loss did not fall enough ({losses[0]:.3f} -> {losses[-1]:.3f})"
     assert report["metrics"]["diag.collapsed"] == 0.0

@@ -3,7 +3,7 @@
 The study is the same queue as a matrix suite's; a worker with nothing waiting asks the sampler for a new
 trial while fewer than ``n_trials`` have been started (retries of failed trials do not count). Pruning acts
 on the online kNN accuracy on the validation split that the engine reports each ``train.knn_every`` epochs
-(``bench.train.engine.MONITOR``; RankMe for the label-free objective ``val.rankme``), and the objective is a
+(``bench.train.records.MONITOR``; RankMe for the label-free objective ``val.rankme``), and the objective is a
 ``val.*`` metric: no choice of a search reads the test split.
 """
 
@@ -14,7 +14,8 @@ from typing import Any
 import optuna
 
 from bench.config.search import DEFAULT_SEARCH_METRIC, SearchConfig
-from bench.train.engine import MONITOR, RANKME_METRIC, RANKME_MONITOR
+from bench.train.engine import RANKME_METRIC
+from bench.train.records import EpochRecord, Monitor
 
 
 def build_sampler(cfg: SearchConfig) -> optuna.samplers.BaseSampler:
@@ -63,16 +64,15 @@ def objective_value(metrics: dict[str, float], cfg: SearchConfig | None) -> floa
     return float(metrics.get(objective_metric(cfg), 0.0))
 
 
-def pruning_monitor(cfg: SearchConfig | None) -> str:
-    """The per-epoch monitor the pruner reads: RankMe when the objective is the label-free ``val.rankme``, else the
-    validation kNN accuracy; either way a validation-split number."""
-    return RANKME_MONITOR if objective_metric(cfg) == RANKME_METRIC else MONITOR
+def pruning_value(monitor: Monitor, cfg: SearchConfig | None) -> float:
+    """The number of an epoch's monitor that the pruner reads: RankMe when the objective is the label-free
+    ``val.rankme``, else the validation kNN accuracy; either way a validation-split number."""
+    return monitor.rankme if objective_metric(cfg) == RANKME_METRIC else monitor.knn20_top1
 
 
-def report_epoch(trial: optuna.Trial, record: dict, cfg: SearchConfig | None = None) -> None:
-    """Hand one epoch's monitor (``pruning_monitor``) to the pruner; raise TrialPruned when it prunes."""
-    monitor = pruning_monitor(cfg)
-    if monitor in record:
-        trial.report(record[monitor], record["epoch"])
+def report_epoch(trial: optuna.Trial, record: EpochRecord, cfg: SearchConfig | None = None) -> None:
+    """Hand one epoch's monitor (``pruning_value``) to the pruner; raise TrialPruned when it prunes."""
+    if record.monitor is not None:
+        trial.report(pruning_value(record.monitor, cfg), record.epoch)
         if trial.should_prune():
             raise optuna.TrialPruned()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import socket
 import time
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
+import pydantic
 import torch
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
@@ -71,6 +71,7 @@ from bench.core.files import file_lock
 from bench.core.signals import Preempted
 from bench.core.states import CellStatus, FailureKind
 from bench.train.engine import MODEL, train
+from bench.train.records import EpochRecord, RunReport
 
 POLL_S = 2.0
 
@@ -89,7 +90,7 @@ class Outcome:
     state: TrialState
     metrics: dict[str, float] = field(default_factory=dict)
     failure: Failure | None = None
-    report: dict | None = None
+    report: RunReport | dict | None = None  #: a pre-training cell's report; a detection cell's report.json
 
     @property
     def reason(self) -> str | None:
@@ -201,15 +202,15 @@ def _run_pretraining(ctx: Context, live: optuna.Trial, trial: FrozenTrial) -> tu
     pruning = ctx.suite.search is not None and ctx.suite.search.pruner != "none"
     run_dir = ctx.runs_dir / cell_id
 
-    def on_epoch(record: dict) -> None:
+    def on_epoch(record: EpochRecord) -> None:
         ctx.tracker.log_epoch(run_id, record)
-        live.set_user_attr(EPOCH_ATTR, record["epoch"])
+        live.set_user_attr(EPOCH_ATTR, record.epoch)
         if pruning:
             report_epoch(live, record, ctx.suite.search)
 
-    def work() -> tuple[dict[str, float], dict]:
+    def work() -> tuple[dict[str, float], RunReport]:
         report = finished_report(run_dir, config) or run_cell(config, run_dir, on_epoch, ctx.suite.launcher.gpus_per_cell)
-        return report["metrics"], report
+        return report.metrics, report
 
     outcome = _guarded(work, run_dir, config)
     status = STATE_NAMES.get(outcome.state, CellStatus.FAILED)
@@ -218,7 +219,7 @@ def _run_pretraining(ctx: Context, live: optuna.Trial, trial: FrozenTrial) -> tu
     return cell_id, outcome
 
 
-def run_cell(config: RunConfig, run_dir: Path, on_epoch: Callable[[dict], None], gpus: int) -> dict:
+def run_cell(config: RunConfig, run_dir: Path, on_epoch: Callable[[EpochRecord], None], gpus: int) -> RunReport:
     """Train and evaluate a cell; with ``gpus`` > 1 this process is rank 0 of that many training processes (none for a
     cell that trains for 0 epochs: a baseline)."""
     group = contextlib.nullcontext()
@@ -247,7 +248,7 @@ def _run_detection(ctx: Context, live: optuna.Trial, trial: FrozenTrial) -> tupl
     return cell_id, outcome
 
 
-def _guarded(work: Callable[[], tuple[dict[str, float], dict | None]], run_dir: Path, config: RunConfig) -> Outcome:
+def _guarded(work: Callable[[], tuple[dict[str, float], RunReport | dict]], run_dir: Path, config: RunConfig) -> Outcome:
     """Run ``work`` under the cell's lock, mapping every failure to a reason the status and MLflow show."""
     try:
         with cell_lock(run_dir):
@@ -282,10 +283,14 @@ def cell_lock(run_dir: Path) -> Iterator[None]:
         yield
 
 
-def finished_report(run_dir: Path, config: RunConfig) -> dict | None:
-    """The cell's complete report when an earlier run (of any suite) already finished it."""
+def finished_report(run_dir: Path, config: RunConfig) -> RunReport | None:
+    """The cell's complete report when an earlier run (of any suite) already finished it. A report that is no
+    ``RunReport`` (one of an older version) is not: the cell resumes from its last checkpoint and is evaluated again."""
     path = run_dir / METRICS
     if not path.exists():
         return None
-    report = json.loads(path.read_text())
-    return report if report.get("status") == CellStatus.COMPLETE and report.get("config_id") == config_id(config) else None
+    try:
+        report = RunReport.model_validate_json(path.read_text())
+    except pydantic.ValidationError:
+        return None
+    return report if report.status == CellStatus.COMPLETE and report.config_id == config_id(config) else None

@@ -22,6 +22,6 @@ def mvmr_cache(device: torch.device, scratch: Path, quick: bool) -> dict[str, fl
             "train": {"device": device.type, "checkpoint_every": 0, "progress": False, "cache_dir": str(scratch / "cache")},
         })
         run_dir = scratch / f"mvmr-cache-{cache}"
-        out[f"mvmr.{'cached' if cache else 'recomputed'}_images_per_s"] = train_fresh(cfg, run_dir).history[-1]["images_per_s"]
+        out[f"mvmr.{'cached' if cache else 'recomputed'}_images_per_s"] = train_fresh(cfg, run_dir).history[-1].images_per_s
     out["mvmr.cache_speedup"] = out["mvmr.cached_images_per_s"] / out["mvmr.recomputed_images_per_s"]
     return out

@@ -65,7 +65,7 @@ def train_fresh(cfg: RunConfig, run_dir: Path, splits: DatasetSplits | None = No
 def engine_images_per_s(cfg: RunConfig, splits: DatasetSplits, run_dir: Path) -> float:
     """Median images/s of the engine's timed epochs (the first epoch is the warm-up)."""
     history = train_fresh(cfg, run_dir, splits).history
-    return statistics.median(record["images_per_s"] for record in history[1:])
+    return statistics.median(record.images_per_s for record in history[1:])
 
 
 def classic_images_per_s(cfg: RunConfig, splits: DatasetSplits, run_dir: Path) -> tuple[float, int]:

@@ -33,7 +33,7 @@ from bench.report.pivot import pivot
 from bench.report.runs import CONFIG_COLUMN, METHOD_TAG, SELECTION_COLUMN, STATUSES, flatten_config, resolve_key, suite_runs
 from bench.stores import sqlite_file
 from bench.tracking.mlflow_runs import retry_locked, tracking_uri
-from bench.train.engine import MONITOR
+from bench.train.records import MONITOR
 
 #: the columns of ``suite_runs`` that describe a cell rather than its config or its metrics
 CELL_COLUMNS = ("cell_id", "run_id", "status", "fail_reason", CONFIG_COLUMN, SELECTION_COLUMN)

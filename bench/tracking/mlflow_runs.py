@@ -69,6 +69,7 @@ from bench.errors import ConfigError
 from bench.stores import sqlite_file
 from bench.tracking.fingerprint import DIFF_FILE, FINGERPRINT_FILE, fingerprint_tags, git_commit
 from bench.core.device import pick_device
+from bench.train.records import EpochRecord, RunReport
 
 Status = Literal[CellStatus.COMPLETE, CellStatus.FAILED, CellStatus.PRUNED]
 
@@ -207,26 +208,27 @@ class SuiteTracker:
         retry_locked(self.client.log_dict, run_id, resolved, "config.yaml")
         return run_id
 
-    def log_epoch(self, run_id: str, record: dict[str, Any]) -> None:
-        """Log every numeric field of one history record at ``step = record["epoch"]`` (see ``epoch_metric_name``)."""
-        step, now = int(record["epoch"]), _now_ms()
-        metrics = [Metric(epoch_metric_name(k), float(v), now, step) for k, v in record.items()
-                   if k != "epoch" and isinstance(v, int | float) and not isinstance(v, bool)]
+    def log_epoch(self, run_id: str, record: EpochRecord) -> None:
+        """Log every number of one history record at ``step = record.epoch`` (see ``epoch_metric_name``)."""
+        now = _now_ms()
+        metrics = [Metric(epoch_metric_name(k), float(v), now, record.epoch) for k, v in record.metrics().items()]
         retry_locked(self.client.log_batch, run_id, metrics=metrics)
 
     def finish_cell(self, run_id: str, *, status: Status, metrics: dict[str, float] | None = None,
-                    report: dict[str, Any] | None = None, reason: str | None = None, artifact: str = "report.json") -> None:
-        """Log final metrics, the report's selection (params ``selection.<name>``), the report (as ``artifact``) and the
-        status tags, then end the run FINISHED / FAILED / KILLED."""
+                    report: RunReport | dict[str, Any] | None = None, reason: str | None = None,
+                    artifact: str = "report.json") -> None:
+        """Log final metrics, a run report's selection (params ``selection.<name>``), the report (a ``RunReport`` or a
+        detection stage's report, as ``artifact``) and the status tags, then end the run FINISHED / FAILED / KILLED."""
         tags = [RunTag(STATUS, status)]
         if reason:
             tags.append(RunTag(FAIL_REASON, reason[:MAX_TAG_VAL_LENGTH]))
         now = _now_ms()
         final = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
-        chosen = flatten_params((report or {}).get("selection", {}), "selection.")
+        chosen = flatten_params(report.selection, "selection.") if isinstance(report, RunReport) else {}
         retry_locked(self.client.log_batch, run_id, metrics=final, params=[Param(k, v) for k, v in chosen.items()], tags=tags)
         if report is not None:
-            retry_locked(self.client.log_dict, run_id, report, artifact)
+            document = report.model_dump(mode="json") if isinstance(report, RunReport) else report
+            retry_locked(self.client.log_dict, run_id, document, artifact)
         retry_locked(self.client.set_terminated, run_id, RUN_STATUS[status])
 
     def log_provenance(self, run_id: str, run_dir: Path) -> None:

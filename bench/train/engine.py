@@ -38,12 +38,9 @@ from bench.core.collectives import all_reduce, any_rank, gather_with_grad, is_ma
 from bench.train.distributed import convert_sync_batch_norm, rank_share
 from bench.train.optim import build_optimizer, optimisation_step, schedule_groups
 from bench.train.progress import progress_bar
+from bench.train.records import EpochRecord, Monitor
 
 MODEL = "model.pt"
-#: the history field of the online kNN monitor (``train.knn_every``): validation 20-NN top-1, what the pruner reads
-MONITOR = "val/knn20.top1"
-#: the history field of the online monitor's RankMe (``train.knn_every``): effective rank of its features, no labels read
-RANKME_MONITOR = "val/rankme"
 #: the final metric of the last epoch's RankMe monitor: a label-free search objective
 RANKME_METRIC = "val.rankme"
 
@@ -53,7 +50,7 @@ class TrainResult:
     method: Method
     splits: DatasetSplits
     device: torch.device
-    history: list[dict] = field(default_factory=list)
+    history: list[EpochRecord] = field(default_factory=list)
     seconds: float = 0.0
     resumed_from: float = 0.0  #: epochs (fractional mid-epoch) restored from a checkpoint; 0 for a fresh run
 
@@ -82,7 +79,7 @@ def autocast(cfg: RunConfig, device: torch.device):
 
 
 def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None, console: Console | None = None,
-          on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+          on_epoch: Callable[[EpochRecord], None] | None = None) -> TrainResult:
     """Pre-train ``cfg.method`` and return the trained method with its per-epoch history.
 
     With ``cfg.epochs`` 0 it returns the method at its initialisation for the seed: no optimizer is built and no
@@ -102,7 +99,7 @@ def train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None = None,
 
 
 def _train(cfg: RunConfig, run_dir: Path, *, splits: DatasetSplits | None, console: Console | None,
-           on_epoch: Callable[[dict], None] | None) -> TrainResult:
+           on_epoch: Callable[[EpochRecord], None] | None) -> TrainResult:
     splits = splits or load_dataset(cfg.dataset)
     device = pick_device(cfg.train.device)
     if cfg.epochs == 0:  # the method at its initialisation for the seed: no optimizer, no step, no checkpoint
@@ -198,7 +195,7 @@ def resume(loop: Loop) -> tuple[int, int, torch.Tensor | None]:
             raise ConfigError(f"{run_dir} holds a mid-epoch checkpoint of {len(states)} process(es); resume it with "
                               f"launcher.gpus_per_cell={len(states)}")
         gen_state = states[rank()]
-    loop.result.history = list(ckpt["history"])
+    loop.result.history = [EpochRecord.from_dict(record) for record in ckpt["history"]]
     loop.result.seconds = ckpt["seconds"]
     if loop.clock is not None and ckpt.get("cost"):
         loop.clock.resume(ckpt["cost"])  # the earlier attempts' stage seconds (bench.core.cost)
@@ -212,12 +209,13 @@ def save(loop: Loop, epoch: int, batch: int, generator: torch.Generator) -> None
     if not is_main():
         return
     save_state(loop.run_dir, loop.method, loop.optimizer, position={"epoch": epoch, "batch": batch},
-               seconds=loop.result.seconds, history=loop.result.history, identity={"config": loop.cfg.model_dump(mode="json")},
-               generator=states[0], peer_generators=states[1:], cost=loop.clock.snapshot() if loop.clock is not None else None)
+               seconds=loop.result.seconds, history=[record.as_dict() for record in loop.result.history],
+               identity={"config": loop.cfg.model_dump(mode="json")}, generator=states[0], peer_generators=states[1:],
+               cost=loop.clock.snapshot() if loop.clock is not None else None)
 
 
 def run_epoch(loop: Loop, epoch: int, start_batch: int, gen_state: torch.Tensor | None, sigterm: SigtermFlag,
-              show: Callable[[int, str], None]) -> tuple[dict, torch.Generator]:
+              show: Callable[[int, str], None]) -> tuple[EpochRecord, torch.Generator]:
     """Train one epoch from ``start_batch``; its history record (appended to the result) and its view generator.
 
     Losses and logs are summed on the device and read at the log interval only, where non-finite losses raise
@@ -251,11 +249,13 @@ def run_epoch(loop: Loop, epoch: int, start_batch: int, gen_state: torch.Tensor 
     elapsed = time.perf_counter() - t0
     loop.result.seconds += elapsed
     means = sums.means(loop.steps_per_epoch - start_batch)
-    record = {"epoch": epoch + 1, "loss": means.pop("loss"), "lr": loop.optimizer.param_groups[0]["lr"],
-              "images_per_s": seen / elapsed, **means}
+    monitor = None
     if is_main() and cfg.train.knn_every and (epoch + 1) % cfg.train.knn_every == 0:
-        record.update(online_knn(loop.method, loop.splits, device, cfg))
+        monitor = online_knn(loop.method, loop.splits, device, cfg)
         loop.method.train()
+    loss = means.pop("loss")
+    record = EpochRecord(epoch=epoch + 1, loss=loss, lr=loop.optimizer.param_groups[0]["lr"], images_per_s=seen / elapsed,
+                         logs=means, monitor=monitor)
     loop.result.history.append(record)
     return record, generator
 
@@ -314,11 +314,12 @@ def finish(loop: Loop) -> TrainResult:
     return loop.result
 
 
-def _save_model(method: Method, cfg: RunConfig, history: list[dict], run_dir: Path) -> None:
+def _save_model(method: Method, cfg: RunConfig, history: list[EpochRecord], run_dir: Path) -> None:
     """The cell's model file (``MODEL``): the method's and the backbone's state, the config and the history (rank 0)."""
     if is_main():
         atomic_save({"model": method.state_dict(), "backbone": method.backbone.state_dict(),
-                     "config": cfg.model_dump(mode="json"), "history": history}, run_dir / MODEL)
+                     "config": cfg.model_dump(mode="json"), "history": [record.as_dict() for record in history]},
+                    run_dir / MODEL)
 
 
 def _check_finite(first_bad: torch.Tensor, loop: Loop) -> None:
@@ -335,11 +336,11 @@ def monitor_bank(train: Split, size: int) -> Split:
 
 
 @timed("monitor", carve=True)
-def online_knn(method: Method, splits: DatasetSplits, device: torch.device, cfg: RunConfig) -> dict[str, float]:
-    """``{MONITOR: .., RANKME_MONITOR: ..}``: 20-NN top-1 of the current backbone on the validation split (never the
+def online_knn(method: Method, splits: DatasetSplits, device: torch.device, cfg: RunConfig) -> Monitor:
+    """The epoch's monitor: 20-NN top-1 of the current backbone on the validation split (never the
     test split), the bank a fixed class-balanced subset (seed 0) of about ``train.knn_bank`` training samples, and the
     RankMe of the validation features (no labels read)."""
     train_f, train_y = extract_features(method.backbone, monitor_bank(splits.train.labeled(), cfg.train.knn_bank), device)
     val_f, val_y = extract_features(method.backbone, splits.val.labeled(), device)
     acc = knn_eval(train_f, train_y, val_f, val_y, splits.train.num_classes, ks=(20,), temperature=cfg.eval.knn_temperature)
-    return {MONITOR: acc["knn20.top1"], RANKME_MONITOR: effective_rank(val_f)}
+    return Monitor(knn20_top1=acc["knn20.top1"], rankme=effective_rank(val_f))
