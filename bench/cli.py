@@ -173,7 +173,7 @@ def cmd_transfer(args: argparse.Namespace, console: Console) -> int:
     source = None if args.source == "none" else Path(args.source)
     if source is not None and source.is_dir():
         source = source / MODEL
-    metrics = run_stage(stage, source, args.out, TrainConfig().cache_dir)["metrics"]
+    metrics = run_stage(stage, source, args.out, TrainConfig().cache_dir).metrics
     table = Table("metric", "value", title=f"detection transfer from {args.source}")
     for key, value in metrics.items():
         table.add_row(key, f"{value:.4f}")

@@ -207,6 +207,6 @@ def test_method_learns_within_its_budget(method, test_bed, tmp_path):
     assert all(torch.isfinite(torch.tensor(losses)))
     if method not in LOSS_MAY_RISE:
         assert losses[-1] < losses[0], f"{method}: the loss did not fall ({losses[0]:.3f} -> {losses[-1]:.3f})"
-    assert report["metrics"]["diag.collapsed"] == 0.0
-    knn, margin = report["metrics"]["knn20.top1"], BUDGETS[method].margin
+    assert report.metrics["diag.collapsed"] == 0.0
+    knn, margin = report.metrics["knn20.top1"], BUDGETS[method].margin
     assert knn >= baseline + margin, f"{method}: kNN {knn:.3f} after {cfg.epochs} epochs vs {baseline:.3f} at random init"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 
 import mlflow
 import optuna
@@ -15,6 +14,8 @@ from suite_fixtures import DEFAULTS
 from bench.cli import main
 from bench.suite.suite import expand_suite, load_suite, stage_cells
 from bench.core.states import FailureKind
+from bench.train.records import ReportCost
+from bench.transfer.stage import REPORT, StageReport
 from bench.orchestrate.queue import (CELL_ATTR, DEPENDS_ATTR, KIND_ATTR, Failure, claim_waiting, default_storage_url,
                                     open_storage)
 
@@ -66,9 +67,10 @@ def test_detection_cells_depend_on_their_pretraining_cells(suite_file, tmp_path,
     assert len(cells) == 2 and cells["metrics.detection.bbox.AP50"].between(0, 1).all()
     assert (cells["metrics.detection.cost.wall.train"] > 0).all()  # the detection cell's cost, beside the source's
     for stage in stages:  # each detection cell's report: its metrics and what its cost measured
-        report = json.loads((tmp_path / "results" / "cells" / stage.id / "report.json").read_text())
-        assert report["metrics"]["detection.cost.wall.total"] >= report["metrics"]["detection.cost.wall.train"] > 0
-        assert report["cost"] == {"device": "cpu", "gpus": 1, "memory": "peak resident set size"}
+        report = StageReport.model_validate_json((tmp_path / "results" / "cells" / stage.id / REPORT).read_text())
+        assert report.metrics["detection.cost.wall.total"] >= report.metrics["detection.cost.wall.train"] > 0
+        assert report.cost == ReportCost(device="cpu", gpus=1, memory="peak resident set size")
+        assert report.source is not None and report.source.endswith(f"{stage.depends_on}/model.pt")
     assert cells["metrics.knn5.top1"].between(0, 1).all()
     capsys.readouterr()
     assert main(["status", str(suite_file)]) == 0

@@ -110,6 +110,6 @@ def test_vit_learns_within_its_budget(method, baseline, tmp_path):
     losses = [h.loss for h in report.history]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < budget.loss_ratio * losses[0], f"{method}: the loss did not fall enough ({losses[0]:.3f} -> {losses[-1]:.3f})"
-    assert report["metrics"]["diag.collapsed"] == 0.0
-    got, before = report["metrics"][budget.metric], random_init[budget.metric]
+    assert report.metrics["diag.collapsed"] == 0.0
+    got, before = report.metrics[budget.metric], random_init[budget.metric]
     assert got >= before + budget.margin, f"{method}: {budget.metric} {got:.3f} vs {before:.3f} at random init"

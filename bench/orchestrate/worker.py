@@ -64,7 +64,7 @@ from bench.orchestrate.search import (
 from bench.runner import METRICS, run
 from bench.tracking.mlflow_runs import SuiteTracker
 from bench.transfer.stage import ARTIFACT as STAGE_REPORT
-from bench.transfer.stage import run_stage
+from bench.transfer.stage import StageReport, run_stage
 from bench.train.distributed import rank_zero_of
 from bench.core.device import pick_device
 from bench.core.files import file_lock
@@ -90,7 +90,7 @@ class Outcome:
     state: TrialState
     metrics: dict[str, float] = field(default_factory=dict)
     failure: Failure | None = None
-    report: RunReport | dict | None = None  #: a pre-training cell's report; a detection cell's report.json
+    report: RunReport | StageReport | None = None  #: a pre-training cell's report; a detection cell's report.json
 
     @property
     def reason(self) -> str | None:
@@ -238,9 +238,9 @@ def _run_detection(ctx: Context, live: optuna.Trial, trial: FrozenTrial) -> tupl
     live.set_user_attr(RUN_ATTR, run_id)
     run_dir = ctx.runs_dir / cell_id
 
-    def work() -> tuple[dict[str, float], dict]:
+    def work() -> tuple[dict[str, float], StageReport]:
         report = run_stage(ctx.suite.evaluations.detection, ctx.runs_dir / source / MODEL, run_dir, config.train.cache_dir)
-        return report["metrics"], report
+        return report.metrics, report
 
     outcome = _guarded(work, run_dir, config)
     if outcome.state == TrialState.COMPLETE:

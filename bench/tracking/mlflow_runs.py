@@ -70,6 +70,7 @@ from bench.stores import sqlite_file
 from bench.tracking.fingerprint import DIFF_FILE, FINGERPRINT_FILE, fingerprint_tags, git_commit
 from bench.core.device import pick_device
 from bench.train.records import EpochRecord, RunReport
+from bench.transfer.stage import StageReport
 
 Status = Literal[CellStatus.COMPLETE, CellStatus.FAILED, CellStatus.PRUNED]
 
@@ -215,7 +216,7 @@ class SuiteTracker:
         retry_locked(self.client.log_batch, run_id, metrics=metrics)
 
     def finish_cell(self, run_id: str, *, status: Status, metrics: dict[str, float] | None = None,
-                    report: RunReport | dict[str, Any] | None = None, reason: str | None = None,
+                    report: RunReport | StageReport | None = None, reason: str | None = None,
                     artifact: str = "report.json") -> None:
         """Log final metrics, a run report's selection (params ``selection.<name>``), the report (a ``RunReport`` or a
         detection stage's report, as ``artifact``) and the status tags, then end the run FINISHED / FAILED / KILLED."""
@@ -227,8 +228,7 @@ class SuiteTracker:
         chosen = flatten_params(report.selection, "selection.") if isinstance(report, RunReport) else {}
         retry_locked(self.client.log_batch, run_id, metrics=final, params=[Param(k, v) for k, v in chosen.items()], tags=tags)
         if report is not None:
-            document = report.model_dump(mode="json") if isinstance(report, RunReport) else report
-            retry_locked(self.client.log_dict, run_id, document, artifact)
+            retry_locked(self.client.log_dict, run_id, report.model_dump(mode="json"), artifact)
         retry_locked(self.client.set_terminated, run_id, RUN_STATUS[status])
 
     def log_provenance(self, run_id: str, run_dir: Path) -> None:

@@ -10,7 +10,6 @@ source cell's MLflow run, so tables show them like any other metric (``--metric 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,9 +18,10 @@ from pydantic import Field, model_validator
 from bench.core.cost import cell_clock, cost_metrics
 from bench.core.states import CellStatus
 from bench.core.cost import stage as stage_clock
-from bench.core.files import write_atomic
+from bench.core.files import write_json
 from bench.schema import ConfigModel
 from bench.core.device import pick_device
+from bench.train.records import Number, Record, ReportCost
 from bench.transfer.coco import CocoConfig
 from bench.transfer.detectron2 import Detectron2Config
 from bench.transfer.torchvision_det import DetectionConfig
@@ -72,7 +72,18 @@ def stage_dataset(stage: DetectionStage, cache_dir: Path) -> CocoConfig:
     return CocoConfig(root=root, train_split="train", val_split="val")
 
 
-def run_stage(stage: DetectionStage, source: Path | None, run_dir: Path, cache_dir: Path) -> dict[str, Any]:
+class StageReport(Record):
+    """A finished detection cell (``report.json``, REPORT): its ``detection.`` metrics, what its cost was measured on,
+    the pre-training ``model.pt`` it started from (None: random init) and the stage's config."""
+
+    status: CellStatus
+    metrics: dict[str, Number]
+    cost: ReportCost
+    source: str | None
+    stage: dict[str, Any]
+
+
+def run_stage(stage: DetectionStage, source: Path | None, run_dir: Path, cache_dir: Path) -> StageReport:
     """Fine-tune and evaluate a detector from ``source`` (a pre-training ``model.pt``; None: random init).
 
     Returns the cell's report, also written to ``run_dir/report.json`` (REPORT): ``metrics`` prefixed ``detection.``
@@ -94,8 +105,8 @@ def run_stage(stage: DetectionStage, source: Path | None, run_dir: Path, cache_d
 
             metrics = detectron2_transfer(stage.detectron2, source, coco, run_dir)
         metrics.update(cost_metrics(clock, gpus=1))
-    report = {"status": CellStatus.COMPLETE, "metrics": {f"{PREFIX}{key}": value for key, value in metrics.items()},
-              "cost": {"device": device.type, "gpus": 1, "memory": clock.memory},
-              "source": None if source is None else str(source), "stage": stage.model_dump(mode="json")}
-    write_atomic(run_dir / REPORT, json.dumps(report, indent=2))
+    report = StageReport(status=CellStatus.COMPLETE, metrics={f"{PREFIX}{key}": value for key, value in metrics.items()},
+                         cost=ReportCost(device=device.type, gpus=1, memory=clock.memory),
+                         source=None if source is None else str(source), stage=stage.model_dump(mode="json"))
+    write_json(report.model_dump(mode="json"), run_dir / REPORT)
     return report
