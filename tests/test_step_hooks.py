@@ -59,3 +59,8 @@ def test_declared_ema_pair_gets_the_hand_computed_value_before_update_state() ->
 def test_a_method_that_overrides_on_step_end_is_refused() -> None:
     with pytest.raises(TypeError, match="overrides Method.on_step_end; override ema_pairs, momentum or update_state"):
         type("Bypass", (_Tiny,), {"on_step_end": lambda self, outputs, step, total_steps: None})
+
+
+def test_a_method_that_declares_ema_pairs_without_a_momentum_is_refused() -> None:
+    with pytest.raises(TypeError, match="NoSchedule declares ema_pairs but no momentum schedule"):
+        type("NoSchedule", (Method,), {"ema_pairs": lambda self: []})

@@ -150,6 +150,8 @@ class Method(nn.Module):
         super().__init_subclass__(**kwargs)
         if "on_step_end" in vars(cls):  # the EMA of the declared pairs would be skipped
             raise TypeError(f"{cls.__name__} overrides Method.on_step_end; override ema_pairs, momentum or update_state")
+        if cls.ema_pairs is not Method.ema_pairs and cls.momentum is Method.momentum:
+            raise TypeError(f"{cls.__name__} declares ema_pairs but no momentum schedule; define momentum(step, total_steps)")
 
     def __init__(self, backbone: nn.Module, params: MethodParams, *, num_classes: int, image_shape: tuple[int, int, int]):
         super().__init__()
@@ -167,8 +169,9 @@ class Method(nn.Module):
         return []
 
     def momentum(self, step: int, total_steps: int) -> float:
-        """The EMA decay of the ``ema_pairs`` targets at ``step``; a method that declares pairs defines it."""
-        raise NotImplementedError(f"{self.name} declares EMA pairs but no momentum schedule")
+        """The EMA decay of the ``ema_pairs`` targets at ``step``. A method that declares pairs defines it (checked
+        when its class is defined); without pairs nothing reads it, and 1.0 is a target that does not move."""
+        return 1.0
 
     @final
     @torch.no_grad()
